@@ -1,0 +1,28 @@
+"""Model definitions: one configurable Transformer trunk and the heads composed onto it."""
+
+from llmkit.model.config import ModelConfig
+from llmkit.model.heads import (
+    CausalLM,
+    ClassificationHead,
+    LMHead,
+    MLMHead,
+    NSPHead,
+    Pooler,
+    SequenceClassificationHead,
+    TokenClassificationHead,
+)
+from llmkit.model.transformer import KVCache, Transformer
+
+__all__ = [
+    "CausalLM",
+    "ClassificationHead",
+    "KVCache",
+    "LMHead",
+    "MLMHead",
+    "ModelConfig",
+    "NSPHead",
+    "Pooler",
+    "SequenceClassificationHead",
+    "TokenClassificationHead",
+    "Transformer",
+]

@@ -1,0 +1,161 @@
+"""Heads that turn trunk hidden states into predictions, and the models users build from them.
+
+Composition, not inheritance (torchtune style): a model is a ``Transformer`` plus small heads,
+each a module with one forward that returns one tensor. ``CausalLM`` is the decoder-only LM;
+encoder models (BERT-style MLM + NSP, classifiers) compose the same trunk with ``Pooler``,
+``MLMHead``, ``NSPHead`` and the classification heads below.
+
+Heads own weight tying: ``LMHead`` and ``MLMHead`` take the trunk's ``wte`` and, when
+``config.tie_weights`` is set, use its weight as their output matrix (Press & Wolf 2017;
+GPT-2, BERT). A tied matrix then appears under both names in ``state_dict()``
+(``transformer.wte.weight`` and ``lm_head.weight``), as in nanoGPT; savers that reject
+shared tensors (safetensors ``save_file``) must de-duplicate.
+
+Parameter names: ``lm_head.weight``; ``pooler.dense``; ``mlm_head.{dense, norm, weight, bias}``;
+``nsp_head.proj``; classification heads ``proj`` (attribute names chosen by the composing model).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from llmkit.model.config import ModelConfig
+from llmkit.model.transformer import KVCache, Transformer, build_activation, build_norm, init_weights
+
+
+def _vocab_matrix(config: ModelConfig, wte: nn.Embedding) -> nn.Parameter:
+    """``wte``'s weight when tying, else a fresh (vocab_size, n_embd) matrix with the GPT-2 init."""
+    if config.tie_weights:
+        return wte.weight
+    weight = nn.Parameter(torch.empty_like(wte.weight))
+    nn.init.normal_(weight, mean=0.0, std=config.init_std)
+    return weight
+
+
+class LMHead(nn.Module):
+    """Hidden states (..., n_embd) -> vocabulary logits (..., vocab_size), no bias."""
+
+    def __init__(self, *, config: ModelConfig, wte: nn.Embedding) -> None:
+        super().__init__()
+        self.weight = _vocab_matrix(config, wte)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight)
+
+
+class CausalLM(nn.Module):
+    """Decoder-only language model: ``Transformer`` trunk + ``LMHead``. Returns logits (B, T, V)."""
+
+    def __init__(self, *, transformer: Transformer, lm_head: LMHead) -> None:
+        super().__init__()
+        if not transformer.config.causal:
+            raise ValueError("CausalLM needs a causal config (causal=True), got a bidirectional encoder")
+        self.config = transformer.config
+        self.transformer = transformer
+        self.lm_head = lm_head
+
+    @classmethod
+    def from_config(cls, config: ModelConfig) -> CausalLM:
+        transformer = Transformer(config=config)
+        return cls(transformer=transformer, lm_head=LMHead(config=config, wte=transformer.wte))
+
+    def forward(
+        self,
+        idx: Tensor,
+        *,
+        attention_mask: Tensor | None = None,
+        kv_cache: KVCache | None = None,
+        input_pos: Tensor | None = None,
+    ) -> Tensor:
+        hidden = self.transformer(idx, attention_mask=attention_mask, kv_cache=kv_cache, input_pos=input_pos)
+        return self.lm_head(hidden)  # (B, T, vocab_size)
+
+    def init_kv_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
+        return self.transformer.init_kv_cache(batch_size, max_len)
+
+    def num_params(self, *, non_embedding: bool = True) -> int:
+        """Parameter count, a tied matrix counted once. ``non_embedding`` leaves out the vocabulary
+        and position tables (wte, wpe, wtt and the LM head matrix, tied or not): the N of
+        ``ModelConfig.flops_per_token``."""
+        params = {id(p): p for p in self.parameters()}
+        if non_embedding:
+            t = self.transformer
+            for table in (t.wte.weight, self.lm_head.weight, *(m.weight for m in (t.wpe, t.wtt) if m is not None)):
+                params.pop(id(table), None)
+        return sum(p.numel() for p in params.values())
+
+
+# ---------------------------------------------------------------------------- encoder heads
+
+
+class Pooler(nn.Module):
+    """BERT pooler: tanh(dense(h[:, 0])), the first ([CLS]) token's state. (B, T, C) -> (B, C)."""
+
+    def __init__(self, *, config: ModelConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.apply(partial(init_weights, std=config.init_std))
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        return torch.tanh(self.dense(hidden[:, 0]))
+
+
+class MLMHead(nn.Module):
+    """BERT masked-LM head: dense -> activation -> norm -> vocabulary matrix + per-token bias.
+
+    (..., C) -> (..., vocab_size); gather the masked positions first to save the big matmul.
+    """
+
+    def __init__(self, *, config: ModelConfig, wte: nn.Embedding) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.act = build_activation(config.mlp)
+        self.norm = build_norm(config)
+        self.apply(partial(init_weights, std=config.init_std))
+        self.weight = _vocab_matrix(config, wte)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size, device=wte.weight.device, dtype=wte.weight.dtype))
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        return F.linear(self.norm(self.act(self.dense(hidden))), self.weight, self.bias)
+
+
+class NSPHead(nn.Module):
+    """BERT next-sentence prediction: pooled (B, C) -> logits (B, 2) for (is next, is random)."""
+
+    def __init__(self, *, config: ModelConfig) -> None:
+        super().__init__()
+        self.proj = nn.Linear(config.n_embd, 2)
+        self.apply(partial(init_weights, std=config.init_std))
+
+    def forward(self, pooled: Tensor) -> Tensor:
+        return self.proj(pooled)
+
+
+class ClassificationHead(nn.Module):
+    """Dropout + linear over the last dim: (..., C) -> (..., num_labels).
+
+    ``dropout`` defaults to ``config.dropout``.
+    """
+
+    def __init__(self, *, config: ModelConfig, num_labels: int, dropout: float | None = None) -> None:
+        super().__init__()
+        if num_labels <= 0:
+            raise ValueError(f"num_labels must be > 0, got {num_labels}")
+        self.drop = nn.Dropout(config.dropout if dropout is None else dropout)
+        self.proj = nn.Linear(config.n_embd, num_labels)
+        self.apply(partial(init_weights, std=config.init_std))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(self.drop(x))
+
+
+class SequenceClassificationHead(ClassificationHead):
+    """One label per sequence: pooled states (B, C) -> logits (B, num_labels)."""
+
+
+class TokenClassificationHead(ClassificationHead):
+    """One label per token: hidden states (B, T, C) -> logits (B, T, num_labels)."""
