@@ -159,3 +159,40 @@ class SequenceClassificationHead(ClassificationHead):
 
 class TokenClassificationHead(ClassificationHead):
     """One label per token: hidden states (B, T, C) -> logits (B, T, num_labels)."""
+
+
+# ---------------------------------------------------------------------------- encoder models
+
+
+class MaskedLM(nn.Module):
+    """BERT-style encoder for pretraining: trunk + ``Pooler`` + ``MLMHead`` + ``NSPHead``.
+
+    ``forward`` returns the trunk's hidden states (B, T, C); objectives apply the heads they need
+    (``mlm_head`` on masked positions only, ``nsp_head(pooler(h))`` for next-sentence prediction),
+    so no forward returns a tuple or changes its type with a flag.
+    """
+
+    def __init__(self, *, transformer: Transformer, pooler: Pooler, mlm_head: MLMHead, nsp_head: NSPHead) -> None:
+        super().__init__()
+        if transformer.config.causal:
+            raise ValueError("MaskedLM needs a bidirectional config (causal=False)")
+        self.config = transformer.config
+        self.transformer = transformer
+        self.pooler = pooler
+        self.mlm_head = mlm_head
+        self.nsp_head = nsp_head
+
+    @classmethod
+    def from_config(cls, config: ModelConfig) -> MaskedLM:
+        transformer = Transformer(config=config)
+        return cls(
+            transformer=transformer,
+            pooler=Pooler(config=config),
+            mlm_head=MLMHead(config=config, wte=transformer.wte),
+            nsp_head=NSPHead(config=config),
+        )
+
+    def forward(
+        self, idx: Tensor, *, token_type_ids: Tensor | None = None, attention_mask: Tensor | None = None
+    ) -> Tensor:
+        return self.transformer(idx, token_type_ids=token_type_ids, attention_mask=attention_mask)  # (B, T, C)

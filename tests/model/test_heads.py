@@ -111,3 +111,22 @@ def test_encoder_composes_trunk_and_heads() -> None:
     hidden = trunk(idx, token_type_ids=types, attention_mask=mask)
     assert mlm(hidden).shape == (2, 6, ENCODER.vocab_size)
     assert nsp(pooler(hidden)).shape == (2, 2)
+
+
+def test_masked_lm_composes_trunk_and_heads():
+    from llmkit.model import MaskedLM, ModelConfig
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=40, causal=False, type_vocab_size=2, n_layer=2, n_embd=32, n_head=2,
+                      embed_norm=True, final_norm=False, norm_placement="post")
+    model = MaskedLM.from_config(cfg)
+    idx = torch.randint(0, 40, (2, 7))
+    hidden = model(idx, token_type_ids=torch.ones_like(idx))
+    assert hidden.shape == (2, 7, 32)
+    assert model.mlm_head(hidden).shape == (2, 7, 40)
+    assert model.nsp_head(model.pooler(hidden)).shape == (2, 2)
+    assert model.mlm_head.weight is model.transformer.wte.weight
+    # segment ids reach the trunk
+    assert not torch.allclose(hidden, model(idx, token_type_ids=torch.zeros_like(idx)))
+    with pytest.raises(ValueError, match="bidirectional"):
+        MaskedLM.from_config(ModelConfig(vocab_size=40))
