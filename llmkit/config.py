@@ -39,12 +39,10 @@ class Target:
     runtime: tuple[str, ...] = ()
 
 
-def target(*runtime: str, default: Any = dataclasses.MISSING) -> Any:
-    """A dataclass field holding a ``_target_`` node; see :class:`Target`."""
-    return dataclasses.field(
-        default_factory=(lambda: dict(default)) if default is not dataclasses.MISSING else dataclasses.MISSING,
-        metadata={"target": Target(runtime)},
-    )
+def target(*runtime: str) -> Any:
+    """A dataclass field holding a ``_target_`` node (see :class:`Target`); absent = an empty node,
+    which validation reports as missing its ``_target_``."""
+    return dataclasses.field(default_factory=dict, metadata={"target": Target(runtime)})
 
 
 def to_container(cfg: Any) -> Any:
@@ -189,11 +187,11 @@ def check(node: Mapping, schema: type, *, path: str = "") -> list[str]:
             problems.append(f"{prefix}{key}: unknown key{_suggest(str(key), fields)}")
     for name, f in fields.items():
         where = f"{prefix}{name}"
+        spec = f.metadata.get("target")
         if name not in node:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            if spec is not None or (f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING):
                 problems.append(f"{where}: a value is required")
             continue
-        spec = f.metadata.get("target")
         if spec is not None:
             if node[name] is not None or typing.get_origin(hints[name]) not in (typing.Union, types.UnionType):
                 problems.extend(_check_target(node[name], spec, where))
@@ -249,4 +247,7 @@ def load(cfg: Any, schema: type[T], *, where: str = "config") -> T:
     problems = check(node, schema)
     if problems:
         raise ConfigError(problems, where=where)
-    return build(node, schema)
+    try:
+        return build(node, schema)
+    except (ValueError, TypeError) as e:  # a schema's own __post_init__ checks
+        raise ConfigError([str(e)], where=where) from e

@@ -11,7 +11,7 @@ import os
 import sys
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
 from llmkit import config, paths
 from llmkit.errors import ConfigError, LlmkitError
@@ -92,7 +92,7 @@ def check_overrides(command: str, argv: list[str]) -> None:
         keep = []
         for o in value_ovr:
             text = o.input_line if (o.is_add() or o.is_delete()) else _first(o)
-            if o.is_add() or o.is_delete() or OmegaConf.select(base, o.key_or_group, default=_MISSING) is not _MISSING:
+            if o.is_add() or o.is_delete() or _has_key(base, o.key_or_group):
                 keep.append(text)
             else:
                 problems.append(_suggest_path(base, o.key_or_group))
@@ -112,7 +112,14 @@ def check_overrides(command: str, argv: list[str]) -> None:
         raise ConfigError(problems)
 
 
-_MISSING = object()
+def _has_key(cfg: DictConfig, dotted: str) -> bool:
+    """Whether ``dotted`` names a key of ``cfg`` (a '???' value counts: it exists, unset)."""
+    node: Any = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, DictConfig) or part not in node.keys():
+            return False
+        node = node._get_node(part)
+    return True
 
 
 def _unknown_option(override: str, problems: list[str]) -> bool:

@@ -41,5 +41,37 @@ RECIPES: dict[str, Recipe] = {
                 "-m tokenizer.vocab_size=1000,2000 out_dir=runs/sweep",
             ),
         ),
+        Recipe(
+            name="pretrain",
+            module="llmkit.recipes.pretrain",
+            help="Pretrain a Transformer from scratch (objective=clm) on token shards, with exact resume.",
+            examples=(
+                "experiment=quickstart                  # offline: Python's docs, BPE, a small GPT",
+                "experiment=shakespeare_char out_dir=runs/shakespeare",
+                "model=llama_tiny data=tinystories trainer.max_steps=500 optim.lr=3e-4",
+                "dataset=runs/tok trainer.batch_size=32 trainer.device=cuda trainer=gpu",
+                "out_dir=runs/shakespeare resume=auto   # continue from the newest checkpoint",
+                "-m optim.lr=1e-3,3e-4 model.n_layer=2,4 out_dir=runs/sweep",
+            ),
+        ),
+        Recipe(
+            name="evaluate",
+            module="llmkit.recipes.evaluate",
+            help="Evaluate a checkpoint: loss, perplexity, bits per byte, word perplexity -> table + metrics.json.",
+            examples=(
+                "checkpoint=runs/shakespeare             # its newest checkpoint, on the val split",
+                "checkpoint=runs/shakespeare/checkpoints/step_0002000 text_file=notes.txt",
+            ),
+        ),
+        Recipe(
+            name="generate",
+            module="llmkit.recipes.generate",
+            help="Generate text from a checkpoint (greedy, temperature, top-k, top-p; KV cache), streamed.",
+            examples=(
+                "checkpoint=runs/shakespeare prompt='ROMEO:' max_new_tokens=300",
+                "checkpoint=runs/shakespeare temperature=0 prompt='To be'   # greedy",
+                "checkpoint=runs/shakespeare prompt_file=prompts.txt top_p=0.9 num_samples=3",
+            ),
+        ),
     ]
 }

@@ -14,4 +14,5 @@ class TokenizerConfig:
     byte_fallback: bool = True
     user_special_tokens: list[str] = field(default_factory=lambda: ["[CLS]", "[SEP]", "[MASK]"])
     train_sample_bytes: int = 20_000_000
+    max_sentence_length: int = 4192  # SentencePiece: longer training lines are cut (in UTF-8 bytes)
     path: str | None = None  # reuse this tokenizer directory instead of training

@@ -1,0 +1,204 @@
+"""Checkpoints that describe themselves.
+
+Layout of ``<run>/checkpoints/step_0000500/``::
+
+    model.safetensors    weights (tied tensors stored once)
+    state.pt             optimizer, scheduler, RNG and trainer state; loaded with weights_only=True
+    config.yaml          the run's resolved config
+    tokenizer/           the tokenizer the model was trained with
+    checkpoint.json      format version, step, model class + config, sha256 of the files above
+
+A checkpoint directory is written under a temporary name and renamed when complete, so a crash
+never leaves a half-written ``step_*``; ``checkpoint.json`` lists checksums, so later damage
+(a truncated copy) is detected on load. The newest ``keep_last`` checkpoints are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_model
+from torch import nn
+
+from llmkit.errors import CheckpointError
+from llmkit.io import atomic_dir, sha256_file, write_json
+
+FORMAT_VERSION = 1
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+def step_dir(root: str | Path, step: int) -> Path:
+    return Path(root) / f"step_{step:07d}"
+
+
+def save(
+    root: str | Path,
+    step: int,
+    *,
+    model: nn.Module,
+    model_class: str,
+    model_config: dict[str, Any],
+    state: dict[str, Any],
+    config_yaml: str,
+    tokenizer_dir: str | Path | None,
+    extra: dict[str, Any] | None = None,
+    keep_last: int = 0,
+) -> Path:
+    """Write checkpoint ``step`` under ``root`` atomically; prune to ``keep_last`` (0 = keep all)."""
+    target = step_dir(root, step)
+    with atomic_dir(target, overwrite=True) as tmp:
+        save_model(model, str(tmp / "model.safetensors"))
+        torch.save(state, tmp / "state.pt")
+        (tmp / "config.yaml").write_text(config_yaml, encoding="utf-8")
+        if tokenizer_dir is not None:
+            shutil.copytree(tokenizer_dir, tmp / "tokenizer")
+        files = ["model.safetensors", "state.pt", "config.yaml"]
+        write_json(
+            tmp / "checkpoint.json",
+            {
+                "format_version": FORMAT_VERSION,
+                "step": step,
+                "model_class": model_class,
+                "model_config": model_config,
+                "files": {name: sha256_file(tmp / name) for name in files},
+                **(extra or {}),
+            },
+        )
+    if keep_last > 0:
+        for old in list_checkpoints(root)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def list_checkpoints(root: str | Path) -> list[Path]:
+    """Complete checkpoints under ``root``, oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found) if (p / "checkpoint.json").is_file()]
+
+
+def read_meta(path: str | Path, *, verify: bool = True) -> dict[str, Any]:
+    """The checkpoint's ``checkpoint.json``, after checking its files against their checksums."""
+    path = Path(path)
+    meta_file = path / "checkpoint.json"
+    if not meta_file.is_file():
+        hint = ""
+        if path.is_dir() and (found := list_checkpoints(path / "checkpoints") or list_checkpoints(path)):
+            hint = f" It holds checkpoints: the newest is {found[-1]}."
+        raise CheckpointError(f"{path} is not an llmkit checkpoint (no checkpoint.json).{hint}")
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{meta_file} is damaged: {e}") from None
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint format {meta.get('format_version')!r}; this llmkit reads format {FORMAT_VERSION}."
+        )
+    if verify:
+        for name, digest in meta.get("files", {}).items():
+            f = path / name
+            if not f.is_file():
+                raise CheckpointError(f"{path} is incomplete: {name} is missing.")
+            if sha256_file(f) != digest:
+                raise CheckpointError(f"{path} is damaged: {name} does not match its checksum (truncated or modified).")
+    return meta
+
+
+def resolve(path: str | Path) -> Path:
+    """A checkpoint directory from a checkpoint or a run directory (its newest checkpoint)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"Checkpoint {path} does not exist.")
+    if (path / "checkpoint.json").is_file():
+        return path
+    for root in (path / "checkpoints", path):
+        if found := list_checkpoints(root):
+            return found[-1]
+    raise CheckpointError(f"{path} is not an llmkit checkpoint (no checkpoint.json) nor a run directory with checkpoints.")
+
+
+def latest_valid(root: str | Path) -> Path | None:
+    """The newest checkpoint under ``root`` that passes verification (damaged ones are skipped with a warning)."""
+    for path in reversed(list_checkpoints(root)):
+        try:
+            read_meta(path)
+            return path
+        except CheckpointError as e:
+            warnings.warn(f"skipping {path}: {e}", stacklevel=2)
+    return None
+
+
+def load_weights(model: nn.Module, path: str | Path) -> None:
+    """Load ``model.safetensors`` into ``model``, naming every missing, unexpected or mis-shaped tensor."""
+    path = Path(path)
+    try:
+        tensors = load_file(str(path / "model.safetensors"))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"Cannot read {path / 'model.safetensors'}: {e}") from None
+    own = model.state_dict()
+    # Tied parameters are stored once by save_model; their aliases are filled from the stored name.
+    problems = []
+    missing = [k for k in own if k not in tensors]
+    unexpected = [k for k in tensors if k not in own]
+    shapes = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in tensors.items() if k in own and v.shape != own[k].shape]
+    tied = _tied_groups(model)
+    missing = [k for k in missing if not any(alias in tensors for alias in tied.get(k, ()))]
+    if missing:
+        problems.append(f"missing: {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
+    if unexpected:
+        problems.append(f"unexpected: {', '.join(unexpected[:8])}{' ...' if len(unexpected) > 8 else ''}")
+    if shapes:
+        problems.append("shape mismatch: " + "; ".join(shapes[:8]))
+    untied = sorted(
+        {tuple(sorted((k, alias))) for k in tensors for alias in tied.get(k, ()) if alias in tensors and not torch.equal(tensors[k], tensors[alias])}
+    )
+    if untied:
+        problems.append("tied in this model but different in the checkpoint: " + "; ".join(" / ".join(p) for p in untied))
+    if problems:
+        raise CheckpointError(f"{path} does not fit this model ({' | '.join(problems)}).")
+    model.load_state_dict(tensors, strict=False)
+
+
+def _tied_groups(model: nn.Module) -> dict[str, list[str]]:
+    """For each state-dict name, the other names sharing its storage (tied weights)."""
+    by_ptr: dict[int, list[str]] = {}
+    for name, t in model.state_dict(keep_vars=True).items():
+        by_ptr.setdefault(t.data_ptr(), []).append(name)
+    return {n: [m for m in names if m != n] for names in by_ptr.values() for n in names}
+
+
+def load_state(path: str | Path) -> dict[str, Any]:
+    """Optimizer/scheduler/RNG/trainer state, with ``weights_only`` unpickling."""
+    try:
+        return torch.load(Path(path) / "state.pt", map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"Cannot read {Path(path) / 'state.pt'}: {e}") from None
+
+
+def load_model(path: str | Path, *, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model of checkpoint ``path`` (or a run directory's newest one) from the directory alone."""
+    from llmkit.model import CausalLM, ModelConfig
+
+    builders = {"CausalLM": CausalLM.from_config}
+    path = resolve(path)
+    meta = read_meta(path)
+    build = builders.get(meta.get("model_class", ""))
+    if build is None:
+        raise CheckpointError(f"{path} holds a {meta.get('model_class')!r} model, which this command cannot load.")
+    try:
+        model_cfg = ModelConfig.from_dict(meta["model_config"])
+    except (KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{path}/checkpoint.json has an invalid model config: {e}") from None
+    model = build(model_cfg)
+    load_weights(model, path)
+    meta["path"] = str(path)
+    return model.to(device).eval(), meta

@@ -1,0 +1,466 @@
+"""Reading a corpus: sources -> documents -> (split, document), streaming and with clear errors.
+
+Sources are text files, directories (searched with ``data.glob``), glob patterns, JSONL files
+(``*.jsonl``, the text in ``data.jsonl_field``) or the offline built-in corpus (the documentation
+text in the standard library module ``pydoc_data.topics``, one document per topic).
+
+A document is a file, a JSONL record or a built-in topic, further cut at ``data.doc_separator``
+when it is set. The separator belongs to no document (it becomes the eos token in the shards); a
+separator at the very end of a source ends the last document and adds no empty one, so
+
+    separator.join(documents) + separator == source text      (for a source ending in the separator)
+
+Files are read in 1 MiB chunks: memory holds one document at a time, never the corpus.
+Bad input fails with a DataError naming the file and, where it helps, the line and byte offset:
+a missing path, a binary file, invalid UTF-8 (or, with ``encoding_errors=replace``, U+FFFD and
+a count in meta.json), a malformed JSONL line, an empty corpus.
+"""
+
+from __future__ import annotations
+
+import codecs
+import glob as globlib
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from llmkit.data.config import DataConfig
+from llmkit.errors import ConfigError, DataError
+
+CHUNK = 1 << 20
+SNIFF = 8192
+BUILTIN_PYDOC = "pydoc_topics"
+
+Role = Literal["train", "val", "split"]  # split: the document goes through the train/val split
+
+# Invalid UTF-8 with encoding_errors=replace: U+FFFD, counted (the count goes into meta.json).
+_replaced = [0]
+
+
+def _count_and_replace(err: UnicodeDecodeError) -> tuple[str, int]:
+    _replaced[0] += 1
+    return "\ufffd", err.end
+
+
+codecs.register_error("llmkit.replace", _count_and_replace)
+
+
+@dataclass
+class Source:
+    """One input of the corpus, with what the last pass over it found."""
+
+    path: str
+    role: Role
+    format: Literal["text", "jsonl", "builtin"]
+    size: int
+    sha256: str | None = None
+    documents: int = 0
+    characters: int = 0
+    replacements: int = 0
+
+    def record(self) -> dict:
+        return {
+            "path": self.path,
+            "split": self.role,
+            "format": self.format,
+            "bytes": self.size,
+            "sha256": self.sha256,
+            "documents": self.documents,
+            "characters": self.characters,
+            "encoding_replacements": self.replacements,
+        }
+
+
+@dataclass
+class Corpus:
+    """The sources of a corpus (resolved and checked up front) and streaming passes over them."""
+
+    cfg: DataConfig
+    data_root: str | None = None
+    sources: list[Source] = field(default_factory=list)
+    bytes_read: int = 0  # bytes consumed by the current pass (for progress bars)
+
+    def __post_init__(self) -> None:
+        check_config(self.cfg)
+        self.sources = _resolve(self.cfg, self.data_root)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(s.size for s in self.sources)
+
+    def documents(self) -> Iterator[tuple[Source, str]]:
+        """Every document of every source, in order. Resets and refills each source's counters."""
+        self.bytes_read = 0
+        sep = self.cfg.doc_separator
+        for src in self.sources:
+            src.documents = src.characters = src.replacements = 0
+            if src.format == "builtin":
+                reader = _read_builtin(src, sep, self)
+            elif src.format == "jsonl":
+                reader = _read_jsonl(src, sep, self.cfg.jsonl_field, self.cfg.encoding_errors, self)
+            else:
+                reader = _read_text(src, sep, self.cfg.encoding_errors, self)
+            for doc in reader:
+                src.documents += 1
+                src.characters += len(doc)
+                yield src, doc
+
+    def split(self, seed: int) -> Iterator[tuple[str, str]]:
+        """``("train" | "val", document)`` for every document, streaming; see :func:`assign_splits`."""
+        yield from assign_splits(self, seed)
+
+    def count_characters(self, role: Role = "split") -> int:
+        """A full pass counting the characters of the sources with ``role`` (for the tail split)."""
+        n = 0
+        for src, doc in self.documents():
+            if src.role == role:
+                n += len(doc)
+        return n
+
+    def check_not_empty(self) -> None:
+        """After a pass: raise DataError if no source held any text."""
+        if not any(s.characters for s in self.sources):
+            names = ", ".join(s.path for s in self.sources[:5]) + (" ..." if len(self.sources) > 5 else "")
+            raise DataError(
+                f"The corpus is empty: {names} hold{'s' if len(self.sources) == 1 else ''} no text. "
+                "Check data.paths (and data.glob / data.jsonl_field)."
+            )
+
+
+def check_config(cfg: DataConfig) -> None:
+    problems = []
+    if not 0.0 <= cfg.val_fraction < 1.0:
+        problems.append(f"data.val_fraction: {cfg.val_fraction} is not in [0, 1)")
+    if cfg.doc_separator == "":
+        problems.append("data.doc_separator: an empty separator splits nothing; use null for one document per file")
+    if cfg.builtin and cfg.paths:
+        problems.append(
+            f"data.paths: set together with data.builtin={cfg.builtin!r}; to read your own files use "
+            "data=files data.paths=[...] (or data.builtin=null)"
+        )
+    if not cfg.builtin and not cfg.paths:
+        problems.append(
+            "data.paths: no input; give files, directories or globs, e.g. data=files data.paths=[a.txt,corpus/]"
+        )
+    if problems:
+        raise ConfigError(problems)
+
+
+# --- resolving sources ----------------------------------------------------------------------------
+def _is_glob(p: str) -> bool:
+    return any(c in p for c in "*?[")
+
+
+def _resolve(cfg: DataConfig, data_root: str | None) -> list[Source]:
+    problems: list[str] = []
+    sources: list[Source] = []
+    if cfg.builtin == BUILTIN_PYDOC:
+        from pydoc_data import topics
+
+        path = topics.__file__
+        sources.append(Source(path=path, role="split", format="builtin", size=os.path.getsize(path)))
+    seen: set[str] = set()
+    val_given = bool(cfg.val_paths)
+    missing_under_root = False
+    for key, paths, role in (
+        ("data.paths", cfg.paths, "train" if val_given else "split"),
+        ("data.val_paths", cfg.val_paths, "val"),
+    ):
+        for i, p in enumerate(paths):
+            files = _expand(p, cfg.glob, f"{key}[{i}]", problems)
+            if files is None:
+                missing_under_root |= data_root is not None and p.startswith(data_root.rstrip("/") + "/")
+                continue
+            for f in files:
+                real = os.path.realpath(f)
+                if real in seen:
+                    continue
+                seen.add(real)
+                fmt = "jsonl" if f.lower().endswith((".jsonl", ".ndjson")) else "text"
+                sources.append(Source(path=f, role=role, format=fmt, size=os.path.getsize(f)))  # type: ignore[arg-type]
+    for src in sources:
+        if src.format != "builtin":
+            _sniff(src, problems)
+    if problems:
+        msg = _join_problems(problems)
+        if missing_under_root:
+            msg += (
+                f"\nNamed data sets are read from data_root={data_root!r}: set LLMKIT_DATA to the folder that "
+                "holds them (e.g. LLMKIT_DATA=../shared/data) or pass data_root=DIR."
+            )
+        raise DataError(msg)
+    if all(s.size == 0 for s in sources):
+        names = ", ".join(s.path for s in sources[:5])
+        raise DataError(
+            f"The corpus is empty: {names} {'is an empty file' if len(sources) == 1 else 'are empty files'}. "
+            "Check data.paths (and data.glob)."
+        )
+    return sources
+
+
+def _join_problems(problems: list[str]) -> str:
+    if len(problems) == 1:
+        return problems[0]
+    return f"{len(problems)} problems with the input data:\n" + "\n".join(f"  - {p}" for p in problems)
+
+
+def _expand(p: str, pattern: str, where: str, problems: list[str]) -> list[str] | None:
+    """The files ``p`` names (a file, a directory searched with ``pattern``, a glob); None if missing."""
+    path = Path(p).expanduser()
+    if path.is_file():
+        return [str(path)]
+    if path.is_dir():
+        files = sorted(str(f) for f in path.glob(pattern) if f.is_file())
+        if not files:
+            problems.append(f"{p}: the directory has no files matching data.glob={pattern!r} ({where}).")
+        return files
+    if _is_glob(p):
+        files = sorted(f for f in globlib.glob(os.path.expanduser(p), recursive=True) if os.path.isfile(f))
+        if not files:
+            problems.append(f"{p}: no files match this pattern ({where}).")
+        return files
+    problems.append(f"{p}: no such file or directory ({where}).")
+    return None
+
+
+def _sniff(src: Source, problems: list[str]) -> None:
+    """A NUL byte in the first 8 KiB marks a binary file (as git and grep decide)."""
+    try:
+        with open(src.path, "rb") as f:
+            head = f.read(SNIFF)
+    except OSError as e:
+        problems.append(f"{src.path}: cannot be read ({e.strerror}).")
+        return
+    nul = head.find(b"\x00")
+    if nul < 0:
+        return
+    what = "UTF-16 text" if head[:2] in (b"\xff\xfe", b"\xfe\xff") else "a binary file"
+    problems.append(
+        f"{src.path}: looks like {what}, not UTF-8 text (a NUL byte at byte offset {nul}). "
+        "llmkit reads UTF-8 text and JSONL; remove the file from data.paths or narrow data.glob"
+        + (", or re-encode it as UTF-8." if what.startswith("UTF") else ".")
+    )
+
+
+# --- readers --------------------------------------------------------------------------------------
+def split_document(text: str, sep: str | None) -> list[str]:
+    """Cut ``text`` at ``sep``; a trailing separator ends the last document (no empty one after it)."""
+    if sep is None:
+        return [text]
+    parts = text.split(sep)
+    if len(parts) > 1 and parts[-1] == "":
+        parts.pop()
+    return parts
+
+
+def _utf8_error(src: Source, offset: int, line: int, e: UnicodeDecodeError) -> DataError:
+    bad = e.object[e.start : e.end]
+    return DataError(
+        f"{src.path}: invalid UTF-8 at byte offset {offset} (line {line}): {e.reason} "
+        f"(bytes {bad.hex(' ')}). Re-encode the file as UTF-8, or set data.encoding_errors=replace to "
+        "replace undecodable bytes with U+FFFD (they are counted in meta.json)."
+    )
+
+
+def _read_text(src: Source, sep: str | None, errors: str, corpus: Corpus) -> Iterator[str]:
+    """Stream a text file in chunks, decode incrementally, cut at ``sep``."""
+    decoder = codecs.getincrementaldecoder("utf-8")("strict" if errors == "fail" else "llmkit.replace")
+    digest = hashlib.sha256()
+    offset = lines = 0
+    carry: list[str] = []  # text after the last separator seen
+    tail = sep[:-1] if sep else ""
+    start_replaced = _replaced[0]
+
+    def pieces(text: str, final: bool) -> Iterator[str]:
+        nonlocal carry
+        if sep is None:
+            carry.append(text)
+            return
+        # only join when a separator can be in (end of carry + text): no quadratic re-scans
+        boundary = (carry[-1][-len(tail) :] if carry and tail else "") + text[: len(sep)]
+        if sep not in text and sep not in boundary and not final:
+            carry.append(text)
+            return
+        parts = ("".join(carry) + text).split(sep)
+        carry = [parts.pop()]
+        yield from parts
+
+    with open(src.path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+            pending = decoder.getstate()[0]
+            try:
+                text = decoder.decode(chunk)
+            except UnicodeDecodeError as e:
+                at = offset - len(pending) + e.start
+                raise _utf8_error(src, at, lines + (pending + chunk)[: e.start].count(b"\n") + 1, e) from None
+            offset += len(chunk)
+            lines += chunk.count(b"\n")
+            corpus.bytes_read += len(chunk)
+            yield from pieces(text, final=False)
+        pending = decoder.getstate()[0]
+        try:
+            text = decoder.decode(b"", final=True)
+        except UnicodeDecodeError as e:
+            raise _utf8_error(src, offset - len(pending) + e.start, lines + 1, e) from None
+        yield from pieces(text, final=True)
+    src.sha256 = digest.hexdigest()
+    src.replacements = _replaced[0] - start_replaced
+    last = "".join(carry)
+    if sep is None:
+        if offset:  # an empty file has no document
+            yield last
+    elif last:  # a trailing separator adds no empty document
+        yield last
+
+
+def _read_jsonl(src: Source, sep: str | None, field_name: str, errors: str, corpus: Corpus) -> Iterator[str]:
+    digest = hashlib.sha256()
+    offset = 0
+    start_replaced = _replaced[0]
+    handler = "strict" if errors == "fail" else "llmkit.replace"
+    with open(src.path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            digest.update(raw)
+            corpus.bytes_read += len(raw)
+            try:
+                line = raw.decode("utf-8", errors=handler)
+            except UnicodeDecodeError as e:
+                raise _utf8_error(src, offset + e.start, lineno, e) from None
+            offset += len(raw)
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(
+                    f"{src.path}:{lineno}: not valid JSON ({e.msg} at column {e.colno}). Each line of a JSONL "
+                    "file must be one JSON object."
+                ) from None
+            if not isinstance(record, dict):
+                raise DataError(
+                    f"{src.path}:{lineno}: a JSON {type(record).__name__}, not an object; each line "
+                    f"of a JSONL file must be an object with a {field_name!r} field."
+                )
+            if field_name not in record:
+                keys = ", ".join(map(repr, list(record)[:8])) or "none"
+                raise DataError(
+                    f"{src.path}:{lineno}: no field {field_name!r} in this record (its fields: {keys}). "
+                    "Set data.jsonl_field to the field that holds the text."
+                )
+            text = record[field_name]
+            if not isinstance(text, str):
+                raise DataError(f"{src.path}:{lineno}: field {field_name!r} is a {type(text).__name__}, not a string.")
+            yield from split_document(text, sep)
+    src.sha256 = digest.hexdigest()
+    src.replacements = _replaced[0] - start_replaced
+
+
+def _read_builtin(src: Source, sep: str | None, corpus: Corpus) -> Iterator[str]:
+    from pydoc_data import topics
+
+    from llmkit.io import sha256_file
+
+    src.sha256 = sha256_file(src.path)
+    scale = src.size / max(1, sum(len(t) for t in topics.topics.values()))  # progress in file bytes
+    for key in sorted(topics.topics):
+        text = topics.topics[key]
+        corpus.bytes_read += int(len(text) * scale)
+        yield from split_document(text, sep)
+
+
+# --- splitting ------------------------------------------------------------------------------------
+_MASK64 = (1 << 64) - 1
+
+
+def unit_hash(seed: int, index: int) -> float:
+    """A uniform number in [0, 1) from (seed, index): splitmix64, so any document's split is known
+    without looking at the others (streaming, reproducible, independent of worker count)."""
+    z = (seed * 0x9E3779B97F4A7C15 + index + 1) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    z ^= z >> 31
+    return (z >> 11) / float(1 << 53)
+
+
+def assign_splits(corpus: Corpus, seed: int) -> Iterator[tuple[str, str]]:
+    """``("train" | "val", text)`` for each document, in corpus order.
+
+    - ``data.val_paths`` given: their documents validate, those of ``data.paths`` train.
+    - ``split=documents``: a document validates with probability ``val_fraction`` (seeded hash of
+      its index); with two or more documents at least one validates and one trains.
+    - ``split=tail``: the last ``val_fraction`` of the text (by characters) validates, as nanoGPT
+      splits tinyshakespeare; the document at the boundary is cut in two.
+    """
+    cfg = corpus.cfg
+    if any(s.role == "val" for s in corpus.sources):
+        for src, doc in corpus.documents():
+            yield ("val" if src.role == "val" else "train"), doc
+        corpus.check_not_empty()
+        return
+    if cfg.split == "tail":
+        total = corpus.count_characters()
+        boundary = total - round(total * cfg.val_fraction)
+        pos = 0
+        for _, doc in corpus.documents():
+            end = pos + len(doc)
+            if end <= boundary:
+                yield "train", doc
+            elif pos >= boundary:
+                yield "val", doc
+            else:  # the boundary falls inside this document
+                yield "train", doc[: boundary - pos]
+                yield "val", doc[boundary - pos :]
+            pos = end
+        corpus.check_not_empty()
+        return
+    n_val = n_train = 0
+    prev: str | None = None
+    index = 0
+    for _, doc in corpus.documents():
+        if prev is not None:
+            split = _documents_split(seed, index - 1, cfg.val_fraction, last=False, n_val=n_val, n_train=n_train)
+            n_val += split == "val"
+            n_train += split == "train"
+            yield split, prev
+        prev = doc
+        index += 1
+    if prev is not None:  # the last document: one-document lookahead keeps the guarantee streaming
+        yield _documents_split(seed, index - 1, cfg.val_fraction, last=True, n_val=n_val, n_train=n_train), prev
+    corpus.check_not_empty()
+
+
+def _documents_split(seed: int, index: int, fraction: float, *, last: bool, n_val: int, n_train: int) -> str:
+    if last and index >= 1 and fraction > 0:
+        if n_val == 0:
+            return "val"
+        if n_train == 0:
+            return "train"
+    return "val" if unit_hash(seed, index) < fraction else "train"
+
+
+def sample_for_training(corpus: Corpus, seed: int, budget: int) -> list[str]:
+    """A seeded sample of the training documents, at most ``budget`` characters (memory is bounded).
+
+    Each training document is kept with probability ``budget / train bytes`` (a seeded hash of its
+    index, salted apart from the split); the first non-empty one is always kept, and the last kept
+    one is cut to fit the budget.
+    """
+    train_bytes = sum(s.size for s in corpus.sources if s.role != "val") or 1
+    p = min(1.0, budget / train_bytes)
+    salt = seed ^ 0x5A17
+    sample: list[str] = []
+    used = 0
+    for index, (split, doc) in enumerate(corpus.split(seed)):
+        if split != "train" or not doc or used >= budget:
+            continue
+        if sample and p < 1.0 and unit_hash(salt, index) >= p:
+            continue
+        doc = doc[: budget - used]
+        sample.append(doc)
+        used += len(doc)
+    return sample

@@ -1,0 +1,454 @@
+"""Token shards: encode documents in parallel into flat train/val arrays, and read them back.
+
+A dataset directory (the ``out_dir`` of ``llmkit tokenize``)::
+
+    tokenizer/      the tokenizer (tokenizer.json [+ tokenizer.model])
+    train.bin       flat array of token ids (uint16 if vocab_size < 65536, else uint32):
+    val.bin         each document's tokens followed by eos_id, the document separator
+    meta.json       counts, dtype, special ids, sources with sizes and sha256, configs, seed
+
+Writes are ordered so that an interrupted run never leaves a dataset that looks complete: the
+tokenizer and shards are written under temporary names; only at the end are the old meta.json
+removed, the new files renamed into place and meta.json written, last of all. meta.json present
+= dataset complete; a failure before that leaves a previous dataset in the directory untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import multiprocessing as mp
+import os
+import shutil
+import tempfile
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from llmkit.errors import LlmkitError
+from llmkit.io import write_json
+from llmkit.tokenizer.base import Tokenizer
+
+FORMAT = "llmkit.dataset"
+FORMAT_VERSION = 1
+META_FILE = "meta.json"
+TOKENIZER_DIR = "tokenizer"
+SPLITS = ("train", "val")
+_SPLIT_CODE = {"train": 0, "val": 1}
+
+Backend = Literal["processes", "threads"]
+
+
+def default_workers() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+# --- writing ------------------------------------------------------------------------------------
+class DatasetWriter:
+    """Collects a dataset under temporary names in ``out_dir``; :meth:`commit` makes it visible.
+
+        with DatasetWriter(out_dir, tokenizer) as w:
+            w.append("train", tokens, n_docs)
+            w.commit(extra_meta)
+    Leaving the block without ``commit`` (an exception, Ctrl-C) deletes the temporary files.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, tokenizer: Tokenizer) -> None:
+        self.out_dir = Path(out_dir)
+        self.tokenizer = tokenizer
+        self.dtype = tokenizer.dtype
+        self.tokens = {s: 0 for s in SPLITS}
+        self.documents = {s: 0 for s in SPLITS}
+        self.tokenizer_tmp: Path | None = None
+        self._files: dict[str, Any] = {}
+        self._tmp: dict[str, str] = {}
+        self.committed = False
+
+    def __enter__(self) -> DatasetWriter:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.tokenizer_tmp = Path(tempfile.mkdtemp(prefix=f".{TOKENIZER_DIR}.", suffix=".tmp", dir=self.out_dir))
+        self.tokenizer.save(self.tokenizer_tmp)
+        for split in SPLITS:
+            fd, tmp = tempfile.mkstemp(prefix=f".{split}.bin.", suffix=".tmp", dir=self.out_dir)
+            self._tmp[split] = tmp
+            self._files[split] = os.fdopen(fd, "wb")
+        return self
+
+    def append(self, split: str, tokens: np.ndarray, n_docs: int) -> None:
+        if tokens.size:
+            self._files[split].write(np.ascontiguousarray(tokens, dtype=self.dtype).data)
+        self.tokens[split] += int(tokens.size)
+        self.documents[split] += n_docs
+
+    def commit(self, extra: dict | None = None) -> dict:
+        """Rename everything into place and write meta.json (last); return the meta."""
+        for f in self._files.values():
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
+        meta = self._meta(extra or {})
+        final = self.out_dir / META_FILE
+        final.unlink(missing_ok=True)  # from here on the directory is not a complete dataset
+        tok_dir = self.out_dir / TOKENIZER_DIR
+        if tok_dir.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{TOKENIZER_DIR}.", suffix=".old", dir=self.out_dir))
+            os.replace(tok_dir, old / TOKENIZER_DIR)
+            os.replace(self.tokenizer_tmp, tok_dir)  # type: ignore[arg-type]
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(self.tokenizer_tmp, tok_dir)  # type: ignore[arg-type]
+        for split in SPLITS:
+            os.replace(self._tmp[split], self.out_dir / f"{split}.bin")
+        write_json(final, meta)
+        self.committed = True
+        _default_permissions([tok_dir, *tok_dir.iterdir(), *(self.out_dir / f"{s}.bin" for s in SPLITS), final])
+        return meta
+
+    def __exit__(self, *exc: object) -> None:
+        if self.committed:
+            return
+        for f in self._files.values():
+            with contextlib.suppress(Exception):
+                f.close()
+        for tmp in self._tmp.values():
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        if self.tokenizer_tmp is not None:
+            shutil.rmtree(self.tokenizer_tmp, ignore_errors=True)
+
+    def _meta(self, extra: dict) -> dict:
+        tok = self.tokenizer
+        special = {"pad": tok.pad_id, "unk": tok.unk_id, "bos": tok.bos_id, "eos": tok.eos_id}
+        for name in ("cls", "sep", "mask"):
+            if getattr(tok, f"{name}_id") is not None:
+                special[name] = getattr(tok, f"{name}_id")
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "tokenizer": {"dir": TOKENIZER_DIR, "kind": tok.kind, "checksum": tok.checksum()},
+            "vocab_size": tok.vocab_size,
+            "dtype": self.dtype.name,
+            "special_ids": special,
+            "special_tokens": dict(tok.special_tokens),
+            "document_separator": {"token": "eos", "id": tok.eos_id},
+            "splits": {
+                s: {"file": f"{s}.bin", "tokens": self.tokens[s], "documents": self.documents[s]} for s in SPLITS
+            },
+            **extra,
+        }
+
+
+def _default_permissions(paths: Iterable[Path]) -> None:
+    """Temporary files are created private (0600); give the results the usual umask permissions."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for p in paths:
+        with contextlib.suppress(OSError):
+            os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
+
+
+# --- encoding -----------------------------------------------------------------------------------
+def encode_pieces(
+    tok: Tokenizer, texts: list[str], splits: bytes, ends: bytes, num_threads: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """Encode a batch of pieces into (train tokens, val tokens), eos after each document's last piece.
+
+    ``splits[i]`` is 0 (train) or 1 (val); ``ends[i]`` is 0 when piece ``i`` is not the end of its
+    document (a long document cut after a newline), so no eos follows it.
+    """
+    flat, lengths = tok.encode_documents(texts, num_threads=num_threads)
+    end = np.frombuffer(ends, dtype=np.uint8)
+    if not end.all():  # drop the eos after pieces that do not end their document
+        keep = np.ones(flat.size, dtype=bool)
+        keep[(np.cumsum(lengths) - 1)[end == 0]] = False
+        flat = flat[keep]
+        lengths = lengths - (end == 0)
+    split = np.frombuffer(splits, dtype=np.uint8)
+    if not split.any():
+        return flat, flat[:0]
+    if split.all():
+        return flat[:0], flat
+    per_token = np.repeat(split, lengths)
+    return flat[per_token == 0], flat[per_token == 1]
+
+
+_WORKER_TOKENIZER: Tokenizer | None = None
+
+
+def _worker_init(tokenizer_dir: str) -> None:
+    global _WORKER_TOKENIZER
+    from llmkit.tokenizer import load
+
+    _WORKER_TOKENIZER = load(tokenizer_dir)
+
+
+def _worker_encode(texts: list[str], splits: bytes, ends: bytes) -> tuple[np.ndarray, np.ndarray]:
+    assert _WORKER_TOKENIZER is not None
+    return encode_pieces(_WORKER_TOKENIZER, texts, splits, ends)
+
+
+@dataclass
+class _Batch:
+    texts: list[str]
+    splits: bytearray
+    ends: bytearray
+    docs: dict[str, int]
+    chars: int = 0
+    read: int = 0  # corpus bytes read when the batch was closed (progress)
+
+
+def batches(
+    docs: Iterable[tuple[str, str]],
+    batch_chars: int,
+    bytes_read: Callable[[], int] = lambda: 0,
+    *,
+    cut_long: bool = True,
+) -> Iterator[_Batch]:
+    """Group documents into batches of about ``batch_chars`` characters.
+
+    With ``cut_long`` a document longer than that is cut after a newline into pieces (so several
+    workers share it); this is exact for llmkit's tokenizers because none of their tokens spans a
+    newline: "\\n" is a symbol of its own for SentencePiece and a character for char tokenizers.
+    (Not so for e.g. GPT-2's byte-level BPE, which has tokens like ".\\n\\n".)
+    """
+    b = _Batch([], bytearray(), bytearray(), {"train": 0, "val": 0})
+    for split, text in docs:
+        code = _SPLIT_CODE[split]
+        while cut_long and len(text) > batch_chars:
+            cut = text.rfind("\n", batch_chars // 2, batch_chars)
+            if cut < 0:
+                break  # no newline to cut at: the rest is one piece
+            b.texts.append(text[: cut + 1])
+            b.splits.append(code)
+            b.ends.append(0)
+            b.chars += cut + 1
+            text = text[cut + 1 :]
+            b.read = bytes_read()
+            yield b
+            b = _Batch([], bytearray(), bytearray(), {"train": 0, "val": 0})
+        b.texts.append(text)
+        b.splits.append(code)
+        b.ends.append(1)
+        b.docs[split] += 1
+        b.chars += len(text)
+        if b.chars >= batch_chars:
+            b.read = bytes_read()
+            yield b
+            b = _Batch([], bytearray(), bytearray(), {"train": 0, "val": 0})
+    if b.texts:
+        b.read = bytes_read()
+        yield b
+
+
+def _start_method() -> str:
+    """fork when this process runs no other thread (instant start, nothing to re-import), else
+    forkserver: forking a process whose other threads may hold locks is unsafe."""
+    import threading
+
+    methods = mp.get_all_start_methods()
+    if "fork" in methods and threading.active_count() == 1:
+        return "fork"
+    return "forkserver" if "forkserver" in methods else "spawn"
+
+
+class ShardEncoder:
+    """Encodes ``(split, text)`` documents into a :class:`DatasetWriter`'s shards, in order.
+
+    ``backend="processes"`` with ``workers`` encoders (0 = one per core): this process and a pool
+    of ``workers - 1`` worker processes (each loading the tokenizer from ``tokenizer_dir``) take
+    the batches of about ``batch_chars`` characters in turn; this process also reads and writes,
+    which costs little. (Measured: a pool of ``workers`` processes with an idle parent costs more
+    CPU in all - another cold segment cache, more pickling - and so is slower on a busy machine.)
+    At most ``2 * workers`` batches are in flight, so memory does not grow with the corpus.
+    ``workers=1`` encodes in this process only. ``backend="threads"``: SentencePiece's own
+    multi-threaded batch encode in this process (no segment cache).
+
+    Create it before starting other threads (a progress bar): the pool then starts by fork.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        *,
+        tokenizer_dir: str | os.PathLike,
+        workers: int = 0,
+        backend: Backend = "processes",
+        batch_chars: int = 1 << 18,
+        start_method: str | None = None,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.tokenizer_dir = str(tokenizer_dir)
+        self.workers = workers or default_workers()
+        self.backend = backend
+        self.batch_chars = batch_chars
+        self.start_method = start_method
+        self.pool: Any = None
+
+    def __enter__(self) -> ShardEncoder:
+        if self.backend == "processes" and self.workers > 1:
+            self.start_method = self.start_method or _start_method()
+            ctx = mp.get_context(self.start_method)
+            if self.start_method == "forkserver":
+                ctx.set_forkserver_preload(["llmkit.data.shards", "llmkit.tokenizer"])
+            self.pool = ctx.Pool(self.workers - 1, initializer=_worker_init, initargs=(self.tokenizer_dir,))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+            self.pool = None
+
+    def _write_head(self, inflight: deque, write: Callable) -> None:
+        batch, task = inflight.popleft()
+        if task is None:  # this process's turn
+            write(batch, encode_pieces(self.tokenizer, batch.texts, bytes(batch.splits), bytes(batch.ends)))
+        else:
+            write(batch, task.get())
+
+    def encode(
+        self,
+        writer: DatasetWriter,
+        docs: Iterable[tuple[str, str]],
+        *,
+        bytes_read: Callable[[], int] = lambda: 0,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> dict:
+        """Encode and append to ``writer``; ``on_progress(bytes_read_advance)`` after each batch."""
+        t0 = time.perf_counter()
+        chars = 0
+        last_read = 0
+
+        def write(batch: _Batch, result: tuple[np.ndarray, np.ndarray]) -> None:
+            nonlocal chars, last_read
+            train, val = result
+            writer.append("train", train, batch.docs["train"])
+            writer.append("val", val, batch.docs["val"])
+            chars += batch.chars
+            if on_progress is not None:
+                on_progress(batch.read - last_read)
+            last_read = batch.read
+
+        cut_long = self.tokenizer.kind in ("bpe", "unigram", "char")  # no token spans a newline
+        stream = batches(docs, self.batch_chars, bytes_read, cut_long=cut_long)
+        if self.pool is None:
+            threads = self.workers if self.backend == "threads" else 1
+            for b in stream:
+                write(b, encode_pieces(self.tokenizer, b.texts, bytes(b.splits), bytes(b.ends), num_threads=threads))
+        else:
+            # batch i is encoded here when i % workers == 0, else by a worker process
+            inflight: deque[tuple[_Batch, Any]] = deque()
+            for i, b in enumerate(stream):
+                if i % self.workers:
+                    task = self.pool.apply_async(_worker_encode, (b.texts, bytes(b.splits), bytes(b.ends)))
+                    inflight.append((b, task))
+                    b.texts = []  # the task holds the text until it is sent; keep nothing else
+                else:
+                    inflight.append((b, None))
+                while len(inflight) >= 2 * self.workers or (inflight and inflight[0][1] is None and i % self.workers):
+                    self._write_head(inflight, write)
+            while inflight:
+                self._write_head(inflight, write)
+        if on_progress is not None and bytes_read() > last_read:
+            on_progress(bytes_read() - last_read)
+        seconds = time.perf_counter() - t0
+        return {
+            "seconds": seconds,
+            "characters": chars,
+            "workers": self.workers,
+            "backend": self.backend,
+            "start_method": self.start_method if self.pool is not None else None,
+        }
+
+
+# --- reading ------------------------------------------------------------------------------------
+@dataclass
+class Dataset:
+    """A complete dataset directory: ``meta``, memory-mapped ``train``/``val`` arrays, the tokenizer."""
+
+    path: Path
+    meta: dict
+    train: np.ndarray
+    val: np.ndarray
+    tokenizer: Tokenizer
+
+    @property
+    def eos_id(self) -> int:
+        return int(self.meta["document_separator"]["id"])
+
+    def split(self, name: str) -> np.ndarray:
+        if name not in SPLITS:
+            raise KeyError(f"no split {name!r}; a dataset has {', '.join(SPLITS)}")
+        return self.train if name == "train" else self.val
+
+    def documents(self, name: str) -> Iterator[np.ndarray]:
+        """The token arrays of the documents of split ``name`` (without their eos)."""
+        return iter_documents(self.split(name), self.eos_id)
+
+
+def iter_documents(tokens: np.ndarray, eos_id: int, *, window: int = 1 << 24) -> Iterator[np.ndarray]:
+    """Split a flat shard at ``eos_id``; scans ``window`` tokens at a time (bounded memory)."""
+    start = 0
+    n = len(tokens)
+    for lo in range(0, n, window):
+        ends = np.flatnonzero(np.asarray(tokens[lo : lo + window]) == eos_id) + lo
+        for e in ends.tolist():
+            yield np.asarray(tokens[start:e])
+            start = e + 1
+    if start < n:  # a shard always ends with eos; anything after it is a truncated document
+        yield np.asarray(tokens[start:n])
+
+
+def open_dataset(path: str | os.PathLike) -> Dataset:
+    """Open a dataset directory written by ``llmkit tokenize``; check it is complete and consistent."""
+    from llmkit.tokenizer import load
+
+    path = Path(path)
+    meta_path = path / META_FILE
+    if not path.is_dir():
+        raise LlmkitError(f"{path}: no such dataset directory.")
+    if not meta_path.is_file():
+        raise LlmkitError(
+            f"{path} is not a complete llmkit dataset: {META_FILE} is missing (an interrupted or still running "
+            f"`llmkit tokenize`?). Run `llmkit tokenize out_dir={path}` to build it."
+        )
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise LlmkitError(f"{meta_path}: not valid JSON ({e}).") from None
+    if meta.get("format") != FORMAT:
+        raise LlmkitError(f'{meta_path} is not llmkit dataset metadata (no "format": "{FORMAT}").')
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise LlmkitError(
+            f"{meta_path}: format_version {meta['format_version']} is newer than this llmkit reads "
+            f"({FORMAT_VERSION}); upgrade llmkit."
+        )
+    dtype = np.dtype(meta["dtype"])
+    arrays = {}
+    for split in SPLITS:
+        info = meta["splits"][split]
+        file = path / info["file"]
+        if not file.is_file():
+            raise LlmkitError(f"{file}: missing; {META_FILE} lists {info['tokens']} {split} tokens.")
+        size, want = file.stat().st_size, info["tokens"] * dtype.itemsize
+        if size != want:
+            raise LlmkitError(
+                f"{file}: {size} bytes, but {META_FILE} says {info['tokens']} tokens x {dtype.itemsize} bytes = {want}; "
+                "the shard is truncated or from another run. Re-run `llmkit tokenize`."
+            )
+        arrays[split] = np.memmap(file, dtype=dtype, mode="r") if size else np.zeros(0, dtype=dtype)
+    tokenizer = load(path / meta["tokenizer"]["dir"])
+    if tokenizer.checksum() != meta["tokenizer"]["checksum"]:
+        raise LlmkitError(
+            f"{path / meta['tokenizer']['dir']}: the tokenizer's checksum does not match {meta_path}; the shards "
+            "were encoded with another tokenizer. Re-run `llmkit tokenize`."
+        )
+    return Dataset(path=path, meta=meta, train=arrays["train"], val=arrays["val"], tokenizer=tokenizer)

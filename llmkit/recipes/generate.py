@@ -1,0 +1,125 @@
+"""``llmkit generate``: sample text from a checkpoint, streamed to the terminal token by token."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from llmkit import checkpoint, config
+from llmkit.errors import DataError, LlmkitError
+from llmkit.generation import generate
+from llmkit.recipes._common import resolve_device, set_threads
+
+
+@dataclass
+class Config:
+    out_dir: str
+    checkpoint: str
+    prompt: str = ""
+    prompt_file: str | None = None  # one prompt per line
+    max_new_tokens: int = 200
+    temperature: float = 0.8  # 0 = greedy
+    top_k: int | None = 200
+    top_p: float | None = None
+    repetition_penalty: float = 1.0
+    stop: list[str] = field(default_factory=list)  # stop strings (not included in the output)
+    num_samples: int = 1
+    seed: int = 1337
+    use_cache: bool = True
+    stream: bool = True
+    device: str = "auto"
+    threads: int = 0
+    data_root: str = "data"
+
+
+def _prompts(c: Config) -> list[str]:
+    if c.prompt_file is None:
+        return [c.prompt]
+    path = Path(c.prompt_file)
+    if not path.is_file():
+        raise DataError(f"prompt_file {path} does not exist.")
+    prompts = [line.rstrip("\n") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not prompts:
+        raise DataError(f"prompt_file {path} holds no prompts.")
+    return prompts
+
+
+def complete(model: Any, tokenizer: Any, prompt: str, c: Config, seed: int, write: Any | None) -> str:
+    """Generate one completion of ``prompt``; ``write`` receives each new piece of text as it is decoded."""
+    ids = tokenizer.encode(prompt, bos=False) if prompt else [tokenizer.eos_id]
+    device = next(model.parameters()).device
+    prompt_ids = torch.tensor([ids], dtype=torch.long, device=device)
+    new: list[int] = []
+    shown = ""
+    for step_ids in generate(
+        model,
+        prompt_ids,
+        max_new_tokens=c.max_new_tokens,
+        temperature=c.temperature,
+        top_k=c.top_k,
+        top_p=c.top_p,
+        repetition_penalty=c.repetition_penalty,
+        eos_id=tokenizer.eos_id,
+        seed=seed,
+        use_cache=c.use_cache,
+    ):
+        token = int(step_ids[0])
+        if token == tokenizer.eos_id:
+            break
+        new.append(token)
+        text = tokenizer.decode(new)
+        hit = [text.index(s) for s in c.stop if s in text]
+        if hit:
+            text = text[: min(hit)]
+        if write is not None and not text.endswith("\ufffd") and len(text) > len(shown):
+            write(text[len(shown) :])  # decode the whole tail: a piece may complete a multi-byte character
+            shown = text
+        if hit:
+            break
+    text = tokenizer.decode(new)
+    hit = [text.index(s) for s in c.stop if s in text]
+    final = text[: min(hit)] if hit else text
+    if write is not None and len(final) > len(shown):
+        write(final[len(shown) :])
+    return final
+
+
+def run(cfg: Any) -> list[dict[str, Any]]:
+    c = config.load(cfg, Config)
+    from llmkit.tokenizer import load as load_tokenizer
+
+    if c.num_samples < 1 or c.max_new_tokens < 0:
+        raise LlmkitError("num_samples must be >= 1 and max_new_tokens >= 0.")
+    set_threads(c.threads)
+    model, meta = checkpoint.load_model(c.checkpoint, device=resolve_device(c.device))
+    tokenizer = load_tokenizer(Path(meta["path"]) / "tokenizer")
+    console = Console(stderr=True)
+    out = sys.stdout
+
+    def write(piece: str) -> None:
+        out.write(piece)
+        out.flush()
+
+    records = []
+    for p_i, prompt in enumerate(_prompts(c)):
+        for s_i in range(c.num_samples):
+            console.print(f"[dim]--- sample {s_i + 1}/{c.num_samples} of prompt {p_i + 1}[/dim]")
+            if c.stream:
+                write(prompt)
+            text = complete(model, tokenizer, prompt, c, c.seed + s_i, write if c.stream else None)
+            if not c.stream:
+                write(prompt + text)
+            write("\n")
+            records.append({"prompt": prompt, "sample": s_i, "seed": c.seed + s_i, "completion": text})
+    path = Path(c.out_dir) / "generations.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    return records

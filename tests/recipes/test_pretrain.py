@@ -1,0 +1,181 @@
+"""``llmkit pretrain`` / ``evaluate`` / ``generate`` running real steps on a tiny char model.
+
+Recipe tests in the torchtune manner: real optimizer steps on real (tiny) data, checking the logged
+loss curve, exact resume after SIGKILL, a clean stop on SIGINT and clear errors for bad checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from _cli import REPO, run_llmkit
+
+TINY = [
+    "model.n_layer=2",
+    "model.n_head=2",
+    "model.n_embd=32",
+    "model.block_size=32",
+    "trainer.batch_size=4",
+    "trainer.progress=false",
+    "optim.lr=3e-3",
+    "scheduler.warmup_steps=5",
+]
+
+
+@pytest.fixture(scope="module")
+def char_dataset(tmp_path_factory) -> Path:
+    """The offline default corpus, char-tokenized once for this module."""
+    out = tmp_path_factory.mktemp("ds") / "pydoc_char"
+    proc = run_llmkit("tokenize", "tokenizer=char", f"out_dir={out}", "progress=false", cwd=out.parent)
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _pretrain(run_dir: Path, dataset: Path, *extra: str) -> subprocess.CompletedProcess:
+    return run_llmkit("pretrain", f"dataset={dataset}", f"out_dir={run_dir}", *TINY, *extra, cwd=run_dir.parent)
+
+
+def _popen_pretrain(run_dir: Path, dataset: Path, *extra: str) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "LLMKIT_DEBUG"}
+    env["PYTHONPATH"] = str(REPO)
+    args = [sys.executable, "-m", "llmkit", "pretrain", f"dataset={dataset}", f"out_dir={run_dir}", *TINY, *extra]
+    return subprocess.Popen(args, cwd=run_dir.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert proc.poll() is None, f"run ended before {path} appeared: {proc.communicate()}"
+        assert time.time() < deadline, f"{path} did not appear"
+        time.sleep(0.02)
+
+
+def test_loss_curve_falls_and_evaluate_generate_read_the_run(char_dataset, tmp_path):
+    run = tmp_path / "run"
+    proc = _pretrain(run, char_dataset, "trainer.max_steps=60", "trainer.eval_every=20", "trainer.save_every=30",
+                     "trainer.log_every=10")
+    assert proc.returncode == 0, proc.stderr
+    rows = _metrics(run)
+    train = [(r["step"], r["train_loss"]) for r in rows if "train_loss" in r]
+    val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
+    assert [s for s, _ in train] == [10, 20, 30, 40, 50, 60]
+    assert [s for s, _ in val] == [20, 40, 60]
+    # A char model starts near ln(vocab) and must learn the unigram statistics quickly.
+    vocab = json.loads((char_dataset / "meta.json").read_text())["vocab_size"]
+    assert train[0][1] < torch.log(torch.tensor(float(vocab))).item() + 0.5
+    assert train[-1][1] < train[0][1] - 0.5
+    assert val[-1][1] < val[0][1]
+    assert all(r["tokens_per_s"] > 0 and 0 < r["mfu"] < 1 for r in rows if "train_loss" in r)
+    ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert ckpts == ["step_0000030", "step_0000060"]
+
+    ev = run_llmkit("evaluate", f"checkpoint={run}", f"out_dir={tmp_path / 'eval'}", cwd=tmp_path)
+    assert ev.returncode == 0, ev.stderr
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["step"] == 60
+    assert abs(metrics["perplexity"] - torch.exp(torch.tensor(metrics["loss"])).item()) < 1e-3 * metrics["perplexity"]
+    # char tokens of ASCII text: bits per byte = loss / ln 2 (up to the few non-ASCII characters)
+    assert metrics["bits_per_byte"] == pytest.approx(metrics["loss"] / 0.6931, rel=0.05)
+    assert abs(metrics["loss"] - val[-1][1]) < 0.3  # all val tokens vs 20 sampled batches
+
+    gen = run_llmkit("generate", f"checkpoint={run}", "prompt=def", "max_new_tokens=40", "temperature=0",
+                     f"out_dir={tmp_path / 'gen'}", cwd=tmp_path)
+    assert gen.returncode == 0, gen.stderr
+    record = json.loads((tmp_path / "gen" / "generations.jsonl").read_text().splitlines()[0])
+    assert gen.stdout.startswith("def" + record["completion"])
+    assert 0 < len(record["completion"]) <= 40 * 4
+
+
+def test_refuses_to_overwrite_an_earlier_run(char_dataset, tmp_path):
+    run = tmp_path / "run"
+    assert _pretrain(run, char_dataset, "trainer.max_steps=2", "trainer.eval_every=0").returncode == 0
+    before = (run / "checkpoints" / "step_0000002" / "model.safetensors").read_bytes()
+    proc = _pretrain(run, char_dataset, "trainer.max_steps=4")
+    assert proc.returncode != 0
+    assert "already holds checkpoints" in proc.stderr and "Traceback" not in proc.stderr
+    assert (run / "checkpoints" / "step_0000002" / "model.safetensors").read_bytes() == before
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_equals_uninterrupted_run(char_dataset, tmp_path):
+    steps = ["trainer.max_steps=300", "trainer.save_every=25", "trainer.eval_every=100", "trainer.keep_last=0",
+             "model.dropout=0.1"]  # dropout: the RNG state must be restored too
+    straight = tmp_path / "straight"
+    assert _pretrain(straight, char_dataset, *steps).returncode == 0
+
+    run = tmp_path / "killed"
+    proc = _popen_pretrain(run, char_dataset, *steps)
+    _wait_for(run / "checkpoints" / "step_0000050", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run / "checkpoints" / "step_0000300").exists(), "the run finished before it was killed"
+    resumed = _pretrain(run, char_dataset, *steps, "resume=auto")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in resumed.stderr
+
+    a = load_file(str(straight / "checkpoints" / "step_0000300" / "model.safetensors"))
+    b = load_file(str(run / "checkpoints" / "step_0000300" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_sigint_saves_a_checkpoint_and_exits_cleanly(char_dataset, tmp_path):
+    run = tmp_path / "run"
+    proc = _popen_pretrain(run, char_dataset, "trainer.max_steps=100000", "trainer.save_every=20",
+                           "trainer.eval_every=0", "trainer.keep_last=0")
+    _wait_for(run / "checkpoints" / "step_0000020", proc)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGINT, err
+    assert "interrupted by SIGINT" in err and "resume=auto" in err and "Traceback" not in err
+    saved = sorted((run / "checkpoints").iterdir())
+    stopped_at = int(saved[-1].name.split("_")[1])
+    assert stopped_at >= 20 and (saved[-1] / "checkpoint.json").is_file()
+
+
+@pytest.mark.slow
+def test_damaged_and_foreign_checkpoints_are_clear_errors(char_dataset, tmp_path):
+    run = tmp_path / "run"
+    assert _pretrain(run, char_dataset, "trainer.max_steps=4", "trainer.save_every=2", "trainer.eval_every=0",
+                     "trainer.keep_last=0").returncode == 0
+    newest = run / "checkpoints" / "step_0000004" / "model.safetensors"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+
+    proc = run_llmkit("evaluate", f"checkpoint={run}", f"out_dir={tmp_path / 'e1'}", cwd=tmp_path)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "damaged" in proc.stderr and "model.safetensors" in proc.stderr
+    # the previous checkpoint is still usable
+    older = run / "checkpoints" / "step_0000002"
+    assert run_llmkit("evaluate", f"checkpoint={older}", f"out_dir={tmp_path / 'e2'}", cwd=tmp_path).returncode == 0
+    # resume=auto skips the damaged one and continues from step 2
+    resumed = _pretrain(run, char_dataset, "trainer.max_steps=6", "trainer.save_every=2", "trainer.eval_every=0",
+                        "trainer.keep_last=0", "resume=auto")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "step_0000002" in resumed.stderr
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "model.safetensors").write_bytes(b"not a checkpoint")
+    proc = run_llmkit("generate", f"checkpoint={foreign}", f"out_dir={tmp_path / 'g'}", cwd=tmp_path)
+    assert proc.returncode != 0 and "not an llmkit checkpoint" in proc.stderr and "Traceback" not in proc.stderr
+
+    other = tmp_path / "other"
+    assert _pretrain(other, char_dataset, "trainer.max_steps=2", "trainer.eval_every=0",
+                     "model.n_embd=64").returncode == 0
+    proc = _pretrain(run, char_dataset, "trainer.max_steps=8", f"resume={other}")
+    assert proc.returncode != 0 and "another model config" in proc.stderr
