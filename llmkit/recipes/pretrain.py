@@ -22,7 +22,7 @@ from llmkit import checkpoint, config
 from llmkit.data.config import DataConfig
 from llmkit.data.loader import RandomWindows
 from llmkit.errors import LlmkitError
-from llmkit.logger import JSONLLogger
+from llmkit.logger import LoggerConfig, build_loggers
 from llmkit.model import CausalLM, ModelConfig
 from llmkit.optim import build_optimizer
 from llmkit.recipes._common import config_yaml, resolve_device, seed_everything, set_threads
@@ -44,6 +44,7 @@ class Config:
     optim: dict = config.target("params")
     scheduler: dict = config.target("optimizer", "total_steps")
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
     seed: int = 1337
     data_root: str = "data"
     dataset: str | None = None
@@ -127,7 +128,7 @@ def run(cfg: Any) -> dict[str, float]:
             keep_last=t.keep_last,
         )
 
-    logger = JSONLLogger(out_dir / "metrics.jsonl")
+    loggers = build_loggers(c.logger, out_dir)
     trainer = Trainer(
         model=model,
         objective=objective,
@@ -142,7 +143,7 @@ def run(cfg: Any) -> dict[str, float]:
         save_every=t.save_every,
         log_every=t.log_every,
         save_checkpoint=save,
-        loggers=[logger],
+        loggers=loggers,
         device=device,
         precision=t.precision,
         compile=t.compile,
@@ -166,7 +167,8 @@ def run(cfg: Any) -> dict[str, float]:
         console.print(f"[yellow]{stop}. Continue with: llmkit pretrain ... out_dir={out_dir} resume=auto")
         raise SystemExit(128 + stop.signum) from None
     finally:
-        logger.close()
+        for logger in loggers:
+            logger.close()
     console.print(
         f"done: step {trainer.state.step}, val loss {final.get('val_loss', float('nan')):.4f}, "
         f"{trainer.state.train_seconds:.1f}s training; checkpoint {checkpoint.step_dir(ckpt_root, trainer.state.step)}"
