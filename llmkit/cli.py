@@ -58,18 +58,27 @@ def _epilog(command: str) -> str:
     return "\n\n".join(lines)
 
 
-def dispatch(command: str, argv: list[str]) -> None:
-    """Validate the overrides, then run ``command`` through Hydra with ``argv``."""
+def dispatch(command: str, argv: list[str], *, from_run: Path | None = None) -> None:
+    """Validate the overrides, then run ``command`` through Hydra with ``argv``.
+
+    ``from_run``: re-run that recorded run: its overrides first, ``argv``'s replacing them.
+    """
     from llmkit import preflight
 
+    own = argv
     try:
-        preflight.check_overrides(command, argv)
+        if from_run is not None:
+            argv = preflight.replay_argv(command, from_run, argv)
+            import shlex
+
+            print(f"--from-run {from_run}: llmkit {command} {shlex.join(argv)}", file=sys.stderr)
+        argv = preflight.check_overrides(command, argv)
     except LlmkitError as err:
         if _debug_enabled():
             raise
         _report(err)
         raise typer.Exit(2) from None
-    preflight.hydra_main(command, argv)
+    preflight.hydra_main(command, argv, from_run=from_run, own_argv=own)
 
 
 def _make_command(command: str) -> None:
@@ -84,14 +93,68 @@ def _make_command(command: str) -> None:
     def _cmd(
         ctx: typer.Context,
         debug: bool = typer.Option(False, "--debug", help="Show full tracebacks (also: LLMKIT_DEBUG=1)."),
+        from_run: Path | None = typer.Option(
+            None, "--from-run", metavar="RUN_DIR",
+            help="Re-run a recorded run with its exact overrides (RUN_DIR/.hydra/overrides.yaml); overrides given "
+            "here replace its own; a new out_dir unless given.",
+        ),
     ) -> None:
         if debug:
             os.environ["LLMKIT_DEBUG"] = "1"
-        dispatch(command, list(ctx.args))
+        dispatch(command, list(ctx.args), from_run=from_run)
 
 
 for _name in RECIPES:
     _make_command(_name)
+
+
+_REPORT_EPILOG = """[bold]Examples[/bold]
+
+  llmkit report runs/shakespeare                    # one run: summary, metrics, curves.png
+
+  llmkit report runs/sweep --sort best --html runs/sweep/report.html
+
+  llmkit report runs/a runs/b --metric train_loss --markdown -
+
+A run folder holds run.json and metrics.jsonl; a sweep folder (llmkit ... -m out_dir=DIR) holds run folders."""
+
+
+@app.command(name="report", help="Summarise one run, or compare several (a sweep folder, or several paths): "
+             "tables, curve plots (PNG), CSV/Markdown, a self-contained HTML page.", epilog=_REPORT_EPILOG,
+             context_settings={"help_option_names": ["-h", "--help"]})
+def report(
+    paths_: list[Path] = typer.Argument(..., metavar="PATH", help="Run folders or sweep folders."),
+    metric: str | None = typer.Option(
+        None, "--metric", "-M", help="The metric to compare and plot (default: val_loss when logged, else train_loss)."
+    ),
+    sort: str = typer.Option(
+        "best", "--sort", help="Order of the table: best | final (of --metric, best first) | name | time | steps | "
+        "a swept parameter or a metric."
+    ),
+    csv: Path | None = typer.Option(None, "--csv", metavar="FILE", help="Also write the table as CSV ('-': stdout)."),
+    markdown: Path | None = typer.Option(
+        None, "--markdown", metavar="FILE", help="Also write the table as Markdown ('-': stdout)."
+    ),
+    html: Path | None = typer.Option(None, "--html", metavar="FILE", help="Write a self-contained HTML report."),
+    no_plot: bool = typer.Option(False, "--no-plot", help="Write no PNG files (the terminal shows sparklines)."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", metavar="DIR", help="Folder for the PNG plots (default: PATH/report for one PATH, else ./report)."
+    ),
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks (also: LLMKIT_DEBUG=1)."),
+) -> None:
+    if debug:
+        os.environ["LLMKIT_DEBUG"] = "1"
+    from llmkit.report import make_report
+
+    try:
+        make_report(
+            paths_, metric=metric, sort=sort, csv=csv, markdown=markdown, html=html, plot=not no_plot, out_dir=out
+        )
+    except LlmkitError as err:
+        if _debug_enabled():
+            raise
+        _report(err)
+        raise typer.Exit(2) from None
 
 
 @app.callback()

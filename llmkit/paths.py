@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -30,5 +31,14 @@ def config_groups(command: str) -> dict[str, list[str]]:
         for key in entry:
             group = key.split(" ")[-1].split("@")[0]
             if (root / group).is_dir():
-                groups[group] = sorted(p.stem for p in (root / group).glob("*.yaml"))
+                options = sorted(p.stem for p in (root / group).glob("*.yaml"))
+                if group == "experiment":
+                    options = [o for o in options if experiment_command(root / group / f"{o}.yaml") == command]
+                groups[group] = options
     return groups
+
+
+def experiment_command(path: Path) -> str | None:
+    """The command an experiment is for, from its usage line ``# ... llmkit COMMAND experiment=NAME``."""
+    match = re.search(rf"llmkit (\w+) .*experiment={re.escape(path.stem)}\b", path.read_text(encoding="utf-8"))
+    return match.group(1) if match else None

@@ -3,12 +3,19 @@
 Hydra would stop at the first unknown key with a message that does not say what was meant.
 ``check_overrides`` composes the config the way Hydra will, collects every unknown key (with the
 nearest valid one), every bad type and every missing value, and raises them together.
+
+``hydra_main`` then runs the recipe inside a run record (``run.json``, see :mod:`llmkit.runs`).
+Beside each recipe's own config, two keys belong to llmkit itself (:class:`RunControl`):
+``skip_completed`` (in a sweep, a job whose folder holds a completed run of the same config is
+skipped) and ``optimize_metric`` (the metric a job returns to a sweeper such as Optuna).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, open_dict
@@ -16,6 +23,17 @@ from omegaconf import DictConfig, open_dict
 from llmkit import config, paths
 from llmkit.errors import ConfigError, LlmkitError
 from llmkit.recipes import RECIPES
+
+
+@dataclass
+class RunControl:
+    """llmkit's own keys, accepted by every command and kept out of the recipes' configs."""
+
+    skip_completed: bool = True  # multirun (-m) only: skip a job whose out_dir holds a completed run.json of this config
+    optimize_metric: str | None = None  # the metric each job returns to the sweeper (Optuna), e.g. val_loss
+
+
+CONTROL_KEYS = tuple(f.name for f in fields(RunControl))
 
 # Hydra flags after which preflight steps aside (the user asks Hydra about the config itself).
 _INSPECT_FLAGS = {"--cfg", "-c", "--info", "-i", "--hydra-help", "--resolve", "-p", "--package"}
@@ -58,10 +76,15 @@ def _suggest_path(cfg: DictConfig, key: str) -> str:
     return f"{key}: unknown key"
 
 
-def check_overrides(command: str, argv: list[str]) -> None:
-    """Raise one ConfigError listing every problem the overrides would cause."""
+def check_overrides(command: str, argv: list[str]) -> list[str]:
+    """Raise one ConfigError listing every problem the overrides would cause; return the argv for Hydra.
+
+    An override of a schema field that the YAML does not spell out (it keeps the schema's default)
+    becomes ``+key=value`` in the returned argv, so Hydra adds it instead of refusing it.
+    """
     if any(a in _INSPECT_FLAGS for a in argv):
-        return
+        return argv
+    added: list[str] = []
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -70,30 +93,38 @@ def check_overrides(command: str, argv: list[str]) -> None:
         parsed = OverridesParser.create().parse_overrides(_overrides(argv))
     except Exception as e:  # hydra's OverrideParseException
         raise ConfigError([str(e).strip()], where="overrides") from None
-    groups = set(paths.config_groups(command)) | {"experiment"}
+    groups = set(paths.config_groups(command)) | {"experiment", "sweep"}
     group_ovr, value_ovr = [], []
+    problems: list[str] = []
+    control: dict[str, Any] = {}
     for o in parsed:
         key = o.key_or_group
         if key.startswith("hydra") or (o.package and o.package.startswith("hydra")):
             continue
-        if key.split("/")[0] in groups:
-            group_ovr.append(_first(o) if not o.is_delete() else o.input_line)
+        if key in CONTROL_KEYS:
+            control[key] = o.value() if not o.is_sweep_override() else next(iter(o.sweep_iterator()))
+        elif key.split("/")[0] in groups:
+            group_ovr.append(_first(o) if not (o.is_delete() or o.is_add()) else o.input_line)
         else:
             value_ovr.append(o)
+    problems.extend(config.check(control, RunControl))
 
-    problems: list[str] = []
     group_ovr = [g for g in group_ovr if not _unknown_option(g, problems)]
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(paths.config_dir()), version_base=None):
         try:
             base = compose(command, overrides=group_ovr)
         except Exception as e:
-            raise ConfigError([str(e).splitlines()[0]], where="config groups") from None
+            raise ConfigError([_plugin_hint(str(e).splitlines()[0])], where="config groups") from None
         keep = []
+        schema = RECIPES[command].schema()
         for o in value_ovr:
             text = o.input_line if (o.is_add() or o.is_delete()) else _first(o)
             if o.is_add() or o.is_delete() or _has_key(base, o.key_or_group):
                 keep.append(text)
+            elif _schema_has(schema, o.key_or_group):  # a field the YAML leaves at its default
+                keep.append("+" + text)
+                added.append(o.input_line)
             else:
                 problems.append(_suggest_path(base, o.key_or_group))
         try:
@@ -105,11 +136,151 @@ def check_overrides(command: str, argv: list[str]) -> None:
     with open_dict(cfg):
         cfg.out_dir = cfg.get("out_dir") or "."
     try:
+        pop_control(cfg)  # set by a config file (conf/sweep/optuna.yaml sets optimize_metric)
+    except ConfigError as e:
+        problems.extend(e.problems)
+    try:
         config.load(cfg, RECIPES[command].schema())
     except ConfigError as e:
         problems.extend(e.problems)
+    problems.extend(_missing_packages(cfg))
     if problems:
         raise ConfigError(problems)
+    return ["+" + a if a in added else a for a in argv]
+
+
+def _schema_has(schema: type, dotted: str) -> bool:
+    """Whether ``dotted`` names a field of the dataclass tree ``schema``."""
+    import dataclasses
+    import types
+    import typing
+
+    tp: Any = schema
+    for part in dotted.split("."):
+        if typing.get_origin(tp) in (typing.Union, types.UnionType):
+            tp = next((a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)), None)
+        if tp is None or not dataclasses.is_dataclass(tp):
+            return False
+        hints = typing.get_type_hints(tp)
+        if part not in hints:
+            return False
+        tp = hints[part]
+    return True
+
+
+# Optional dependencies a config switch asks for: key -> (module, pip package).
+_OPTIONAL = {
+    "logger.tensorboard": ("tensorboard", "tensorboard"),
+    "logger.wandb": ("wandb", "wandb"),
+    "logger.mlflow": ("mlflow", "mlflow"),
+}
+
+
+def _missing_packages(cfg: DictConfig) -> list[str]:
+    """A problem for each optional backend the config turns on that is not installed."""
+    import importlib.util
+
+    from omegaconf import OmegaConf
+
+    problems = []
+    for key, (module, pip) in _OPTIONAL.items():
+        if OmegaConf.select(cfg, key, default=False, throw_on_missing=False) is True:
+            try:
+                found = importlib.util.find_spec(module) is not None
+            except (ImportError, ValueError):
+                found = False
+            if not found:
+                problems.append(f"{key}=true needs the {pip} package, which is not installed: pip install {pip}")
+    return problems
+
+
+def _plugin_hint(message: str) -> str:
+    """Name the package to install when a config asks for a Hydra plugin that is not installed."""
+    if "hydra/sweeper/optuna" in message:
+        return f"{message} (conf/sweep/optuna.yaml needs the Optuna sweeper: pip install hydra-optuna-sweeper)"
+    if "hydra/sweeper" in message or "hydra/launcher" in message:
+        return f"{message} (is the Hydra plugin installed?)"
+    return message
+
+
+def pop_control(cfg: DictConfig) -> RunControl:
+    """Remove llmkit's own keys (:class:`RunControl`) from ``cfg`` and return them, validated."""
+    values = {}
+    with open_dict(cfg):
+        for key in CONTROL_KEYS:
+            if key in cfg:
+                values[key] = cfg[key]
+                del cfg[key]
+    return config.load(values, RunControl)
+
+
+def control_argv(argv: list[str]) -> list[str]:
+    """Hydra's argv from the user's: ``skip_completed=false`` -> ``++skip_completed=false`` (llmkit's
+    keys need not be in any config file), and ``-m`` first (Hydra wants the overrides together, so
+    ``llmkit pretrain experiment=quickstart -m optim.lr=1e-3,3e-3`` would otherwise fail)."""
+    flags = [a for a in argv if a in ("-m", "--multirun")]
+    argv = flags + [a for a in argv if a not in ("-m", "--multirun")]
+    out = []
+    for arg in argv:
+        key = arg.split("=", 1)[0]
+        if "=" in arg and key in CONTROL_KEYS:
+            arg = f"++{arg}"
+        out.append(arg)
+    return out
+
+
+def replay_argv(command: str, run_dir: str | os.PathLike, argv: list[str]) -> list[str]:
+    """The arguments that re-run the run in ``run_dir``: its recorded overrides, then ``argv``'s.
+
+    The overrides come from ``run_dir/.hydra/overrides.yaml`` (Hydra writes it; ``run.json`` holds a
+    copy). An override in ``argv`` replaces a recorded one of the same key; the recorded ``out_dir``
+    is dropped (a new folder, unless ``argv`` names one), and a job of a sweep re-runs as a single
+    run (``hydra.mode=RUN``) unless ``argv`` has ``-m``.
+    """
+    import yaml
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from llmkit import runs
+
+    run_dir = Path(run_dir)
+    record = runs.read(run_dir)
+    if record and record.get("command") not in (None, command):
+        raise LlmkitError(
+            f"{run_dir} is a run of `llmkit {record['command']}`, not of `llmkit {command}`; "
+            f"re-run it with: llmkit {record['command']} --from-run {run_dir}"
+        )
+    saved = run_dir / ".hydra" / "overrides.yaml"
+    if saved.is_file():
+        recorded = yaml.safe_load(saved.read_text(encoding="utf-8")) or []
+    elif record and isinstance(record.get("overrides"), list):
+        recorded = record["overrides"]
+    else:
+        raise LlmkitError(
+            f"--from-run {run_dir}: no record of its overrides there (.hydra/overrides.yaml or run.json). "
+            "Is it the folder of an llmkit run?"
+        )
+    parser = OverridesParser.create()
+    is_override = [("=" in a or a.startswith("~")) and not a.startswith("-") for a in argv]
+    try:
+        new = {i: parser.parse_override(a) for i, a in enumerate(argv) if is_override[i]}
+        old = parser.parse_overrides([str(r) for r in recorded])
+    except Exception as e:  # hydra's OverrideParseException
+        raise ConfigError([str(e).strip()], where="overrides") from None
+    new_keys = {_override_key(o) for o in new.values()}
+    kept = [o.input_line for o in old if _override_key(o) not in new_keys and o.key_or_group != "out_dir"]
+    added = {_override_key(o) for o in old if o.is_add() or o.is_force_add()}
+    args = list(argv)
+    for i, o in new.items():  # a recorded `+key=v` replaced by `key=w` must stay an addition
+        if _override_key(o) in added and args[i][0] not in "+~":
+            args[i] = ("+" if (paths.config_dir() / o.key_or_group).is_dir() else "++") + args[i]
+    if not ({"-m", "--multirun"} & set(args)):
+        kept.append("hydra.mode=RUN")
+    at = next((i for i, flag in enumerate(is_override) if flag), 0)  # Hydra wants the overrides together
+    return args[:at] + kept + args[at:]
+
+
+def _override_key(o: Any) -> tuple[str, str | None]:
+    return (o.key_or_group, o.package)
 
 
 def _has_key(cfg: DictConfig, dotted: str) -> bool:
@@ -135,26 +306,133 @@ def _unknown_option(override: str, problems: list[str]) -> bool:
     return True
 
 
-def hydra_main(command: str, argv: list[str]) -> None:
-    """Run ``command`` as a Hydra app with ``argv`` (what follows the command on the shell)."""
+def hydra_main(
+    command: str, argv: list[str], *, from_run: str | os.PathLike | None = None, own_argv: list[str] | None = None
+) -> None:
+    """Run ``command`` as a Hydra app with ``argv`` (what follows the command on the shell).
+
+    Each job runs inside a run record (``run.json``: start, then the outcome and final metrics).
+    In a multirun (``-m``) a job whose folder already holds a *completed* run of the same config is
+    skipped and its recorded metrics are returned, so re-running an interrupted sweep finishes it
+    (``skip_completed=false`` runs every job again). A single run is never skipped: running it
+    again is what the user asked for. With ``optimize_metric=NAME`` each job returns that metric
+    as a float, which is what sweepers such as Optuna minimise or maximise.
+    ``own_argv``: the arguments as the user typed them (``argv`` is what Hydra gets: with ``from_run``,
+    the replayed overrides of the run being reproduced come first).
+    """
     import hydra
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    from llmkit import runs
 
     recipe = RECIPES[command]
+    typed = own_argv if own_argv is not None else argv  # as typed, for the record
+    if from_run is not None:
+        typed = ["--from-run", str(from_run), *typed]
+    argv = control_argv(argv)
 
     @hydra.main(version_base=None, config_path=str(paths.config_dir()), config_name=command)
     def _job(cfg: DictConfig) -> Any:
+        hc = HydraConfig.get()
+        multirun = hc.mode == RunMode.MULTIRUN
+        num = OmegaConf.select(hc, "job.num", default=None, throw_on_missing=False) if multirun else None
         with open_dict(cfg):
-            cfg.out_dir = HydraConfig.get().runtime.output_dir
+            cfg.out_dir = hc.runtime.output_dir
+        out_dir = Path(cfg.out_dir)
         try:
-            return recipe.run(cfg)
+            control = pop_control(cfg)
+            resolved = config.to_container(cfg)
+        except Exception as err:  # a ConfigError, or an interpolation that does not resolve
+            _fail(err if isinstance(err, LlmkitError) else ConfigError([str(err).splitlines()[0]]))
+        if multirun and control.skip_completed:
+            done = runs.read(out_dir)
+            if runs.is_completed_same(done, resolved):
+                _console().print(
+                    f"job {num}: skipped, {out_dir} holds a completed run of this config "
+                    f"({_metric_note(done.get('metrics') or {}, control)}); skip_completed=false runs it again"
+                )
+                return _job_value(done.get("metrics") or {}, control, out_dir)
+        record = runs.RunRecord.start(
+            out_dir,
+            command=command,
+            config=resolved,
+            argv=typed,
+            overrides=list(hc.overrides.task),
+            job={"name": hc.job.name, "num": num, "multirun": multirun},
+            from_run=str(Path(from_run).resolve()) if from_run is not None else None,
+        )
+        if from_run is not None:
+            _show_drift(Path(from_run), resolved, own_argv or [])
+        try:
+            result = recipe.run(cfg)
         except LlmkitError as err:
-            if os.environ.get("LLMKIT_DEBUG", "") not in ("", "0", "false"):
-                raise
-            from llmkit.cli import _report
-
-            _report(err)
-            raise SystemExit(2) from None
+            record.finish("failed", error=err)
+            _fail(err)
+        except BaseException as exc:
+            status = runs.exit_status(exc)
+            record.finish(status, error=None if status == "completed" else exc)
+            raise
+        record.finish("completed", result=result)
+        return _job_value(result, control, out_dir)
 
     sys.argv = [f"llmkit {command}", *argv]
     _job()
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+def _fail(err: LlmkitError) -> None:
+    """Report a user error without a traceback (unless debugging) and exit with status 2."""
+    if os.environ.get("LLMKIT_DEBUG", "") not in ("", "0", "false"):
+        raise err
+    from llmkit.cli import _report
+
+    _report(err)
+    raise SystemExit(2) from None
+
+
+def _metric_note(metrics: dict[str, Any], control: RunControl) -> str:
+    name = control.optimize_metric or next((k for k in ("val_loss", "loss", "train_loss") if k in metrics), None)
+    return f"{name} {metrics[name]:.4g}" if name and isinstance(metrics.get(name), (int, float)) else "no metrics"
+
+
+def _job_value(result: Any, control: RunControl, out_dir: Path) -> Any:
+    """What the job returns to Hydra: the ``optimize_metric`` as a float when set, else the recipe's result."""
+    if control.optimize_metric is None:
+        return result
+    from llmkit import runs
+
+    metrics = runs.numeric_metrics(result)
+    value = metrics.get(control.optimize_metric)
+    if value is None:
+        _fail(LlmkitError(
+            f"optimize_metric={control.optimize_metric}: the run in {out_dir} returned no such metric; "
+            f"it returned: {', '.join(sorted(metrics)) or 'nothing'}"
+        ))
+    return float(value)
+
+
+def _show_drift(from_run: Path, resolved: dict[str, Any], own_argv: list[str]) -> None:
+    """Say how this run's config differs from the recorded one (the user's overrides, or edited configs)."""
+    from llmkit import runs
+
+    record = runs.read(from_run)
+    console = _console()
+    if not record or not isinstance(record.get("config"), dict):
+        console.print(f"--from-run {from_run}: no run.json there; its overrides were replayed on today's configs")
+        return
+    diffs = runs.config_diff(record["config"], resolved)
+    if not diffs:
+        console.print(f"--from-run {from_run}: the config is the recorded one")
+        return
+    own = [a.lstrip("+~").split("=", 1)[0].split("@")[0].replace("/", ".") for a in own_argv if "=" in a]
+    console.print(f"--from-run {from_run}: {len(diffs)} value(s) differ from the recorded config:")
+    for key, old, new in diffs[:40]:
+        why = "your override" if any(key == k or key.startswith(k + ".") for k in own) else "config files changed?"
+        console.print(f"  {key}: {old!r} -> {new!r}  ({why})")

@@ -8,6 +8,9 @@
 The bar goes to stderr and is drawn only on a terminal; elsewhere (CI logs, pipes, ``enabled=False``)
 ``update`` only keeps count, so callers never need a second code path. ``bar.completed`` and
 ``bar.elapsed`` are always available for a final summary.
+
+The bar is redrawn by ``update`` (at most 10 times a second), not by a background thread: a
+process without other threads can still start worker processes by fork (see data/shards.py).
 """
 
 from __future__ import annotations
@@ -91,6 +94,7 @@ class ProgressBar:
         self.completed = 0.0
         self.fields: dict[str, Any] = {}
         self._start = time.perf_counter()
+        self._drawn = 0.0
 
     @property
     def elapsed(self) -> float:
@@ -101,6 +105,10 @@ class ProgressBar:
         self.fields.update(fields)
         if self._progress is not None:
             self._progress.update(self._task, advance=advance, shown=dict(self.fields))
+            now = time.perf_counter()
+            if now - self._drawn >= 0.1:
+                self._progress.refresh()
+                self._drawn = now
 
 
 @contextlib.contextmanager
@@ -132,6 +140,6 @@ def progress(
         TimeRemainingColumn(),
         _FieldsColumn(),
     ]
-    with Progress(*columns, console=console, transient=False) as rich_progress:
+    with Progress(*columns, console=console, transient=False, auto_refresh=False) as rich_progress:
         task_id = rich_progress.add_task(description, total=total, shown={})
         yield ProgressBar(rich_progress, task_id, total)

@@ -86,6 +86,10 @@ def test_preflight_accepts_sweeps_and_hydra_overrides():
     preflight.check_overrides("tokenize", ["-m", "tokenizer.vocab_size=1000,2000", "hydra.verbose=true"])
 
 
+# The values a user must give on the command line (they are '???' in the shipped configs).
+REQUIRED = {"finetune": ["init_from=ckpt"], "evaluate": ["checkpoint=ckpt"], "generate": ["checkpoint=ckpt"]}
+
+
 def _shipped_configs():
     for command in RECIPES:
         for group, options in paths.config_groups(command).items():
@@ -98,8 +102,14 @@ def test_every_shipped_config_composes_and_validates(command, override, monkeypa
     monkeypatch.setenv("LLMKIT_DATA", "/data")
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(paths.config_dir()), version_base=None):
-        cfg = compose(command, overrides=[override, "out_dir=x"])
+        cfg = compose(command, overrides=[override, "out_dir=x", *REQUIRED.get(command, [])])
     GlobalHydra.instance().clear()
     if override.startswith("data=files"):
         cfg.data.paths = ["a.txt"]  # the one value a user must give
     config.load(cfg, RECIPES[command].schema())
+
+
+def test_every_experiment_names_its_command():
+    root = paths.config_dir() / "experiment"
+    for path in sorted(root.glob("*.yaml")):
+        assert paths.experiment_command(path) in RECIPES, f"{path.name} needs a '# llmkit COMMAND experiment={path.stem}' line"

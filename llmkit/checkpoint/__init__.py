@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_model
+from safetensors.torch import load_file, save_file, save_model
 from torch import nn
 
 from llmkit.errors import CheckpointError
@@ -50,11 +50,20 @@ def save(
     tokenizer_dir: str | Path | None,
     extra: dict[str, Any] | None = None,
     keep_last: int = 0,
+    tensors: dict[str, torch.Tensor] | None = None,
+    name: str | None = None,
 ) -> Path:
-    """Write checkpoint ``step`` under ``root`` atomically; prune to ``keep_last`` (0 = keep all)."""
-    target = step_dir(root, step)
+    """Write checkpoint ``step`` under ``root`` atomically; prune to ``keep_last`` (0 = keep all).
+
+    ``tensors`` saves only those weights (LoRA adapters and the head, with ``extra['base']`` naming
+    the checkpoint they apply to) instead of the whole model; ``name`` replaces ``step_NNNNNNN``.
+    """
+    target = Path(root) / name if name else step_dir(root, step)
     with atomic_dir(target, overwrite=True) as tmp:
-        save_model(model, str(tmp / "model.safetensors"))
+        if tensors is None:
+            save_model(model, str(tmp / "model.safetensors"))
+        else:
+            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / "model.safetensors"))
         torch.save(state, tmp / "state.pt")
         (tmp / "config.yaml").write_text(config_yaml, encoding="utf-8")
         if tokenizer_dir is not None:
@@ -120,6 +129,8 @@ def resolve(path: str | Path) -> Path:
         raise CheckpointError(f"Checkpoint {path} does not exist.")
     if (path / "checkpoint.json").is_file():
         return path
+    if (path / "best" / "checkpoint.json").is_file():  # fine-tuning keeps the best checkpoint
+        return path / "best"
     for root in (path / "checkpoints", path):
         if found := list_checkpoints(root):
             return found[-1]
@@ -137,8 +148,11 @@ def latest_valid(root: str | Path) -> Path | None:
     return None
 
 
-def load_weights(model: nn.Module, path: str | Path) -> None:
-    """Load ``model.safetensors`` into ``model``, naming every missing, unexpected or mis-shaped tensor."""
+def load_weights(model: nn.Module, path: str | Path, *, partial: bool = False) -> None:
+    """Load ``model.safetensors`` into ``model``, naming every missing, unexpected or mis-shaped tensor.
+
+    ``partial``: the file holds a subset of the model (adapters + head); model tensors it lacks are fine.
+    """
     path = Path(path)
     try:
         tensors = load_file(str(path / "model.safetensors"))
@@ -151,7 +165,7 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     unexpected = [k for k in tensors if k not in own]
     shapes = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in tensors.items() if k in own and v.shape != own[k].shape]
     tied = _tied_groups(model)
-    missing = [k for k in missing if not any(alias in tensors for alias in tied.get(k, ()))]
+    missing = [] if partial else [k for k in missing if not any(alias in tensors for alias in tied.get(k, ()))]
     if missing:
         problems.append(f"missing: {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
     if unexpected:
@@ -185,12 +199,25 @@ def load_state(path: str | Path) -> dict[str, Any]:
 
 
 def load_model(path: str | Path, *, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model of checkpoint ``path`` (or a run directory's newest one) from the directory alone."""
-    from llmkit.model import CausalLM, ModelConfig
+    """Rebuild the model of checkpoint ``path`` (or a run directory's newest one) from the directory alone.
 
-    builders = {"CausalLM": CausalLM.from_config}
+    ``hf:DIR`` imports a Hugging Face model directory instead (see ``llmkit.hf``).
+    """
+    from llmkit import hf
+
+    if hf.is_hf_ref(path):
+        return hf.load_model(path, device=device)
+    from llmkit.model import CausalLM, MaskedLM, ModelConfig
+
+    builders = {"CausalLM": CausalLM.from_config, "MaskedLM": MaskedLM.from_config}
     path = resolve(path)
     meta = read_meta(path)
+    if "task" in meta:  # a fine-tuned model
+        from llmkit.finetune.pretrained import task_model_from_checkpoint
+
+        meta["path"] = str(path)
+        meta["tokenizer_dir"] = str(path / "tokenizer")
+        return task_model_from_checkpoint(meta, path).to(device).eval(), meta
     build = builders.get(meta.get("model_class", ""))
     if build is None:
         raise CheckpointError(f"{path} holds a {meta.get('model_class')!r} model, which this command cannot load.")
@@ -201,4 +228,5 @@ def load_model(path: str | Path, *, device: torch.device | str = "cpu") -> tuple
     model = build(model_cfg)
     load_weights(model, path)
     meta["path"] = str(path)
+    meta["tokenizer_dir"] = str(path / "tokenizer")
     return model.to(device).eval(), meta

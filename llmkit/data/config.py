@@ -1,4 +1,8 @@
-"""The ``data`` config group: where a corpus comes from and how it splits into documents."""
+"""The ``data`` config group: where a corpus comes from and how it splits into documents.
+
+Pretraining reads ``paths`` (a corpus of documents); fine-tuning and task evaluation read
+``train_path`` / ``eval_path`` in a task format (a labelled table, CoNLL, or source/target pairs).
+"""
 
 from __future__ import annotations
 
@@ -18,3 +22,16 @@ class DataConfig:
     split: Literal["documents", "tail"] = "documents"
     val_fraction: float = 0.1
     encoding_errors: Literal["fail", "replace"] = "fail"  # invalid UTF-8: stop, or replace and count
+    # ---- fine-tuning tasks
+    format: Literal["auto", "tsv", "csv", "jsonl", "conll", "parallel"] = "auto"  # auto: from the file suffix
+    train_path: str | None = None
+    eval_path: str | None = None  # validation file; `llmkit evaluate ... data.eval_path=FILE` scores any file
+    train_target_path: str | None = None  # parallel: the line-aligned target file
+    eval_target_path: str | None = None
+    text_column: str = "sentence"  # seq_cls
+    text_pair_column: str | None = None  # seq_cls on sentence pairs
+    label_column: str = "label"
+    source_column: str = "prompt"  # sft tables
+    target_column: str = "response"
+    max_train_examples: int = 0  # 0 = all
+    max_eval_examples: int = 0

@@ -180,14 +180,15 @@ def encode_pieces(
     return flat[per_token == 0], flat[per_token == 1]
 
 
-_WORKER_TOKENIZER: Tokenizer | None = None
+_WORKER_TOKENIZER: Tokenizer | None = None  # set in a worker; inherited (with its warm cache) under fork
 
 
 def _worker_init(tokenizer_dir: str) -> None:
     global _WORKER_TOKENIZER
-    from llmkit.tokenizer import load
+    if _WORKER_TOKENIZER is None:  # forkserver / spawn: load it
+        from llmkit.tokenizer import load
 
-    _WORKER_TOKENIZER = load(tokenizer_dir)
+        _WORKER_TOKENIZER = load(tokenizer_dir)
 
 
 def _worker_encode(texts: list[str], splits: bytes, ends: bytes) -> tuple[np.ndarray, np.ndarray]:
@@ -249,7 +250,7 @@ def batches(
 
 
 def _start_method() -> str:
-    """fork when this process runs no other thread (instant start, nothing to re-import), else
+    """fork when this process runs no other thread (instant start, nothing to reload), else
     forkserver: forking a process whose other threads may hold locks is unsafe."""
     import threading
 
@@ -263,15 +264,17 @@ class ShardEncoder:
     """Encodes ``(split, text)`` documents into a :class:`DatasetWriter`'s shards, in order.
 
     ``backend="processes"`` with ``workers`` encoders (0 = one per core): this process and a pool
-    of ``workers - 1`` worker processes (each loading the tokenizer from ``tokenizer_dir``) take
-    the batches of about ``batch_chars`` characters in turn; this process also reads and writes,
-    which costs little. (Measured: a pool of ``workers`` processes with an idle parent costs more
-    CPU in all - another cold segment cache, more pickling - and so is slower on a busy machine.)
-    At most ``2 * workers`` batches are in flight, so memory does not grow with the corpus.
-    ``workers=1`` encodes in this process only. ``backend="threads"``: SentencePiece's own
-    multi-threaded batch encode in this process (no segment cache).
+    of ``workers - 1`` worker processes take the batches of about ``batch_chars`` characters in
+    turn; this process also reads and writes, which costs little. It encodes the first batch
+    before it starts the pool, so under fork the workers inherit the tokenizer with its segment
+    cache warm (no reload, fewer cold misses). Measured: a pool of ``workers`` processes beside an
+    idle parent costs more CPU in all (another cold cache, more pickling), which is slower on a
+    busy machine. At most ``2 * workers`` batches are in flight, so memory does not grow with the
+    corpus. ``workers=1`` encodes in this process only. ``backend="threads"``: SentencePiece's
+    own multi-threaded batch encode in this process (no segment cache).
 
-    Create it before starting other threads (a progress bar): the pool then starts by fork.
+    fork is used when this process runs no other thread (llmkit's progress bar has none), else
+    forkserver: forking a process whose other threads may hold locks is unsafe.
     """
 
     def __init__(
@@ -293,12 +296,6 @@ class ShardEncoder:
         self.pool: Any = None
 
     def __enter__(self) -> ShardEncoder:
-        if self.backend == "processes" and self.workers > 1:
-            self.start_method = self.start_method or _start_method()
-            ctx = mp.get_context(self.start_method)
-            if self.start_method == "forkserver":
-                ctx.set_forkserver_preload(["llmkit.data.shards", "llmkit.tokenizer"])
-            self.pool = ctx.Pool(self.workers - 1, initializer=_worker_init, initargs=(self.tokenizer_dir,))
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -306,6 +303,19 @@ class ShardEncoder:
             self.pool.terminate()
             self.pool.join()
             self.pool = None
+
+    def _start_pool(self) -> None:
+        global _WORKER_TOKENIZER
+        self.start_method = self.start_method or _start_method()
+        ctx = mp.get_context(self.start_method)
+        if self.start_method == "forkserver":
+            ctx.set_forkserver_preload(["llmkit.data.shards", "llmkit.tokenizer"])
+        if self.start_method == "fork":
+            _WORKER_TOKENIZER = self.tokenizer  # the children inherit it, cache and all
+        try:
+            self.pool = ctx.Pool(self.workers - 1, initializer=_worker_init, initargs=(self.tokenizer_dir,))
+        finally:
+            _WORKER_TOKENIZER = None
 
     def _write_head(self, inflight: deque, write: Callable) -> None:
         batch, task = inflight.popleft()
@@ -339,7 +349,7 @@ class ShardEncoder:
 
         cut_long = self.tokenizer.kind in ("bpe", "unigram", "char")  # no token spans a newline
         stream = batches(docs, self.batch_chars, bytes_read, cut_long=cut_long)
-        if self.pool is None:
+        if self.backend == "threads" or self.workers == 1:
             threads = self.workers if self.backend == "threads" else 1
             for b in stream:
                 write(b, encode_pieces(self.tokenizer, b.texts, bytes(b.splits), bytes(b.ends), num_threads=threads))
@@ -347,12 +357,18 @@ class ShardEncoder:
             # batch i is encoded here when i % workers == 0, else by a worker process
             inflight: deque[tuple[_Batch, Any]] = deque()
             for i, b in enumerate(stream):
-                if i % self.workers:
+                if i % self.workers == 0:
+                    inflight.append((b, None))
+                    if self.pool is None:  # before the pool starts: encode now, warming the cache
+                        self._write_head(inflight, write)
+                        continue
+                else:
+                    if self.pool is None:
+                        self._start_pool()
                     task = self.pool.apply_async(_worker_encode, (b.texts, bytes(b.splits), bytes(b.ends)))
                     inflight.append((b, task))
                     b.texts = []  # the task holds the text until it is sent; keep nothing else
-                else:
-                    inflight.append((b, None))
+                # write what is due: when the window is full, or our own batch once a worker has work
                 while len(inflight) >= 2 * self.workers or (inflight and inflight[0][1] is None and i % self.workers):
                     self._write_head(inflight, write)
             while inflight:

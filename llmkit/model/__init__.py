@@ -10,7 +10,9 @@ from llmkit.model.heads import (
     NSPHead,
     Pooler,
     SequenceClassificationHead,
+    SequenceClassifier,
     TokenClassificationHead,
+    TokenClassifier,
 )
 from llmkit.model.transformer import KVCache, Transformer
 
@@ -25,6 +27,8 @@ __all__ = [
     "NSPHead",
     "Pooler",
     "SequenceClassificationHead",
+    "SequenceClassifier",
     "TokenClassificationHead",
+    "TokenClassifier",
     "Transformer",
 ]

@@ -196,3 +196,67 @@ class MaskedLM(nn.Module):
         self, idx: Tensor, *, token_type_ids: Tensor | None = None, attention_mask: Tensor | None = None
     ) -> Tensor:
         return self.transformer(idx, token_type_ids=token_type_ids, attention_mask=attention_mask)  # (B, T, C)
+
+
+# ---------------------------------------------------------------------------- fine-tuning models
+
+
+def last_token_states(hidden: Tensor, attention_mask: Tensor | None) -> Tensor:
+    """(B, T, C) -> (B, C): each row's state at its last real (non-pad) position."""
+    if attention_mask is None:
+        return hidden[:, -1]
+    last = attention_mask.long().sum(dim=1).clamp(min=1) - 1  # (B,)
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+
+class SequenceClassifier(nn.Module):
+    """One label per sequence: trunk -> pooled state -> ``SequenceClassificationHead``.
+
+    Encoders pool the [CLS] state through ``pooler`` (BERT); decoders, whose first token sees
+    nothing else, take the last real token's state (GPT-2 / Radford 2018). Returns (B, num_labels).
+    """
+
+    def __init__(self, *, transformer: Transformer, head: SequenceClassificationHead, pooler: Pooler | None = None) -> None:
+        super().__init__()
+        self.config = transformer.config
+        self.transformer = transformer
+        self.pooler = pooler
+        self.head = head
+
+    @classmethod
+    def from_config(cls, config: ModelConfig, *, num_labels: int, dropout: float | None = None) -> SequenceClassifier:
+        return cls(
+            transformer=Transformer(config=config),
+            head=SequenceClassificationHead(config=config, num_labels=num_labels, dropout=dropout),
+            pooler=None if config.causal else Pooler(config=config),
+        )
+
+    def forward(
+        self, idx: Tensor, *, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None
+    ) -> Tensor:
+        hidden = self.transformer(idx, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        pooled = last_token_states(hidden, attention_mask) if self.pooler is None else self.pooler(hidden)
+        return self.head(pooled)  # (B, num_labels)
+
+
+class TokenClassifier(nn.Module):
+    """One label per token: trunk -> ``TokenClassificationHead``. Returns (B, T, num_labels)."""
+
+    def __init__(self, *, transformer: Transformer, head: TokenClassificationHead) -> None:
+        super().__init__()
+        self.config = transformer.config
+        self.transformer = transformer
+        self.head = head
+
+    @classmethod
+    def from_config(cls, config: ModelConfig, *, num_labels: int, dropout: float | None = None) -> TokenClassifier:
+        return cls(
+            transformer=Transformer(config=config),
+            head=TokenClassificationHead(config=config, num_labels=num_labels, dropout=dropout),
+        )
+
+    def forward(
+        self, idx: Tensor, *, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None
+    ) -> Tensor:
+        hidden = self.transformer(idx, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        return self.head(hidden)  # (B, T, num_labels)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from llmkit.data.shards import Dataset
 
 IGNORE_INDEX = -100
 
@@ -13,9 +18,20 @@ class CausalLMObjective:
     """Mean next-token cross-entropy over positions whose label is not ``-100``."""
 
     name = "clm"
+    model_class = "CausalLM"  # what the pretrain recipe builds for this objective
 
     def __init__(self, *, label_smoothing: float = 0.0) -> None:
         self.label_smoothing = label_smoothing
+
+    def make_batches(
+        self, ds: Dataset, *, block_size: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
+        split: str = "train",
+    ) -> Any:
+        """Windows of ``block_size + 1`` tokens at random offsets of a split (``RandomWindows``)."""
+        from llmkit.data.loader import RandomWindows
+
+        return RandomWindows(ds.split(split), block_size=block_size, batch_size=batch_size, seed=seed, rank=rank,
+                             world_size=world_size, name=split)
 
     def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         logits = model(batch["input_ids"], attention_mask=batch.get("attention_mask"))

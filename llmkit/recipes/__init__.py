@@ -52,6 +52,20 @@ RECIPES: dict[str, Recipe] = {
                 "dataset=runs/tok trainer.batch_size=32 trainer.device=cuda trainer=gpu",
                 "out_dir=runs/shakespeare resume=auto   # continue from the newest checkpoint",
                 "-m optim.lr=1e-3,3e-4 model.n_layer=2,4 out_dir=runs/sweep",
+                "experiment=quickstart +sweep=lr_x_size out_dir=runs/sweep   # then: llmkit report runs/sweep",
+                "--from-run runs/sweep/3 trainer.max_steps=2000   # re-run a recorded run, one value changed",
+            ),
+        ),
+        Recipe(
+            name="finetune",
+            module="llmkit.recipes.finetune",
+            help="Fine-tune a checkpoint (or hf:DIR) for classification, NER or instruction/seq2seq; full, freeze or LoRA.",
+            examples=(
+                "init_from=runs/bert data=sst2 objective=seq_cls",
+                "init_from=runs/bert data=conll2003 objective=token_cls finetune.strategy=freeze",
+                "init_from=runs/gpt data=sst2 finetune.strategy=lora finetune.lora_rank=8",
+                "init_from=runs/gpt data=multi30k objective=sft generation.num_beams=4",
+                "init_from=hf:path/to/all-MiniLM-L6-v2 data=sst2 optim.lr=5e-5",
             ),
         ),
         Recipe(

@@ -9,7 +9,7 @@ Every token is predicted once (non-overlapping windows of ``block_size``). Repor
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +19,12 @@ from rich.console import Console
 from rich.table import Table
 
 from llmkit import checkpoint, config
+from llmkit.data.config import DataConfig
 from llmkit.data.loader import sequential_windows
 from llmkit.errors import DataError, LlmkitError
 from llmkit.io import write_json
 from llmkit.objective.clm import CausalLMObjective
+from llmkit.finetune.config import GenerationEvalConfig
 from llmkit.recipes._common import resolve_device, set_threads
 
 
@@ -35,10 +37,14 @@ class Config:
     dataset: str | None = None  # a tokenized dataset directory (default: the checkpoint's)
     batch_size: int = 8
     max_tokens: int = 0  # evaluate at most this many tokens (0 = all)
+    nsp_pairs: int = 2048  # encoders: next-sentence accuracy over this many seeded sentence pairs
     device: str = "auto"
     threads: int = 0
     seed: int = 1337
     data_root: str = "data"
+    data: DataConfig | None = None  # fine-tuned models: the task data (data=sst2 data.eval_path=FILE)
+    predictions: str | None = None  # fine-tuned models: write one prediction per example to this JSONL file
+    generation: GenerationEvalConfig = field(default_factory=GenerationEvalConfig)  # sft: decoding
 
 
 def _tokens_and_text(c: Config, tokenizer: Any, meta: dict[str, Any]) -> tuple[np.ndarray, str]:
@@ -69,6 +75,94 @@ def _tokens_and_text(c: Config, tokenizer: Any, meta: dict[str, Any]) -> tuple[n
     return tokens, tokenizer.decode(np.asarray(tokens).tolist())
 
 
+def evaluate_encoder(c: Config, model: torch.nn.Module, meta: dict[str, Any], tokenizer: Any, device: torch.device) -> dict[str, Any]:
+    """Masked-LM and next-sentence metrics of a ``MaskedLM`` on a split (or a text file, one document a line).
+
+    ``mlm_accuracy``, ``mlm_loss`` and ``mlm_perplexity`` over the masked positions of every token of the
+    split in non-overlapping ``[CLS] window [SEP]`` examples, masked with BERT's 15% / 80-10-10 by fixed
+    masks seeded with ``seed`` (the same positions for every checkpoint, so runs compare);
+    ``unigram_accuracy``: always predicting the most frequent non-special token of the train split at
+    those positions; ``nsp_accuracy`` over ``nsp_pairs`` seeded sentence pairs of the split (not for
+    checkpoints trained with objective=mlm, whose NSP head was never trained).
+    """
+    from llmkit.data.pairs import EncoderVocab, NSPPairBatches, masked_windows
+    from llmkit.objective.mlm import MaskedLMObjective, Masking
+
+    vocab = EncoderVocab.from_tokenizer(tokenizer)
+    ds = None
+    if c.text_file:
+        _, text = _tokens_and_text(c, tokenizer, meta)
+        tokens, _ = tokenizer.encode_documents([line for line in text.splitlines() if line.strip()])
+    else:
+        from llmkit.data.shards import open_dataset
+
+        dataset_dir = c.dataset or meta.get("dataset_dir")
+        if not dataset_dir:
+            raise LlmkitError(f"{meta['path']} records no dataset; pass dataset=DIR or text_file=FILE.")
+        if c.split not in ("train", "val"):
+            raise LlmkitError(f"split must be train or val, got {c.split!r}.")
+        ds = open_dataset(dataset_dir)
+        if ds.tokenizer.checksum() != tokenizer.checksum():
+            raise LlmkitError(f"The dataset {dataset_dir} was tokenized with another tokenizer than {meta['path']}.")
+        tokens = ds.split(c.split)
+    if c.max_tokens:
+        tokens = tokens[: c.max_tokens]
+    if len(tokens) < 2:
+        raise DataError("Fewer than 2 tokens to evaluate.")
+    # the unigram baseline's token: the most frequent non-special token of the train split
+    counts = np.bincount(np.asarray(ds.train if ds is not None and len(ds.train) else tokens), minlength=tokenizer.vocab_size)
+    counts[list(tokenizer.special_ids)] = 0
+    unigram_id = int(counts.argmax())
+
+    block_size = model.config.block_size
+    sums: dict[str, float] = {}
+    with torch.inference_mode():
+        batches = masked_windows(tokens, vocab=vocab, eos_id=tokenizer.eos_id, block_size=block_size,
+                                 batch_size=c.batch_size, seed=c.seed)
+        for batch in batches:
+            for k, v in MaskedLMObjective.scores(model, _to(batch, device), unigram_id=unigram_id).items():
+                sums[k] = sums.get(k, 0.0) + v
+        with_nsp = meta.get("objective") != "mlm" and c.nsp_pairs > 0
+        if with_nsp:
+            pairs = NSPPairBatches(tokens, vocab=vocab, eos_id=tokenizer.eos_id, masking=Masking(),
+                                   block_size=block_size, batch_size=c.batch_size, seed=c.seed, name=c.split,
+                                   min_doc_tokens=_objective_arg(meta, "min_doc_tokens", 16))
+            n_pairs = 0
+            for batch in pairs.eval_batches(math.ceil(c.nsp_pairs / c.batch_size)):
+                scores = MaskedLMObjective.scores(model, _to(batch, device))
+                sums["nsp_correct"] = sums.get("nsp_correct", 0.0) + scores["nsp_correct"]
+                n_pairs += int(scores["nsp_count"])
+    n = max(sums.get("mlm_count", 0.0), 1.0)
+    metrics: dict[str, Any] = {
+        "mlm_accuracy": sums.get("mlm_correct", 0.0) / n,
+        "mlm_loss": sums.get("mlm_nll", 0.0) / n,
+        "mlm_perplexity": math.exp(min(sums.get("mlm_nll", 0.0) / n, 50.0)),
+        "unigram_accuracy": sums.get("unigram_correct", 0.0) / n,
+        "unigram_token_id": unigram_id,
+        "masked_tokens": int(sums.get("mlm_count", 0.0)),
+    }
+    if with_nsp:
+        metrics["nsp_accuracy"] = sums["nsp_correct"] / max(n_pairs, 1)
+        metrics["nsp_pairs"] = n_pairs
+    metrics["step"] = meta["step"]
+    return metrics
+
+
+def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def _objective_arg(meta: dict[str, Any], name: str, default: Any) -> Any:
+    """A setting of the objective the checkpoint was trained with (from its config.yaml), else ``default``."""
+    import yaml
+
+    try:
+        cfg = yaml.safe_load((Path(meta["path"]) / "config.yaml").read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return default
+    return (cfg.get("objective") or {}).get(name, default)
+
+
 def run(cfg: Any) -> dict[str, float]:
     c = config.load(cfg, Config)
     from llmkit.tokenizer import load as load_tokenizer
@@ -76,7 +170,16 @@ def run(cfg: Any) -> dict[str, float]:
     set_threads(c.threads)
     device = resolve_device(c.device)
     model, meta = checkpoint.load_model(c.checkpoint, device=device)
-    tokenizer = load_tokenizer(Path(meta["path"]) / "tokenizer")
+    if not meta.get("tokenizer_dir"):
+        raise LlmkitError(f"{meta['path']} has no tokenizer files; this command needs one.")
+    tokenizer = load_tokenizer(meta["tokenizer_dir"])
+    if meta.get("model_class") == "MaskedLM":
+        return _report(c, meta, evaluate_encoder(c, model, meta, tokenizer, device))
+    if "task" in meta:  # a fine-tuned model: the metrics of its task
+        from llmkit.finetune.tasks import evaluate_task_checkpoint
+
+        return evaluate_task_checkpoint(model, meta, tokenizer, c.data, out_dir=Path(c.out_dir),
+                                        batch_size=c.batch_size, predictions=c.predictions, generation=c.generation)
     tokens, text = _tokens_and_text(c, tokenizer, meta)
     if c.max_tokens:
         tokens = tokens[: c.max_tokens]
@@ -102,6 +205,11 @@ def run(cfg: Any) -> dict[str, float]:
         "words": n_words,
         "step": meta["step"],
     }
+    return _report(c, meta, metrics)
+
+
+def _report(c: Config, meta: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
+    """Write ``metrics.json`` and print the table."""
     out = Path(c.out_dir)
     write_json(out / "metrics.json", {"checkpoint": meta["path"], "source": c.text_file or c.split, **metrics})
 

@@ -52,7 +52,7 @@ def _prompts(c: Config) -> list[str]:
 
 def complete(model: Any, tokenizer: Any, prompt: str, c: Config, seed: int, write: Any | None) -> str:
     """Generate one completion of ``prompt``; ``write`` receives each new piece of text as it is decoded."""
-    ids = tokenizer.encode(prompt, bos=False) if prompt else [tokenizer.eos_id]
+    ids = tokenizer.encode(prompt, bos=getattr(tokenizer, "add_bos", False)) if prompt else [tokenizer.eos_id]
     device = next(model.parameters()).device
     prompt_ids = torch.tensor([ids], dtype=torch.long, device=device)
     new: list[int] = []
@@ -98,7 +98,9 @@ def run(cfg: Any) -> list[dict[str, Any]]:
         raise LlmkitError("num_samples must be >= 1 and max_new_tokens >= 0.")
     set_threads(c.threads)
     model, meta = checkpoint.load_model(c.checkpoint, device=resolve_device(c.device))
-    tokenizer = load_tokenizer(Path(meta["path"]) / "tokenizer")
+    if not meta.get("tokenizer_dir"):
+        raise LlmkitError(f"{meta['path']} has no tokenizer files; this command needs one.")
+    tokenizer = load_tokenizer(meta["tokenizer_dir"])
     console = Console(stderr=True)
     out = sys.stdout
 

@@ -20,10 +20,9 @@ from rich.console import Console
 
 from llmkit import checkpoint, config
 from llmkit.data.config import DataConfig
-from llmkit.data.loader import RandomWindows
 from llmkit.errors import LlmkitError
 from llmkit.logger import LoggerConfig, build_loggers
-from llmkit.model import CausalLM, ModelConfig
+from llmkit.model import CausalLM, MaskedLM, ModelConfig
 from llmkit.optim import build_optimizer
 from llmkit.recipes._common import config_yaml, resolve_device, seed_everything, set_threads
 from llmkit.tokenizer.config import TokenizerConfig
@@ -71,7 +70,10 @@ def prepare_dataset(c: Config) -> Path:
     return path
 
 
-def build_model(model_cfg: ModelConfig, vocab_size: int) -> CausalLM:
+MODEL_CLASSES = {"CausalLM": CausalLM, "MaskedLM": MaskedLM}  # objective.model_class -> model
+
+
+def build_model(model_cfg: ModelConfig, vocab_size: int, model_class: str = "CausalLM") -> torch.nn.Module:
     if model_cfg.vocab_size == 0:
         model_cfg = dataclasses.replace(model_cfg, vocab_size=vocab_size)
     elif model_cfg.vocab_size < vocab_size:
@@ -79,7 +81,12 @@ def build_model(model_cfg: ModelConfig, vocab_size: int) -> CausalLM:
             f"model.vocab_size={model_cfg.vocab_size} is smaller than the tokenizer's vocabulary ({vocab_size}). "
             "Set model.vocab_size=0 to use the tokenizer's size."
         )
-    return CausalLM.from_config(model_cfg)
+    if model_cfg.causal != (model_class == "CausalLM"):
+        want = "a causal model (causal=true), e.g. model=gpt_baby" if model_class == "CausalLM" else (
+            "an encoder (causal=false), e.g. model=bert_mini")
+        raise LlmkitError(f"This objective trains a {model_class}, which needs {want}; model={model_cfg.name} has "
+                          f"causal={str(model_cfg.causal).lower()}.")
+    return MODEL_CLASSES[model_class].from_config(model_cfg)
 
 
 def run(cfg: Any) -> dict[str, float]:
@@ -100,15 +107,15 @@ def run(cfg: Any) -> dict[str, float]:
 
     dataset_dir = prepare_dataset(c)
     ds = open_dataset(dataset_dir)
-    model = build_model(c.model, ds.tokenizer.vocab_size).to(device)
+    objective = instantiate(c.objective, _convert_="all")
+    model = build_model(c.model, ds.tokenizer.vocab_size, objective.model_class).to(device)
     mcfg = model.config
     optimizer = build_optimizer(c.optim, model)
     scheduler = instantiate(c.scheduler, optimizer=optimizer, total_steps=c.trainer.max_steps, _convert_="all")
-    objective = instantiate(c.objective, _convert_="all")
 
     t = c.trainer
-    train = RandomWindows(ds.train, block_size=mcfg.block_size, batch_size=t.batch_size, seed=c.seed)
-    val = RandomWindows(ds.val, block_size=mcfg.block_size, batch_size=t.batch_size, seed=c.seed, name="val")
+    train = objective.make_batches(ds, block_size=mcfg.block_size, batch_size=t.batch_size, seed=c.seed, split="train")
+    val = objective.make_batches(ds, block_size=mcfg.block_size, batch_size=t.batch_size, seed=c.seed, split="val")
     peak, peak_source = (t.mfu_peak_flops, "trainer.mfu_peak_flops") if t.mfu_peak_flops else peak_flops(device, t.precision)
 
     resolved_yaml = config_yaml(cfg)
@@ -119,12 +126,12 @@ def run(cfg: Any) -> dict[str, float]:
             ckpt_root,
             trainer.state.step,
             model=model,
-            model_class="CausalLM",
+            model_class=objective.model_class,
             model_config=mcfg.to_dict(),
             state=trainer.state_dict(),
             config_yaml=resolved_yaml,
             tokenizer_dir=Path(dataset_dir) / "tokenizer",
-            extra={"dataset_dir": str(Path(dataset_dir).resolve()), "objective": "clm"},
+            extra={"dataset_dir": str(Path(dataset_dir).resolve()), "objective": objective.name},
             keep_last=t.keep_last,
         )
 

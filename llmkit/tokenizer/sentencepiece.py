@@ -42,7 +42,7 @@ from llmkit.tokenizer.config import TokenizerConfig
 MODEL_FILE = "tokenizer.model"
 NEWLINE = "\n"
 _SPACE = "\u2581"  # SentencePiece's whitespace symbol
-_CACHE_ENTRIES = 1 << 17  # per cache dict, cleared when full: memory stays bounded (~30 MB each)
+_CACHE_ENTRIES = 1 << 16  # per cache dict, cleared when full: memory stays bounded (~20 MB each)
 _CACHE_MAX_SEGMENT = 48  # longer segments (URLs, long numbers) rarely repeat: not cached
 
 

@@ -49,6 +49,25 @@ class TrainerState:
     skipped_steps: int = 0
     best_val_loss: float = math.inf
     train_seconds: float = 0.0
+    best_metric: float | None = None  # early stopping: best value of the watched metric so far
+    best_step: int = 0
+    bad_evals: int = 0  # evaluations since the last improvement
+    stopped_early: bool = False
+
+
+@dataclass(frozen=True)
+class EarlyStopping:
+    """Stop when ``metric`` has not improved for ``patience`` evaluations (Prechelt 1998)."""
+
+    metric: str = "val_loss"
+    mode: str = "min"  # min | max
+    patience: int = 3
+    min_delta: float = 0.0
+
+    def improved(self, value: float, best: float | None) -> bool:
+        if best is None:
+            return True
+        return value < best - self.min_delta if self.mode == "min" else value > best + self.min_delta
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -85,6 +104,9 @@ class Trainer:
         save_every: int = 0,
         log_every: int = 10,
         save_checkpoint: Callable[["Trainer"], None] | None = None,
+        eval_fn: Callable[[], dict[str, float]] | None = None,
+        early_stopping: EarlyStopping | None = None,
+        save_best: Callable[["Trainer"], None] | None = None,
         loggers: Iterable[Logger] = (),
         device: torch.device = torch.device("cpu"),
         precision: str = "fp32",
@@ -109,6 +131,9 @@ class Trainer:
         self.save_every = save_every
         self.log_every = log_every
         self.save_checkpoint = save_checkpoint
+        self.eval_fn = eval_fn
+        self.early_stopping = early_stopping
+        self.save_best = save_best
         self.loggers = list(loggers)
         self.device = device
         self.precision = precision
@@ -180,12 +205,13 @@ class Trainer:
                     window_t, window_tokens, window_loss, window_n = 0.0, 0, 0.0, 0
                 else:
                     display.update(step, None)
-                if self.val_batches is not None and (
+                if (self.val_batches is not None or self.eval_fn is not None) and (
                     (self.eval_every and step % self.eval_every == 0) or step == self.max_steps
                 ):
                     val = self.evaluate()
                     last.update(val)
                     display.note(step, val)
+                    self._track_best(val)
                 is_save_step = self.save_every and step % self.save_every == 0
                 if self.save_checkpoint is not None and (is_save_step or step == self.max_steps):
                     self.save_checkpoint(self)
@@ -193,7 +219,28 @@ class Trainer:
                     if self.save_checkpoint is not None and not (is_save_step or step == self.max_steps):
                         self.save_checkpoint(self)
                     raise Interrupted(step, self._stop_signal)
+                if self.state.stopped_early:
+                    if self.save_checkpoint is not None and not is_save_step:
+                        self.save_checkpoint(self)
+                    display.note(step, {"early_stop_best_step": self.state.best_step})
+                    break
         return last
+
+    def _track_best(self, val: dict[str, float]) -> None:
+        es = self.early_stopping
+        if es is None:
+            return
+        if es.metric not in val:
+            raise LlmkitError(f"early stopping watches '{es.metric}', but evaluation reports: {', '.join(val)}.")
+        if es.improved(val[es.metric], self.state.best_metric):
+            self.state.best_metric = val[es.metric]
+            self.state.best_step = self.state.step
+            self.state.bad_evals = 0
+            if self.save_best is not None:
+                self.save_best(self)
+        else:
+            self.state.bad_evals += 1
+            self.state.stopped_early = self.state.bad_evals >= es.patience
 
     def _step(self) -> tuple[float, int, float]:
         """One optimizer step over ``grad_accum`` micro-batches: (mean loss, tokens, grad norm)."""
@@ -237,19 +284,23 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Mean objective loss over the validation batches."""
-        assert self.val_batches is not None
+        """Mean objective loss over the validation batches, plus what ``eval_fn`` reports."""
         self.model.eval()
-        total, n = 0.0, 0
-        for batch in self.val_batches():
+        val: dict[str, float] = {}
+        if self.val_batches is not None:
+            total, n = 0.0, 0
+            for batch in self.val_batches():
+                with autocast(self.device, self.precision):
+                    loss, _ = self.objective(self.forward_model, self._to_device(batch))
+                total += float(loss)
+                n += 1
+            val["val_loss"] = total / max(n, 1)
+            val["val_ppl"] = math.exp(min(val["val_loss"], 50.0))
+            self.state.best_val_loss = min(self.state.best_val_loss, val["val_loss"])
+        if self.eval_fn is not None:
             with autocast(self.device, self.precision):
-                loss, _ = self.objective(self.forward_model, self._to_device(batch))
-            total += float(loss)
-            n += 1
+                val.update(self.eval_fn())
         self.model.train()
-        val = {"val_loss": total / max(n, 1)}
-        val["val_ppl"] = math.exp(min(val["val_loss"], 50.0))
-        self.state.best_val_loss = min(self.state.best_val_loss, val["val_loss"])
         self._log(val)
         return val
 

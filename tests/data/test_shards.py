@@ -50,11 +50,12 @@ def test_shards_decode_to_the_documents(tmp_path, pydoc_texts):
 
 
 def test_encoding_paths_give_identical_shards(tmp_path):
-    """In-process, worker processes (fork and forkserver) and SentencePiece threads: same bytes."""
+    """In-process, this process + worker processes, and SentencePiece threads: the same bytes."""
     tok = TokenizerConfig(kind="bpe", vocab_size=600)
     _, ref = build(tmp_path, "ref", tokenizer=tok)
     variants = {
         "procs": {"workers": 2},
+        "procs3": {"workers": 3},
         "threads": {"workers": 2, "encode_backend": "threads"},
         "reuse": {"workers": 2, "tokenizer": TokenizerConfig(path=str(ref / "tokenizer"))},
     }

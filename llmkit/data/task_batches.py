@@ -1,0 +1,201 @@
+"""Fine-tuning examples as token ids, and batches of them as a pure function of (seed, step, rank).
+
+Encoder models (BERT-style) see ``[CLS] a [SEP] (b [SEP])`` with segment ids and classify from
+[CLS]; decoder models (GPT-style) see ``a (sep b) eos`` and classify from the last real token.
+Token classification labels the first sub-token of each word and ignores the rest (-100), as in
+Devlin et al. 2019, section 4.3. Instruction / seq2seq examples are ``prompt + response + eos``
+with the loss on the response only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from llmkit.data.tasks import LabelledText, TaggedSentence, TextPair
+from llmkit.errors import DataError, LlmkitError
+
+IGNORE = -100
+
+
+@dataclass
+class Example:
+    input_ids: np.ndarray  # (T,) int64
+    labels: np.ndarray  # () for sequence labels, (T,) for token labels
+    token_type_ids: np.ndarray | None = None
+    word_starts: np.ndarray | None = None  # token_cls: position of each word's first sub-token (-1: truncated)
+
+
+def _label_id(label: str, label_to_id: dict[str, int], where: str) -> int:
+    if label not in label_to_id:
+        known = ", ".join(label_to_id)
+        raise DataError(f"{where}: unknown label {label!r}; the model's labels are: {known}.")
+    return label_to_id[label]
+
+
+def _need(tokenizer: object, *names: str) -> None:
+    missing = [n for n in names if getattr(tokenizer, n, None) is None]
+    if missing:
+        raise LlmkitError(
+            f"This encoder task needs the tokenizer's {', '.join(missing)}; train the tokenizer with "
+            "tokenizer.user_special_tokens=[[CLS],[SEP],[MASK]]."
+        )
+
+
+def _truncate_pair(a: list[int], b: list[int], budget: int) -> tuple[list[int], list[int]]:
+    """Drop tokens from the end of the longer segment until both fit in ``budget``."""
+    a, b = list(a), list(b)
+    while len(a) + len(b) > budget:
+        (a if len(a) >= len(b) else b).pop()
+    return a, b
+
+
+def encode_labelled(
+    examples: Iterable[LabelledText], tokenizer: object, label_to_id: dict[str, int], *, max_len: int, encoder: bool,
+    source: str = "data",
+) -> list[Example]:
+    out = []
+    for i, ex in enumerate(examples):
+        a = tokenizer.encode(ex.text)
+        b = tokenizer.encode(ex.text_pair) if ex.text_pair is not None else []
+        label = np.asarray(_label_id(ex.label, label_to_id, f"{source} example {i + 1}"), dtype=np.int64)
+        if encoder:
+            _need(tokenizer, "cls_id", "sep_id")
+            extra = 3 if ex.text_pair is not None else 2
+            a, b = _truncate_pair(a, b, max_len - extra)
+            ids = [tokenizer.cls_id, *a, tokenizer.sep_id]
+            types = [0] * len(ids)
+            if ex.text_pair is not None:
+                ids += [*b, tokenizer.sep_id]
+                types += [1] * (len(b) + 1)
+            out.append(Example(np.asarray(ids, np.int64), label, np.asarray(types, np.int64)))
+        else:
+            sep = [tokenizer.eos_id] if ex.text_pair is not None else []
+            a, b = _truncate_pair(a, b, max_len - 1 - len(sep))
+            ids = [*a, *sep, *b, tokenizer.eos_id]
+            out.append(Example(np.asarray(ids, np.int64), label))
+    return out
+
+
+def encode_tagged(
+    sentences: Iterable[TaggedSentence], tokenizer: object, label_to_id: dict[str, int], *, max_len: int,
+    encoder: bool, source: str = "data",
+) -> list[Example]:
+    out = []
+    for i, sent in enumerate(sentences):
+        ids: list[int] = [tokenizer.cls_id] if encoder else []
+        if encoder:
+            _need(tokenizer, "cls_id", "sep_id")
+        labels: list[int] = [IGNORE] * len(ids)
+        starts = []
+        truncated = False
+        budget = max_len - (1 if encoder else 0)
+        for w, (word, tag) in enumerate(zip(sent.tokens, sent.tags)):
+            pieces = tokenizer.encode(" " + word)  # words follow a space, as in running text
+            tag_id = _label_id(tag, label_to_id, f"{source} sentence {i + 1}, word {w + 1}")
+            truncated = truncated or len(ids) + len(pieces) > budget
+            if truncated or not pieces:
+                starts.append(-1)  # cut off (this word and every later one): scored as 'O'
+                continue
+            starts.append(len(ids))
+            ids += pieces
+            labels += [tag_id] + [IGNORE] * (len(pieces) - 1)
+        if encoder:
+            ids.append(tokenizer.sep_id)
+            labels.append(IGNORE)
+        out.append(Example(np.asarray(ids, np.int64), np.asarray(labels, np.int64), word_starts=np.asarray(starts, np.int64)))
+    return out
+
+
+def render_prompt(template: str, source: str) -> str:
+    return template.format(source=source)
+
+
+def encode_pairs(pairs: Iterable[TextPair], tokenizer: object, *, template: str, max_len: int) -> list[Example]:
+    """``prompt + response + eos``; labels are the next tokens of the response only."""
+    out = []
+    for pair in pairs:
+        prompt = tokenizer.encode(render_prompt(template, pair.source))
+        response = tokenizer.encode(pair.target) + [tokenizer.eos_id]
+        ids = (prompt + response)[: max_len + 1]
+        if len(prompt) >= len(ids):
+            continue  # the prompt alone fills the window: nothing to learn from
+        x = np.asarray(ids[:-1], np.int64)
+        y = np.asarray(ids[1:], np.int64)
+        y[: len(prompt) - 1] = IGNORE  # no loss on predicting the prompt
+        out.append(Example(x, y))
+    return out
+
+
+def collate(examples: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest example: input_ids, attention_mask, labels (+ token_type_ids)."""
+    T = max(len(e.input_ids) for e in examples)
+    B = len(examples)
+    ids = torch.full((B, T), pad_id, dtype=torch.long)
+    mask = torch.zeros((B, T), dtype=torch.long)
+    token_level = examples[0].labels.ndim == 1
+    labels = torch.full((B, T), IGNORE, dtype=torch.long) if token_level else torch.empty(B, dtype=torch.long)
+    types = torch.zeros((B, T), dtype=torch.long) if examples[0].token_type_ids is not None else None
+    for i, e in enumerate(examples):
+        n = len(e.input_ids)
+        ids[i, :n] = torch.from_numpy(e.input_ids)
+        mask[i, :n] = 1
+        if token_level:
+            labels[i, :n] = torch.from_numpy(e.labels)
+        else:
+            labels[i] = int(e.labels)
+        if types is not None:
+            types[i, :n] = torch.from_numpy(e.token_type_ids)
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    if types is not None:
+        batch["token_type_ids"] = types
+    return batch
+
+
+class ExampleBatches:
+    """Shuffled mini-batches over epochs; batch ``(step, micro)`` is a pure function of its arguments.
+
+    Micro-batch ``g = step * grad_accum + micro`` of the run lies in epoch ``g // steps_per_epoch``,
+    whose order is a permutation seeded by (seed, epoch). The global batch is split across ranks.
+    """
+
+    def __init__(
+        self, examples: Sequence[Example], *, batch_size: int, seed: int, pad_id: int, grad_accum: int = 1,
+        rank: int = 0, world_size: int = 1,
+    ) -> None:
+        if len(examples) < batch_size * world_size:
+            raise DataError(f"{len(examples)} training examples are fewer than one batch ({batch_size * world_size}).")
+        self.examples = examples
+        self.batch_size = batch_size
+        self.seed = seed
+        self.pad_id = pad_id
+        self.grad_accum = grad_accum
+        self.rank = rank
+        self.world_size = world_size
+        self.micro_per_epoch = len(examples) // (batch_size * world_size)  # the last partial batch is dropped
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return max(1, self.micro_per_epoch // self.grad_accum)
+
+    def batch(self, step: int, micro: int = 0) -> dict[str, torch.Tensor]:
+        g = step * self.grad_accum + micro
+        epoch, pos = divmod(g, self.micro_per_epoch)
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.examples))
+        size = self.batch_size * self.world_size
+        rows = order[pos * size : (pos + 1) * size][self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
+        return collate([self.examples[i] for i in rows], self.pad_id)
+
+
+def eval_batches(examples: Sequence[Example], *, batch_size: int, pad_id: int) -> Iterator[dict[str, torch.Tensor]]:
+    """Every example once, in order (sorted by length within a chunk would be faster; order is kept for predictions)."""
+    for i in range(0, len(examples), batch_size):
+        yield collate(examples[i : i + batch_size], pad_id)
+
+
+def epochs_to_steps(epochs: float, steps_per_epoch: int) -> int:
+    return max(1, math.ceil(epochs * steps_per_epoch))

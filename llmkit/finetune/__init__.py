@@ -1,0 +1,51 @@
+"""Fine-tuning strategies (full, freeze, LoRA) and their optimizer parameter groups.
+
+``apply_strategy(model, FinetuneConfig(...))`` decides what trains; ``param_groups`` /
+``build_optimizer`` give the optimizer the trainable parameters, with layer-wise learning-rate
+decay when asked. ``llmkit.finetune.lora`` holds the LoRA layer, merging and adapter-only state
+dicts (see its docstring for how a base checkpoint and adapters are loaded together).
+"""
+
+from llmkit.finetune.lora import (
+    LoRALinear,
+    adapter_keys,
+    apply_lora,
+    base_state_dict_names,
+    load_base_state_dict,
+    load_lora_state_dict,
+    lora_modules,
+    lora_spec,
+    lora_state_dict,
+    merge_lora,
+)
+from llmkit.finetune.strategy import (
+    FinetuneConfig,
+    StrategyReport,
+    apply_strategy,
+    build_optimizer,
+    find_trunk,
+    head_parameters,
+    layer_depths,
+    param_groups,
+)
+
+__all__ = [
+    "FinetuneConfig",
+    "LoRALinear",
+    "StrategyReport",
+    "adapter_keys",
+    "apply_lora",
+    "apply_strategy",
+    "base_state_dict_names",
+    "build_optimizer",
+    "find_trunk",
+    "head_parameters",
+    "layer_depths",
+    "load_base_state_dict",
+    "load_lora_state_dict",
+    "lora_modules",
+    "lora_spec",
+    "lora_state_dict",
+    "merge_lora",
+    "param_groups",
+]

@@ -1,0 +1,121 @@
+"""Task data and metrics shared by ``finetune`` (training-time evaluation) and ``evaluate``."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from llmkit.data.config import DataConfig
+from llmkit.data.task_batches import encode_labelled, encode_pairs, encode_tagged
+from llmkit.data.tasks import read_conll, read_labelled, read_text_pairs
+from llmkit.errors import LlmkitError
+from llmkit.finetune.config import GenerationEvalConfig
+from llmkit.finetune.evaluation import evaluate_seq_cls, evaluate_sft, evaluate_token_cls
+from llmkit.io import write_json
+
+
+def _limit(items: list, n: int) -> list:
+    return items[:n] if n > 0 else items
+
+
+def load_task_data(task: str, data: DataConfig, split: str) -> list:
+    """The raw examples of ``split`` (train | eval) for ``task``."""
+    path = data.train_path if split == "train" else data.eval_path
+    if not path:
+        raise LlmkitError(f"data.{split}_path is not set; data={data.name} has no {split} file for fine-tuning.")
+    limit = data.max_train_examples if split == "train" else data.max_eval_examples
+    if task == "seq_cls":
+        rows = read_labelled(path, text_column=data.text_column, label_column=data.label_column,
+                             text_pair_column=data.text_pair_column, fmt=data.format)
+    elif task == "token_cls":
+        rows = read_conll(path)
+    else:
+        target = data.train_target_path if split == "train" else data.eval_target_path
+        rows = read_text_pairs(path, target_path=target, source_column=data.source_column,
+                               target_column=data.target_column, fmt=data.format)
+    out = []
+    for row in rows:
+        out.append(row)
+        if limit and len(out) >= limit:
+            break
+    if not out:
+        raise LlmkitError(f"{path} holds no examples.")
+    return out
+
+
+def label_set(task: str, rows: list, given: list[str]) -> list[str]:
+    if given:
+        return list(given)
+    if task == "seq_cls":
+        return sorted({r.label for r in rows})
+    tags = sorted({t for r in rows for t in r.tags} - {"O"})
+    return ["O", *tags]
+
+
+def encode_task(task: str, rows: list, tokenizer: Any, labels: list[str], *, max_len: int, encoder: bool, template: str,
+           source: str) -> list:
+    label_to_id = {label: i for i, label in enumerate(labels)}
+    if task == "seq_cls":
+        return encode_labelled(rows, tokenizer, label_to_id, max_len=max_len, encoder=encoder, source=source)
+    if task == "token_cls":
+        return encode_tagged(rows, tokenizer, label_to_id, max_len=max_len, encoder=encoder, source=source)
+    return encode_pairs(rows, tokenizer, template=template, max_len=max_len)
+
+
+def task_metrics(task: str, model: Any, tokenizer: Any, examples: list, rows: list, labels: list[str], *,
+                 batch_size: int, template: str, generation: GenerationEvalConfig, writer: Any = None,
+                 max_generate: int = 0) -> tuple[dict[str, float], Any]:
+    if task == "seq_cls":
+        return evaluate_seq_cls(model, examples, labels, batch_size=batch_size, writer=writer,
+                                texts=[r.text for r in rows])
+    if task == "token_cls":
+        return evaluate_token_cls(model, examples, rows, labels, batch_size=batch_size, writer=writer)
+    return evaluate_sft(model, tokenizer, _limit(rows, max_generate), template=template,
+                        max_new_tokens=generation.max_new_tokens, num_beams=generation.num_beams,
+                        length_penalty=generation.length_penalty, writer=writer)
+
+
+def evaluate_task_checkpoint(
+    model: Any, meta: dict[str, Any], tokenizer: Any, data: DataConfig | None, *, out_dir: Path, batch_size: int,
+    predictions: str | None, generation: GenerationEvalConfig,
+) -> dict[str, Any]:
+    """``llmkit evaluate`` on a fine-tuned checkpoint: its task's metrics on ``data.eval_path``."""
+    task = meta["task"]
+    if data is None or not data.eval_path:
+        raise LlmkitError(f"{meta['path']} is a {task} model: name its data (e.g. data=sst2, data.eval_path=FILE).")
+    labels = meta.get("labels", [])
+    rows = load_task_data(task, data, "eval")
+    if task != "sft":
+        seen = {r.label for r in rows} if task == "seq_cls" else {t for r in rows for t in r.tags}
+        unknown = sorted(seen - set(labels))
+        if unknown:
+            raise LlmkitError(f"{data.eval_path} has labels the model was not trained on: {', '.join(unknown)} "
+                              f"(the model's labels: {', '.join(labels)}).")
+    examples = encode_task(task, rows, tokenizer, labels, max_len=meta["max_len"], encoder=not model.config.causal,
+                           template=meta.get("prompt_template", ""), source=str(data.eval_path))
+    from llmkit.metric.io import PredictionWriter
+
+    with PredictionWriter(predictions) if predictions else contextlib.nullcontext() as writer:
+        flat, metrics = task_metrics(task, model, tokenizer, examples, rows, labels, batch_size=batch_size,
+                                     template=meta.get("prompt_template", ""), generation=generation, writer=writer)
+    full = metrics.compute()
+    write_json(Path(out_dir) / "metrics.json", {"checkpoint": meta["path"], "task": task, "data": str(data.eval_path),
+                                                **{k: v for k, v in full.items()}})
+    console = Console()
+    if task == "sft":
+        from rich.table import Table
+
+        table = Table(title=f"{task}: {data.eval_path}")
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for k, v in flat.items():
+            table.add_row(k, f"{v:.2f}")
+        console.print(table)
+    else:
+        console.print(metrics.table())
+        if task == "seq_cls":
+            console.print(metrics.confusion_table())
+    return flat

@@ -1,0 +1,104 @@
+"""``hf:DIR`` references: a Hugging Face model directory wherever llmkit accepts a checkpoint.
+
+    model, tokenizer, info = resolve_init("hf:models/all-MiniLM-L6-v2")   # finetune init_from=hf:DIR
+    model, meta = load_model("hf:models/gpt2", device="cuda")            # evaluate/generate checkpoint=hf:DIR
+
+``load_model`` returns the same ``(model, meta)`` shape as ``llmkit.checkpoint.load_model`` (meta
+has ``model_class``, ``model_config``, ``path`` and, for HF directories, ``tokenizer_dir`` and
+``hf``: the import report), so recipes can treat both alike. See ``llmkit.model.hf`` for what
+is imported and ``llmkit.tokenizer.hf`` for the tokenizer.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from llmkit.errors import CheckpointError
+
+PREFIX = "hf:"
+
+
+def is_hf_ref(ref: str | os.PathLike | None) -> bool:
+    """True for ``"hf:DIR"``."""
+    return isinstance(ref, str) and ref.startswith(PREFIX)
+
+
+def hf_dir(ref: str | os.PathLike) -> Path:
+    """The directory of an ``hf:DIR`` reference (or of a plain path), checked to hold a model."""
+    from llmkit.model.hf import CONFIG_FILE
+
+    path = Path(os.path.expanduser(str(ref)[len(PREFIX) :] if is_hf_ref(ref) else str(ref)))
+    if not path.is_dir():
+        raise CheckpointError(f"{ref}: {path} is not a directory (hf:DIR needs a local Hugging Face model directory; "
+                              "llmkit never downloads).")  # fmt: skip
+    if not (path / CONFIG_FILE).is_file():
+        raise CheckpointError(f"{ref}: {path} has no {CONFIG_FILE}; it is not a Hugging Face model directory.")
+    return path
+
+
+def looks_like_hf_dir(path: str | os.PathLike) -> bool:
+    """A directory with config.json and no checkpoint.json (for "did you mean hf:DIR?" hints)."""
+    p = Path(path)
+    return (p / "config.json").is_file() and not (p / "checkpoint.json").is_file()
+
+
+def resolve_init(
+    ref: str | os.PathLike,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | None = torch.float32,
+    block_size: int | None = None,
+) -> tuple[nn.Module, Any | None, dict[str, Any]]:
+    """Model, tokenizer and import report of ``hf:DIR``.
+
+    The tokenizer is None when the directory has no tokenizer files (``info["tokenizer"]`` says
+    so). ``info`` is ``llmkit.model.hf.load_hf``'s report plus ``model_config`` (the
+    ``ModelConfig``), ``tokenizer_dir`` and ``tokenizer``. Raises ``CheckpointError`` (an
+    ``LlmkitError``) with a message for the user on anything unsupported.
+    """
+    from llmkit.model.hf import load_hf
+    from llmkit.tokenizer.hf import is_hf_tokenizer_dir, load_hf_tokenizer
+
+    path = hf_dir(ref)
+    model, config, info = load_hf(path, dtype=dtype, device=device, block_size=block_size)
+    tokenizer = None
+    if is_hf_tokenizer_dir(path):
+        tokenizer = load_hf_tokenizer(path)
+        if tokenizer.vocab_size > config.vocab_size:
+            raise CheckpointError(
+                f"{path}: the tokenizer has {tokenizer.vocab_size} tokens but the model only {config.vocab_size} "
+                "embeddings; they do not belong together."
+            )
+    info.update(
+        model_config=config,
+        tokenizer_dir=str(path) if tokenizer is not None else None,
+        tokenizer=repr(tokenizer) if tokenizer is not None else "none (no tokenizer.json/vocab.txt/tokenizer.model)",
+    )
+    return model, tokenizer, info
+
+
+def load_model(ref: str | os.PathLike, *, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """``checkpoint.load_model`` for ``hf:DIR``: the model in eval mode and a checkpoint-like meta dict."""
+    from llmkit.model.hf import load_hf
+    from llmkit.tokenizer.hf import is_hf_tokenizer_dir
+
+    path = hf_dir(ref)
+    model, config, info = load_hf(path, device=device)
+    meta = {
+        "format_version": None,
+        "step": 0,
+        "model_class": info["model_class"],
+        "model_config": config.to_dict(),
+        "path": str(path),
+        "tokenizer_dir": str(path) if is_hf_tokenizer_dir(path) else None,
+        "hf": info,
+    }
+    return model, meta
+
+
+__all__ = ["PREFIX", "hf_dir", "is_hf_ref", "load_model", "looks_like_hf_dir", "resolve_init"]

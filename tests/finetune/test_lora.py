@@ -1,0 +1,305 @@
+"""LoRA: exact start, only adapters train, merge == unmerged, adapter-only state dicts, loading."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from llmkit.errors import CheckpointError
+from llmkit.finetune import (
+    FinetuneConfig,
+    LoRALinear,
+    apply_lora,
+    apply_strategy,
+    base_state_dict_names,
+    load_base_state_dict,
+    load_lora_state_dict,
+    lora_spec,
+    lora_state_dict,
+    merge_lora,
+    param_groups,
+)
+from llmkit.model import CausalLM, ModelConfig
+
+TINY = ModelConfig(vocab_size=32, block_size=16, n_layer=2, n_head=2, n_embd=32)
+LLAMA = ModelConfig(
+    vocab_size=32, block_size=16, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, mlp="swiglu", norm="rmsnorm",
+    pos="rope", bias=False, tie_weights=False,
+)  # fmt: skip
+TARGETS = ["attn.c_attn", "attn.c_proj"]
+
+
+def tiny(config: ModelConfig = TINY, seed: int = 0) -> CausalLM:
+    torch.manual_seed(seed)
+    return CausalLM.from_config(config)
+
+
+def batch(seed: int = 1, B: int = 4, T: int = 12, V: int = 32) -> torch.Tensor:
+    return torch.randint(0, V, (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+def train_steps(model: nn.Module, steps: int = 3, lr: float = 1e-2) -> None:
+    opt = torch.optim.AdamW(param_groups(model, 0.1), lr=lr)
+    model.train()
+    for s in range(steps):
+        idx = batch(seed=s)
+        logits = model(idx[:, :-1])  # (B, T-1, V)
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), idx[:, 1:].reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+
+
+def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+# ---------------------------------------------------------------------------- the layer
+
+
+def test_lora_linear_starts_as_its_base_and_scales_by_alpha_over_rank():
+    torch.manual_seed(0)
+    base = nn.Linear(16, 24)
+    x = torch.randn(3, 5, 16)
+    expected = base(x)
+    layer = LoRALinear(base, rank=4, alpha=8, dropout=0.0)
+    assert torch.equal(layer(x), expected)  # B = 0: exactly the base
+    assert layer.lora_A.shape == (4, 16) and layer.lora_B.shape == (24, 4)
+    assert not torch.all(layer.lora_A == 0) and torch.all(layer.lora_B == 0)
+    assert not base.weight.requires_grad and not base.bias.requires_grad
+    assert layer.scaling == 2.0
+
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    delta = 2.0 * layer.lora_B @ layer.lora_A  # (24, 16)
+    torch.testing.assert_close(layer(x), F.linear(x, base.weight + delta, base.bias))
+    torch.testing.assert_close(layer.delta_weight(), delta)
+
+
+def test_lora_dropout_acts_on_the_adapter_path_only():
+    torch.manual_seed(0)
+    layer = LoRALinear(nn.Linear(16, 16), rank=2, alpha=2, dropout=0.5)
+    x = torch.randn(4, 16)
+    layer.train()
+    assert torch.equal(layer(x), layer.base(x))  # B = 0: dropout cannot show on the base path
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    assert not torch.equal(layer(x), layer(x))  # training: random masks on the adapter input
+    layer.eval()
+    assert torch.equal(layer(x), layer(x))
+
+
+@pytest.mark.parametrize("kwargs", [{"rank": 0, "alpha": 1}, {"rank": 2, "alpha": 0}, {"rank": 2, "alpha": 1, "dropout": 1.0}])
+def test_lora_hyperparameters_are_checked(kwargs):
+    with pytest.raises(ValueError, match="LoRA"):
+        LoRALinear(nn.Linear(4, 4), **kwargs)
+
+
+def test_adapters_follow_the_base_dtype():
+    model = tiny().to(torch.bfloat16)
+    apply_lora(model, rank=4, alpha=8, targets=TARGETS)
+    layer = model.transformer.h[0].attn.c_attn
+    assert layer.lora_A.dtype == layer.lora_B.dtype == torch.bfloat16
+
+
+# ---------------------------------------------------------------------------- wrapping a model
+
+
+def test_apply_lora_wraps_targets_and_keeps_outputs():
+    model = tiny()
+    idx = batch()
+    with torch.no_grad():
+        before = model(idx)
+    names = apply_lora(model, rank=4, alpha=8, dropout=0.1, targets=TARGETS)
+    assert names == [f"transformer.h.{i}.attn.{n}" for i in range(2) for n in ("c_attn", "c_proj")]
+    assert all(isinstance(model.get_submodule(n), LoRALinear) for n in names)
+    assert isinstance(model.transformer.h[0].mlp.c_proj, nn.Linear)  # 'attn.c_proj' is not 'mlp.c_proj'
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(idx), before)
+    # only the adapters are trainable after apply_lora (Hu et al.: the base is frozen)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {f"{n}.lora_{ab}" for n in names for ab in "AB"}
+
+
+@pytest.mark.parametrize(
+    ("config", "targets", "expected"),
+    [
+        (TINY, ["mlp.*"], ["mlp.c_fc", "mlp.c_proj"]),
+        (LLAMA, ["mlp.*"], ["mlp.w_gate", "mlp.w_up", "mlp.c_proj"]),
+        (TINY, ["c_proj"], ["attn.c_proj", "mlp.c_proj"]),
+        (TINY, ["*"], ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"]),
+        (LLAMA, ["attn.c_attn", "attn.c_attn"], ["attn.c_attn"]),  # duplicates wrap once
+    ],
+)
+def test_target_patterns(config, targets, expected):
+    model = tiny(config)
+    names = apply_lora(model, rank=2, alpha=4, targets=targets)
+    assert names == [f"transformer.h.{i}.{e}" for i in range(config.n_layer) for e in expected]
+
+
+def test_a_full_module_name_wraps_one_layer():
+    model = tiny()
+    assert apply_lora(model, rank=2, alpha=4, targets=["transformer.h.1.attn.c_attn"]) == ["transformer.h.1.attn.c_attn"]
+
+
+def test_bad_targets_are_listed_with_the_available_layers():
+    model = tiny()
+    with pytest.raises(ValueError) as e:
+        apply_lora(model, rank=2, alpha=4, targets=["attn.qkv", "attn.c_attn", "q_proj"])
+    msg = str(e.value)
+    assert "'attn.qkv'" in msg and "'q_proj'" in msg and "'attn.c_attn'" not in msg.split("Linear layers")[0]
+    for name in ("transformer.h.*.attn.c_attn", "transformer.h.*.attn.c_proj", "transformer.h.*.mlp.c_fc"):
+        assert name in msg
+    assert not any(isinstance(m, LoRALinear) for m in model.modules())  # nothing wrapped on error
+    with pytest.raises(ValueError, match="non-empty list"):
+        apply_lora(model, rank=2, alpha=4, targets="attn.c_attn")
+    with pytest.raises(ValueError, match="non-empty list"):
+        apply_lora(model, rank=2, alpha=4, targets=[])
+
+
+def test_wrapping_twice_is_refused():
+    model = tiny()
+    apply_lora(model, rank=2, alpha=4, targets=TARGETS)
+    with pytest.raises(ValueError, match="already have LoRA adapters"):
+        apply_lora(model, rank=2, alpha=4, targets=["attn.c_attn"])
+
+
+# ---------------------------------------------------------------------------- training and merging
+
+
+@pytest.mark.parametrize("config", [TINY, LLAMA], ids=["gpt", "llama"])
+def test_training_changes_only_the_adapters(config):
+    model = tiny(config)
+    report = apply_strategy(model, FinetuneConfig(strategy="lora", lora_rank=4, lora_dropout=0.1, lora_targets=TARGETS))
+    before = snapshot(model)
+    train_steps(model)
+    after = model.state_dict()
+    adapters = {f"{n}.lora_{ab}" for n in report.lora_modules for ab in "AB"}
+    assert set(report.trainable_names) == adapters  # the LM head is not a task head: frozen
+    for key, value in after.items():
+        if key in adapters:
+            assert not torch.equal(value, before[key]), f"{key} did not train"
+        else:
+            assert torch.equal(value, before[key]), f"{key} changed"
+
+
+def test_merged_model_equals_unmerged_and_has_the_base_keys():
+    model = tiny()
+    base_keys = list(model.state_dict())
+    apply_strategy(model, FinetuneConfig(strategy="lora", lora_rank=4, lora_targets=["attn.c_attn", "attn.c_proj", "mlp.*"]))
+    train_steps(model, lr=5e-2)
+    idx = batch(seed=9)
+    with torch.no_grad():
+        unmerged = model(idx)
+        expected_w = model.transformer.h[0].attn.c_attn.base.weight + model.transformer.h[0].attn.c_attn.delta_weight()
+    merged_names = merge_lora(model)
+    assert len(merged_names) == 8
+    assert not any(isinstance(m, LoRALinear) for m in model.modules())
+    assert type(model.transformer.h[0].attn.c_attn) is nn.Linear
+    assert list(model.state_dict()) == base_keys
+    torch.testing.assert_close(model.transformer.h[0].attn.c_attn.weight, expected_w)
+    with torch.no_grad():
+        merged = model(idx)
+    assert not torch.allclose(merged, tiny()(idx), atol=1e-4)  # the adapters did something
+    torch.testing.assert_close(merged, unmerged, atol=1e-5, rtol=0)
+    # the merged model is a plain model: it loads into a fresh one strictly
+    fresh = tiny(seed=1)
+    fresh.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(idx), unmerged, atol=1e-5, rtol=0)
+
+
+# ---------------------------------------------------------------------------- adapter checkpoints
+
+
+def test_adapter_state_dict_round_trip(tmp_path):
+    base = tiny()
+    model = copy.deepcopy(base)
+    apply_strategy(model, FinetuneConfig(strategy="lora", lora_rank=4, lora_targets=TARGETS))
+    train_steps(model)
+    adapters = lora_state_dict(model)
+    assert list(adapters) == [f"transformer.h.{i}.attn.{n}.lora_{ab}" for i in range(2) for n in ("c_attn", "c_proj") for ab in "AB"]
+    save_file({k: v.contiguous() for k, v in adapters.items()}, str(tmp_path / "adapter.safetensors"))
+    spec = lora_spec(model)
+    assert spec == {"rank": 4, "alpha": 16.0, "dropout": 0.05, "targets": [k.rsplit(".", 1)[0] for k in adapters][::2]}
+
+    # base checkpoint + spec + adapters rebuild the fine-tuned model
+    rebuilt = copy.deepcopy(base)
+    apply_lora(rebuilt, **spec)
+    load_lora_state_dict(rebuilt, load_file(str(tmp_path / "adapter.safetensors")))
+    idx = batch(seed=5)
+    with torch.no_grad():
+        assert torch.equal(rebuilt.eval()(idx), model.eval()(idx))
+
+
+def test_loading_adapters_is_strict_and_reports_everything():
+    model = tiny()
+    with pytest.raises(CheckpointError, match="no LoRA adapters"):
+        load_lora_state_dict(model, {})
+    apply_lora(model, rank=4, alpha=8, targets=TARGETS)
+    other = tiny()
+    apply_lora(other, rank=2, alpha=8, targets=["attn.c_attn", "mlp.c_fc"])
+    sd = lora_state_dict(other)
+    sd["transformer.wte.weight"] = model.transformer.wte.weight
+    before = snapshot(model)
+    with pytest.raises(CheckpointError) as e:
+        load_lora_state_dict(model, sd)
+    msg = str(e.value)
+    assert "missing adapters: transformer.h.0.attn.c_proj.lora_A" in msg
+    assert "transformer.h.0.mlp.c_fc.lora_A" in msg and "transformer.wte.weight" in msg
+    assert "transformer.h.0.attn.c_attn.lora_A: given (2, 32) vs model (4, 32)" in msg
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # nothing half-loaded
+
+
+def test_base_weights_load_into_a_wrapped_model():
+    trained_base = tiny(seed=3)
+    model = tiny(seed=0)
+    apply_lora(model, rank=4, alpha=8, targets=TARGETS)
+    names = base_state_dict_names(model)
+    assert names["transformer.h.0.attn.c_attn.base.weight"] == "transformer.h.0.attn.c_attn.weight"
+    assert names["transformer.wte.weight"] == "transformer.wte.weight"
+    assert not any("lora_" in k for k in names)
+    assert sorted(names.values()) == sorted(trained_base.state_dict())
+
+    adapters = snapshot(model)
+    base_sd = trained_base.state_dict()
+    del base_sd["lm_head.weight"]  # tied alias, stored once by safetensors' save_model
+    load_base_state_dict(model, base_sd)
+    for k in lora_state_dict(model):
+        assert torch.equal(model.state_dict()[k], adapters[k])
+    idx = batch()
+    with torch.no_grad():
+        assert torch.equal(model.eval()(idx), trained_base.eval()(idx))  # B = 0: the loaded base
+
+    bad = dict(base_sd)
+    del bad["transformer.h.1.attn.c_attn.weight"]
+    bad["transformer.h.0.attn.c_attn.weight"] = torch.zeros(3, 3)
+    bad["extra.weight"] = torch.zeros(1)
+    with pytest.raises(CheckpointError) as e:
+        load_base_state_dict(model, bad)
+    msg = str(e.value)
+    assert "missing: transformer.h.1.attn.c_attn.weight" in msg
+    assert "unexpected: extra.weight" in msg
+    assert "transformer.h.0.attn.c_attn.weight: given (3, 3) vs model (96, 32)" in msg
+
+
+# ---------------------------------------------------------------------------- size
+
+
+def test_lora_on_a_gpt_mini_sized_model_trains_under_5_percent():
+    config = ModelConfig(vocab_size=8000, block_size=256, n_layer=6, n_head=6, n_embd=384, bias=False)
+    with torch.device("meta"):  # sizes only: no memory, no init time
+        model = CausalLM.from_config(config)
+    report = apply_strategy(model, FinetuneConfig(strategy="lora", lora_rank=8, lora_targets=TARGETS))
+    per_block = 8 * (384 + 3 * 384) + 8 * (384 + 384)  # c_attn: r*(in+out); c_proj: r*(in+out)
+    assert report.trainable == 6 * per_block == 110_592
+    assert report.total == sum(p.numel() for p in model.parameters())
+    assert report.fraction < 0.05
+    assert "0.80%" in report.summary()

@@ -1,0 +1,211 @@
+"""``llmkit finetune`` + ``evaluate`` end to end on tiny models: each task, each strategy, bad data."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from _cli import run_llmkit
+from llmkit import checkpoint
+from llmkit.model import CausalLM, MaskedLM, ModelConfig
+from llmkit.tokenizer import TokenizerConfig, train
+
+POS = ["good", "great", "fine", "lovely"]
+NEG = ["bad", "awful", "poor", "dull"]
+FILL = ["the", "film", "was", "plot", "and", "very", "a", "story", "cast"]
+
+
+def _sentence(rng: random.Random, words: list[str]) -> str:
+    body = rng.sample(FILL, 3)
+    body.insert(rng.randrange(4), rng.choice(words))
+    return " ".join(body)
+
+
+def _tokenizer():
+    text = [" ".join(POS + NEG + FILL + ["ein kleiner Hund rennt eine kleine Katze schläft", "Peter", "Berlin", "lebt", "in", "small dog runs cat sleeps"])]
+    cfg = TokenizerConfig(kind="char", vocab_size=0, character_coverage=1.0, byte_fallback=True,
+                          user_special_tokens=["[CLS]", "[SEP]", "[MASK]"])
+    return train(cfg, text * 5, seed=0)
+
+
+def _base(tmp: Path, name: str, *, causal: bool) -> Path:
+    """A tiny (untrained) llmkit checkpoint with a tokenizer: the starting point of a fine-tune."""
+    tok = _tokenizer()
+    tok_dir = tmp / f"{name}_tok"
+    tok.save(tok_dir)
+    common = dict(vocab_size=tok.vocab_size, block_size=48, n_layer=2, n_head=2, n_embd=32)
+    torch.manual_seed(0)
+    if causal:
+        model = CausalLM.from_config(ModelConfig(**common))
+    else:
+        model = MaskedLM.from_config(ModelConfig(**common, causal=False, type_vocab_size=2, norm_placement="post",
+                                                 embed_norm=True, final_norm=False))
+    root = tmp / name
+    checkpoint.save(root, 0, model=model, model_class=type(model).__name__, model_config=model.config.to_dict(),
+                    state={}, config_yaml="{}\n", tokenizer_dir=tok_dir)
+    return root
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    tmp = tmp_path_factory.mktemp("ft")
+    rng = random.Random(0)
+    for split, n in (("train", 320), ("valid", 60)):
+        rows = ["sentence\tlabel"]
+        for i in range(n):
+            label = i % 2
+            rows.append(f"{_sentence(rng, POS if label else NEG)}\t{label}")
+        (tmp / f"{split}.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    conll = []
+    for i in range(60):
+        conll += ["Peter NNP B-NP B-PER", "lebt VBZ B-VP O", "in IN O O", "Berlin NNP B-NP B-LOC", ""]
+    (tmp / "ner.txt").write_text("-DOCSTART- -X- -X- O\n\n" + "\n".join(conll), encoding="utf-8")
+    # four words or more: BLEU needs 4-grams
+    (tmp / "src.txt").write_text("a small dog runs\na small cat sleeps\n" * 40, encoding="utf-8")
+    (tmp / "tgt.txt").write_text("ein kleiner Hund rennt\neine kleine Katze schläft\n" * 40, encoding="utf-8")
+    (tmp / "gpt").mkdir()
+    files = {"dir": tmp, "gpt": _base(tmp, "gpt_base", causal=True), "bert": _base(tmp, "bert_base", causal=False)}
+    return files
+
+
+SEQ = ["data=files", "data.format=tsv", "objective=seq_cls", "trainer.batch_size=16", "trainer.progress=false",
+       "optim.lr=3e-3", "scheduler.warmup_steps=5"]
+
+
+def _seq_args(files: dict, *extra: str) -> list[str]:
+    d = files["dir"]
+    return [*SEQ, f"data.train_path={d / 'train.tsv'}", f"data.eval_path={d / 'valid.tsv'}", *extra]
+
+
+def _finetune(files: dict, out: Path, init: Path, *args: str):
+    return run_llmkit("finetune", f"init_from={init}", f"out_dir={out}", *args, cwd=files["dir"], timeout=300)
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_seq_cls_full_learns_and_evaluate_reports_the_same(files, tmp_path):
+    run = tmp_path / "full"
+    proc = _finetune(files, run, files["gpt"], *_seq_args(files, "epochs=6"))
+    assert proc.returncode == 0, proc.stderr
+    accs = [r["val_accuracy"] for r in _metrics(run) if "val_accuracy" in r]
+    assert len(accs) >= 2 and max(accs) >= 0.9, accs
+    meta = json.loads((run / "best" / "checkpoint.json").read_text())
+    assert meta["task"] == "seq_cls" and meta["labels"] == ["0", "1"]
+
+    preds = tmp_path / "preds.jsonl"
+    ev = run_llmkit("evaluate", f"checkpoint={run}", "data=files", "data.format=tsv",
+                    f"data.eval_path={files['dir'] / 'valid.tsv'}", f"predictions={preds}",
+                    f"out_dir={tmp_path / 'ev'}", cwd=tmp_path)
+    assert ev.returncode == 0, ev.stderr
+    result = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert result["accuracy"] == pytest.approx(max(accs))  # the best checkpoint is what `evaluate` reads
+    rows = [json.loads(line) for line in preds.read_text().splitlines()]
+    assert len(rows) == 60 and sum(r["prediction"] == r["label"] for r in rows) / 60 == pytest.approx(result["accuracy"])
+    assert "confusion matrix" in ev.stdout
+
+
+def test_freeze_leaves_lower_blocks_and_embeddings_bit_identical(files, tmp_path):
+    run = tmp_path / "freeze"
+    proc = _finetune(files, run, files["gpt"], *_seq_args(files, "epochs=1", "finetune.strategy=freeze",
+                                                        "finetune.trainable_blocks=1"))
+    assert proc.returncode == 0, proc.stderr
+    base = load_file(str(files["gpt"] / "step_0000000" / "model.safetensors"))
+    tuned = load_file(str(run / "best" / "model.safetensors"))
+    frozen = [k for k in tuned if k.startswith("transformer.h.0.") or k in ("transformer.wte.weight", "transformer.wpe.weight")]
+    trained = [k for k in tuned if k.startswith("transformer.h.1.")]
+    assert frozen and trained
+    for k in frozen:
+        stored = base.get(k, base.get("lm_head.weight")) if k == "transformer.wte.weight" else base[k]  # tied: stored once
+        assert torch.equal(tuned[k], stored), k
+    assert any(not torch.equal(tuned[k], base[k]) for k in trained)
+
+
+def test_lora_checkpoint_holds_adapters_and_head_only(files, tmp_path):
+    run = tmp_path / "lora"
+    proc = _finetune(files, run, files["gpt"], *_seq_args(files, "epochs=2", "finetune.strategy=lora",
+                                                        "finetune.lora_rank=4", "optim.lr=1e-2"))
+    assert proc.returncode == 0, proc.stderr
+    stored = load_file(str(run / "best" / "model.safetensors"))
+    assert stored and all(".lora_" in k or k.startswith("head.") for k in stored), sorted(stored)
+    meta = json.loads((run / "best" / "checkpoint.json").read_text())
+    assert Path(meta["base"]) == (files["gpt"] / "step_0000000").resolve()
+    # evaluate rebuilds base + adapters (merged) from the directory and scores like training did
+    best = max(r["val_accuracy"] for r in _metrics(run) if "val_accuracy" in r)
+    ev = run_llmkit("evaluate", f"checkpoint={run}", "data=files", "data.format=tsv",
+                    f"data.eval_path={files['dir'] / 'valid.tsv'}", f"out_dir={tmp_path / 'ev'}", cwd=tmp_path)
+    assert ev.returncode == 0, ev.stderr
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["accuracy"] == pytest.approx(best, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_token_cls_on_an_encoder_reports_entity_f1(files, tmp_path):
+    run = tmp_path / "ner"
+    d = files["dir"]
+    proc = _finetune(files, run, files["bert"], "data=files", "data.format=conll", f"data.train_path={d / 'ner.txt'}",
+                     f"data.eval_path={d / 'ner.txt'}", "objective=token_cls", "epochs=4", "trainer.batch_size=8",
+                     "optim.lr=3e-3", "trainer.progress=false", "scheduler.warmup_steps=2")
+    assert proc.returncode == 0, proc.stderr
+    meta = json.loads((run / "best" / "checkpoint.json").read_text())
+    assert meta["labels"] == ["O", "B-LOC", "B-PER"]
+    f1 = [r["val_f1"] for r in _metrics(run) if "val_f1" in r]
+    assert max(f1) > 0.9, f1
+    ev = run_llmkit("evaluate", f"checkpoint={run}", "data=files", "data.format=conll", f"data.eval_path={d / 'ner.txt'}",
+                    f"out_dir={tmp_path / 'ev'}", cwd=tmp_path)
+    assert ev.returncode == 0, ev.stderr
+    assert "PER" in ev.stdout and "LOC" in ev.stdout
+
+
+@pytest.mark.slow
+def test_sft_trains_on_responses_and_reports_bleu(files, tmp_path):
+    run = tmp_path / "sft"
+    d = files["dir"]
+    proc = _finetune(files, run, files["gpt"], "data=files", "data.format=parallel", f"data.train_path={d / 'src.txt'}",
+                     f"data.train_target_path={d / 'tgt.txt'}", f"data.eval_path={d / 'src.txt'}",
+                     f"data.eval_target_path={d / 'tgt.txt'}", "data.max_eval_examples=4", "objective=sft",
+                     "epochs=8", "trainer.batch_size=8", "optim.lr=5e-3", "trainer.progress=false",
+                     "scheduler.warmup_steps=2", "early_stopping.enabled=false", "generation.max_new_tokens=30")
+    assert proc.returncode == 0, proc.stderr
+    bleu = [r["val_bleu"] for r in _metrics(run) if "val_bleu" in r]
+    assert bleu and bleu[-1] > 50, bleu
+    ev = run_llmkit("evaluate", f"checkpoint={run}", "data=files", "data.format=parallel",
+                    f"data.eval_path={d / 'src.txt'}", f"data.eval_target_path={d / 'tgt.txt'}", "data.max_eval_examples=4",
+                    "generation.num_beams=2", "generation.max_new_tokens=30", f"out_dir={tmp_path / 'ev'}", cwd=tmp_path)
+    assert ev.returncode == 0, ev.stderr
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["bleu"] > 50
+
+
+@pytest.mark.slow
+def test_bad_data_is_named_by_file_and_line(files, tmp_path):
+    d = files["dir"]
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("text\tlabel\nfine film\t1\n", encoding="utf-8")
+    proc = _finetune(files, tmp_path / "r1", files["gpt"], *SEQ, f"data.train_path={bad}", f"data.eval_path={bad}")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "bad.tsv:2: no column 'sentence'" in " ".join(proc.stderr.split())
+
+    odd = tmp_path / "odd.tsv"
+    odd.write_text("sentence\tlabel\nfine film\t7\n", encoding="utf-8")
+    run = tmp_path / "ok"
+    assert _finetune(files, run, files["gpt"], *_seq_args(files, "epochs=1")).returncode == 0
+    ev = run_llmkit("evaluate", f"checkpoint={run}", "data=files", "data.format=tsv", f"data.eval_path={odd}",
+                    f"out_dir={tmp_path / 'ev'}", cwd=tmp_path)
+    assert ev.returncode != 0 and "labels the model was not trained on: 7" in " ".join(ev.stderr.split())
+
+    conll = tmp_path / "bad.conll"
+    conll.write_text("Peter B-PER\nBerlin\n", encoding="utf-8")
+    proc = _finetune(files, tmp_path / "r2", files["bert"], "data=files", "data.format=conll",
+                     f"data.train_path={conll}", f"data.eval_path={conll}", "objective=token_cls")
+    assert proc.returncode != 0 and "bad.conll:2" in proc.stderr and "Traceback" not in proc.stderr
+
+    # an encoder cannot be tuned for generation
+    proc = _finetune(files, tmp_path / "r3", files["bert"], "data=files", "data.format=parallel",
+                     f"data.train_path={d / 'src.txt'}", f"data.train_target_path={d / 'tgt.txt'}",
+                     f"data.eval_path={d / 'src.txt'}", f"data.eval_target_path={d / 'tgt.txt'}", "objective=sft")
+    assert proc.returncode != 0 and "needs a decoder" in " ".join(proc.stderr.split())
