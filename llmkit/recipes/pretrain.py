@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,11 +24,12 @@ from llmkit.data.config import DataConfig
 from llmkit.errors import LlmkitError
 from llmkit.logger import LoggerConfig, build_loggers
 from llmkit.model import CausalLM, MaskedLM, ModelConfig
-from llmkit.optim import build_optimizer
+from llmkit.optim import build_optimizer, for_device
 from llmkit.recipes._common import config_yaml, resolve_device, seed_everything, set_threads
 from llmkit.tokenizer.config import TokenizerConfig
+from llmkit.trainer import cpu, distributed
 from llmkit.trainer.config import TrainerConfig
-from llmkit.trainer.perf import peak_flops
+from llmkit.trainer.perf import peak_flops, set_tf32
 from llmkit.trainer.trainer import Interrupted, Trainer
 
 console = Console(stderr=True)
@@ -61,8 +63,10 @@ def prepare_dataset(c: Config) -> Path:
     key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
     path = Path(os.path.expanduser(c.cache_dir)) / "datasets" / f"{c.data.name}-{c.tokenizer.kind}-{key}"
     if (path / "meta.json").is_file():
-        console.print(f"dataset: cached {path}")
-        return path
+        if _sources_unchanged(path):
+            console.print(f"dataset: cached {path}")
+            return path
+        console.print(f"dataset: a source file changed since {path} was written; tokenizing again")
     console.print(f"dataset: tokenizing {c.data.name} into {path}")
     tokenize.tokenize_corpus(
         tokenize.Config(out_dir=str(path), tokenizer=c.tokenizer, data=c.data, seed=c.seed, data_root=c.data_root)
@@ -71,6 +75,18 @@ def prepare_dataset(c: Config) -> Path:
 
 
 MODEL_CLASSES = {"CausalLM": CausalLM, "MaskedLM": MaskedLM}  # objective.model_class -> model
+
+
+def _sources_unchanged(dataset: Path) -> bool:
+    """Whether every source file recorded in the cached dataset's meta.json still has its size and checksum."""
+    from llmkit.io import sha256_file
+
+    meta = json.loads((dataset / "meta.json").read_text(encoding="utf-8"))
+    for src in meta.get("sources", []):
+        path = Path(src.get("path", ""))
+        if not path.is_file() or path.stat().st_size != src.get("bytes") or sha256_file(path) != src.get("sha256"):
+            return False
+    return True
 
 
 def build_model(model_cfg: ModelConfig, vocab_size: int, model_class: str = "CausalLM") -> torch.nn.Module:
@@ -95,7 +111,21 @@ def run(cfg: Any) -> dict[str, float]:
 
     seed_everything(c.seed)
     set_threads(c.trainer.threads)
-    device = resolve_device(c.trainer.device)
+    t = c.trainer
+    # Under torchrun: the process group (nccl on cuda:LOCAL_RANK, gloo on the CPU); else one process.
+    dist = distributed.init(t.distributed, backend=t.backend, device=resolve_device(t.device))
+    try:
+        return _run(c, cfg, dist, open_dataset)
+    finally:
+        dist.destroy()
+
+
+def _run(c: Config, cfg: Any, dist: distributed.DistEnv, open_dataset: Any) -> dict[str, float]:
+    t = c.trainer
+    device = dist.device
+    say = console.print if dist.is_main else (lambda *a, **k: None)  # rank 0 speaks for the job
+    if device.type == "cuda":
+        set_tf32(t.tf32)
     out_dir = Path(c.out_dir)
     ckpt_root = out_dir / "checkpoints"
     if not c.resume and checkpoint.list_checkpoints(ckpt_root):
@@ -103,39 +133,77 @@ def run(cfg: Any) -> dict[str, float]:
             f"{out_dir} already holds checkpoints of an earlier run; continue it with resume=auto, "
             "or choose another out_dir. Nothing was overwritten."
         )
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if dist.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
 
-    dataset_dir = prepare_dataset(c)
+    with distributed.rank_order(dist):  # one rank tokenizes into the cache, the others then read it
+        dataset_dir = prepare_dataset(c)
     ds = open_dataset(dataset_dir)
     objective = instantiate(c.objective, _convert_="all")
     model = build_model(c.model, ds.tokenizer.vocab_size, objective.model_class).to(device)
     mcfg = model.config
-    optimizer = build_optimizer(c.optim, model)
+    resume_from = _resume_weights(model, c, ckpt_root, dist, say) if c.resume else None
+    if dist.kind == "fsdp":
+        dist.wrap(model)  # shards in place: the optimizer must see the sharded (DTensor) parameters
+    optimizer = build_optimizer(for_device(c.optim, device), model)
     scheduler = instantiate(c.scheduler, optimizer=optimizer, total_steps=c.trainer.max_steps, _convert_="all")
 
-    t = c.trainer
-    train = objective.make_batches(ds, block_size=mcfg.block_size, batch_size=t.batch_size, seed=c.seed, split="train")
-    val = objective.make_batches(ds, block_size=mcfg.block_size, batch_size=t.batch_size, seed=c.seed, split="val")
-    peak, peak_source = (t.mfu_peak_flops, "trainer.mfu_peak_flops") if t.mfu_peak_flops else peak_flops(device, t.precision)
+    # The global batch (batch_size x world_size) is drawn per step; this rank takes its slice.
+    shard = {"rank": dist.rank, "world_size": dist.world_size}
+    train = objective.make_batches(ds, block_size=mcfg.block_size, batch_size=t.batch_size, seed=c.seed, split="train",
+                                   **shard)
+    val = objective.make_batches(ds, block_size=mcfg.block_size, batch_size=t.batch_size, seed=c.seed, split="val",
+                                 **shard)
+    precision, cpu_peak = t.precision, None
+    if dist.is_main:  # decided once (precision=auto measures the CPU), then the same on every rank
+        precision, choice = cpu.resolve_precision(t.precision, device, say=console.print)
+        cpu_peak = choice.peak_flops() if choice is not None else None
+    precision, cpu_peak = dist.broadcast_object((precision, cpu_peak))
+    if t.mfu_peak_flops:
+        peak, peak_source = t.mfu_peak_flops, "trainer.mfu_peak_flops"
+    elif cpu_peak:
+        peak, peak_source = cpu_peak, f"measured {precision} matmul on cpu"
+    else:
+        peak, peak_source = peak_flops(device, precision)
 
     resolved_yaml = config_yaml(cfg)
-    (out_dir / "config.yaml").write_text(resolved_yaml, encoding="utf-8")
+    if dist.is_main:
+        (out_dir / "config.yaml").write_text(resolved_yaml, encoding="utf-8")
+    sharded = dist.enabled and dist.kind == "fsdp" and t.fsdp_state_dict == "sharded"
+    layout = {"kind": dist.kind, "world_size": dist.world_size, "batch_size": t.batch_size,
+              "global_batch": t.batch_size * dist.world_size, "state_dict": "sharded" if sharded else "full"}
 
     def save(trainer: Trainer) -> None:
-        checkpoint.save(
-            ckpt_root,
-            trainer.state.step,
-            model=model,
-            model_class=objective.model_class,
-            model_config=mcfg.to_dict(),
-            state=trainer.state_dict(),
-            config_yaml=resolved_yaml,
-            tokenizer_dir=Path(dataset_dir) / "tokenizer",
-            extra={"dataset_dir": str(Path(dataset_dir).resolve()), "objective": objective.name},
-            keep_last=t.keep_last,
-        )
+        """Called on every rank (FSDP gathers are collectives); rank 0 writes, then all wait."""
+        step = trainer.state.step
+        shard_tmp = ckpt_root / f".sharded-{checkpoint.step_dir(ckpt_root, step).name}"
+        if sharded:  # each rank writes its own shard into a folder the checkpoint then takes in
+            if dist.is_main:
+                shutil.rmtree(shard_tmp, ignore_errors=True)
+            dist.barrier()
+            dist.save_sharded(model, optimizer, shard_tmp)
+            dist.barrier()
+        state = trainer.state_dict(optimizer=not sharded)
+        tensors = None if sharded else dist.model_state_for_save(model)  # FSDP full: gathered to rank 0
+        if dist.is_main:
+            checkpoint.save(
+                ckpt_root,
+                step,
+                model=model,
+                model_class=objective.model_class,
+                model_config=mcfg.to_dict(),
+                state=state,
+                config_yaml=resolved_yaml,
+                tokenizer_dir=Path(dataset_dir) / "tokenizer",
+                extra={"dataset_dir": str(Path(dataset_dir).resolve()), "objective": objective.name,
+                       "distributed": layout},
+                keep_last=t.keep_last,
+                tensors=tensors,
+                sharded_dir=shard_tmp if sharded else None,
+            )
+        dist.barrier()
 
-    loggers = build_loggers(c.logger, out_dir)
+    loggers = build_loggers(c.logger, out_dir) if dist.is_main else []
     trainer = Trainer(
         model=model,
         objective=objective,
@@ -152,45 +220,71 @@ def run(cfg: Any) -> dict[str, float]:
         save_checkpoint=save,
         loggers=loggers,
         device=device,
-        precision=t.precision,
+        precision=precision,
         compile=t.compile,
         max_nonfinite=t.max_nonfinite,
         flops_per_token=mcfg.flops_per_token(mcfg.block_size),
         peak_flops=peak,
         progress=t.progress,
+        dist=dist,
     )
-    if c.resume:
-        _resume(trainer, model, ckpt_root if c.resume == "auto" else Path(c.resume))
+    if resume_from is not None:
+        _resume_state(trainer, resume_from, dist, say)
 
     n_params = sum(p.numel() for p in model.parameters())
-    console.print(
-        f"pretrain: {mcfg.name} {n_params / 1e6:.2f}M parameters on {device} ({t.precision}); "
+    ranks = f" x {dist.world_size} ranks ({dist.kind}, {dist.backend})" if dist.enabled else ""
+    say(
+        f"pretrain: {mcfg.name} {n_params / 1e6:.2f}M parameters on {device}{ranks} ({precision}); "
         f"{len(ds.train):,} train / {len(ds.val):,} val tokens; peak {peak / 1e9:.0f} GFLOP/s ({peak_source}); "
         f"run dir {out_dir}"
     )
     try:
         final = trainer.fit()
     except Interrupted as stop:
-        console.print(f"[yellow]{stop}. Continue with: llmkit pretrain ... out_dir={out_dir} resume=auto")
+        say(f"[yellow]{stop}. Continue with: llmkit pretrain ... out_dir={out_dir} resume=auto")
         raise SystemExit(128 + stop.signum) from None
     finally:
         for logger in loggers:
             logger.close()
-    console.print(
+    say(
         f"done: step {trainer.state.step}, val loss {final.get('val_loss', float('nan')):.4f}, "
         f"{trainer.state.train_seconds:.1f}s training; checkpoint {checkpoint.step_dir(ckpt_root, trainer.state.step)}"
     )
     return final
 
 
-def _resume(trainer: Trainer, model: torch.nn.Module, where: Path) -> None:
+def _resume_weights(model: torch.nn.Module, c: Config, ckpt_root: Path, dist: distributed.DistEnv,
+                    say: Any) -> Path | None:
+    """Pick the checkpoint to resume, check it fits this run, and load its full weights into the
+    (not yet wrapped) model; a sharded checkpoint's weights are loaded later, with the optimizer."""
+    where = ckpt_root if c.resume == "auto" else Path(c.resume)
     path = checkpoint.latest_valid(where) if where.name == "checkpoints" else checkpoint.resolve(where)
     if path is None:
-        console.print(f"resume=auto: no checkpoint in {where}; starting from step 0")
-        return
+        say(f"resume=auto: no checkpoint in {where}; starting from step 0")
+        return None
     meta = checkpoint.read_meta(path)
     if meta["model_config"] != model.config.to_dict():
         raise LlmkitError(f"{path} was trained with another model config; it cannot be resumed with this one.")
-    checkpoint.load_weights(model, path)
+    distributed.check_resume(meta.get("distributed") or _single_process_layout(path), batch_size=c.trainer.batch_size,
+                             world_size=dist.world_size, where=str(path))
+    if not (path / distributed.SHARDED_DIR).is_dir():
+        checkpoint.load_weights(model, path)
+    return path
+
+
+def _single_process_layout(path: Path) -> dict[str, int] | None:
+    """A checkpoint written before distributed training was recorded: one rank, its config's batch."""
+    import yaml
+
+    try:
+        saved = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")) or {}
+        return {"world_size": 1, "global_batch": int(saved["trainer"]["batch_size"])}
+    except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):
+        return None
+
+
+def _resume_state(trainer: Trainer, path: Path, dist: distributed.DistEnv, say: Any) -> None:
+    if (path / distributed.SHARDED_DIR).is_dir():  # weights + optimizer from the per-rank shards
+        dist.load_sharded(trainer.model, trainer.optimizer, path / distributed.SHARDED_DIR)
     trainer.load_state_dict(checkpoint.load_state(path))
-    console.print(f"resumed from {path} at step {trainer.state.step}")
+    say(f"resumed from {path} at step {trainer.state.step}")
