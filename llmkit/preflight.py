@@ -100,6 +100,7 @@ def check_overrides(command: str, argv: list[str]) -> list[str]:
     for o in parsed:
         key = o.key_or_group
         if key.startswith("hydra") or (o.package and o.package.startswith("hydra")):
+            problems.extend(_launcher_problem(o))
             continue
         if key in CONTROL_KEYS:
             control[key] = o.value() if not o.is_sweep_override() else next(iter(o.sweep_iterator()))
@@ -192,6 +193,27 @@ def _missing_packages(cfg: DictConfig) -> list[str]:
             if not found:
                 problems.append(f"{key}=true needs the {pip} package, which is not installed: pip install {pip}")
     return problems
+
+
+# conf/hydra/launcher/<option>.yaml -> (the Hydra plugin it extends, its pip package)
+_LAUNCHER_PLUGINS = {"slurm": ("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher")}
+
+
+def _launcher_problem(override: Any) -> list[str]:
+    """``hydra/launcher=slurm`` when the submitit launcher plugin is not installed: say what to install."""
+    import importlib.util
+
+    if override.key_or_group != "hydra/launcher" or override.is_sweep_override():
+        return []
+    option = str(override.value())
+    module, pip = _LAUNCHER_PLUGINS.get(option, (None, None))
+    if module is None and option.startswith("submitit_"):
+        module, pip = _LAUNCHER_PLUGINS["slurm"]
+    try:
+        found = module is None or importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        found = False
+    return [] if found else [f"hydra/launcher={option} needs the {pip} package, which is not installed: pip install {pip}"]
 
 
 def _plugin_hint(message: str) -> str:
@@ -332,6 +354,7 @@ def hydra_main(
     if from_run is not None:
         typed = ["--from-run", str(from_run), *typed]
     argv = control_argv(argv)
+    argv = torchrun_argv(argv)
 
     @hydra.main(version_base=None, config_path=str(paths.config_dir()), config_name=command)
     def _job(cfg: DictConfig) -> Any:
@@ -348,12 +371,21 @@ def hydra_main(
             _fail(err if isinstance(err, LlmkitError) else ConfigError([str(err).splitlines()[0]]))
         if multirun and control.skip_completed:
             done = runs.read(out_dir)
-            if runs.is_completed_same(done, resolved):
+            why = runs.completed_differences(done, resolved, list(hc.overrides.task))
+            if why == []:
                 _console().print(
                     f"job {num}: skipped, {out_dir} holds a completed run of this config "
                     f"({_metric_note(done.get('metrics') or {}, control)}); skip_completed=false runs it again"
                 )
                 return _job_value(done.get("metrics") or {}, control, out_dir)
+            if why:
+                _console().print(f"job {num}: not skipped, {out_dir} holds a completed run of another config: "
+                                 + "; ".join(why[:5]) + (" ..." if len(why) > 5 else ""))
+        if _rank() > 0:  # under torchrun rank 0 keeps the run record (and Hydra's files, see torchrun_argv)
+            try:
+                return recipe.run(cfg)
+            except LlmkitError as err:
+                _fail(err)
         record = runs.RunRecord.start(
             out_dir,
             command=command,
@@ -379,6 +411,50 @@ def hydra_main(
 
     sys.argv = [f"llmkit {command}", *argv]
     _job()
+
+
+def _rank() -> int:
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
+def torchrun_argv(argv: list[str], environ: Any = None) -> list[str]:
+    """Hydra's argv for a rank of a torchrun job: one run folder for all ranks, written by rank 0.
+
+    The default ``out_dir`` is a timestamp, which each rank would read from its own clock (and
+    so create its own folder). Under torchrun (WORLD_SIZE > 1) without an ``out_dir=`` override
+    the folder is ``outputs/torchrun/<TORCHELASTIC_RUN_ID>`` instead: torchrun's rendezvous id,
+    the same on every rank and node (``--standalone`` makes a fresh one per launch; give
+    ``--rdzv_id``, e.g. the SLURM job id, on several nodes). Without a usable run id it is an
+    error that asks for ``out_dir=``. Ranks > 0 write no ``.hydra/`` folder and no Hydra log.
+    """
+    env = os.environ if environ is None else environ
+    try:
+        world, rank = int(env.get("WORLD_SIZE", "1")), int(env.get("RANK", "0"))
+    except ValueError:
+        return argv
+    if world <= 1:
+        return argv
+    extra = []
+    has_out_dir = any(a.lstrip("+").split("=", 1)[0] == "out_dir" for a in argv if "=" in a and not a.startswith("-"))
+    if not has_out_dir:
+        run_id = env.get("TORCHELASTIC_RUN_ID", "")
+        if not run_id or run_id == "none":
+            _fail(LlmkitError(
+                f"This is rank {rank} of {world} (torchrun) and no out_dir= was given: the default, a timestamped "
+                "folder, would differ between ranks. Give every rank the same folder: out_dir=runs/NAME "
+                "(or launch with torchrun --standalone / --rdzv_id ID for outputs/torchrun/ID)."
+            ))
+        extra.append(f"out_dir=outputs/torchrun/{run_id}")
+    if rank > 0:
+        extra += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
+    if not extra:
+        return argv
+    # Hydra wants the overrides together: put these before the first one (or at the end).
+    at = next((i for i, a in enumerate(argv) if "=" in a and not a.startswith("-")), len(argv))
+    return argv[:at] + extra + argv[at:]
 
 
 def _console() -> Any:

@@ -169,23 +169,56 @@ def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def config_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
-    """``(dotted key, old value, new value)`` for every leaf that differs (``WHERE_KEYS`` left out)."""
+def config_diff(
+    old: Mapping[str, Any], new: Mapping[str, Any], *, shared_only: bool = False
+) -> list[tuple[str, Any, Any]]:
+    """``(dotted key, old value, new value)`` for every leaf that differs (``WHERE_KEYS`` left out).
+
+    ``shared_only``: compare only keys both configs have (a key one of them lacks came with
+    another version of llmkit, not with another experiment).
+    """
     a, b = flatten(identity(old)), flatten(identity(new))
-    missing = object()
-    diffs = []
-    for key in sorted(set(a) | set(b)):
-        va, vb = a.get(key, missing), b.get(key, missing)
-        if va != vb:
-            diffs.append((key, None if va is missing else va, None if vb is missing else vb))
-    return diffs
+    keys = (set(a) & set(b)) if shared_only else (set(a) | set(b))
+    return [(k, a.get(k), b.get(k)) for k in sorted(keys) if a.get(k, _MISSING) != b.get(k, _MISSING)]
 
 
-def is_completed_same(record: Mapping[str, Any] | None, cfg: Mapping[str, Any]) -> bool:
-    """Whether ``record`` is a completed run of the same experiment as the resolved config ``cfg``."""
+_MISSING = object()
+
+
+def _experiment_overrides(overrides: Any) -> list[str]:
+    """Overrides that choose the experiment: not where it is written, how it resumes, nor Hydra's own."""
+    out = []
+    for text in overrides or []:
+        key = str(text).split("=", 1)[0].lstrip("+~")
+        if key in WHERE_KEYS or key in ("skip_completed", "optimize_metric") or key.startswith("hydra."):
+            continue
+        out.append(str(text).lstrip("+"))
+    return sorted(out)
+
+
+def completed_differences(
+    record: Mapping[str, Any] | None, cfg: Mapping[str, Any], overrides: list[str]
+) -> list[str] | None:
+    """Why ``record`` is not a completed run of the experiment (``cfg``, ``overrides``): ``[]`` if it is,
+    a list of differences if it is another one, None if it is not a completed run at all.
+
+    The same experiment: the same overrides (``WHERE_KEYS`` aside) and no config value that differs
+    from the recorded one; a key the recorded config lacks is not a difference (it came with a
+    newer llmkit, and the overrides show the user did not set it).
+    """
     if not record or record.get("status") != "completed" or not isinstance(record.get("config"), Mapping):
-        return False
-    return not config_diff(record["config"], cfg)
+        return None
+    why = []
+    old_o, new_o = _experiment_overrides(record.get("overrides")), _experiment_overrides(overrides)
+    if old_o != new_o:
+        why.append(f"overrides {' '.join(old_o) or '(none)'} -> {' '.join(new_o) or '(none)'}")
+    why += [f"{k}: {a!r} -> {b!r}" for k, a, b in config_diff(record["config"], cfg, shared_only=True)]
+    return why
+
+
+def is_completed_same(record: Mapping[str, Any] | None, cfg: Mapping[str, Any], overrides: list[str]) -> bool:
+    """Whether ``record`` is a completed run of the same experiment (see :func:`completed_differences`)."""
+    return completed_differences(record, cfg, overrides) == []
 
 
 def numeric_metrics(result: Any) -> dict[str, float]:

@@ -88,12 +88,24 @@ def test_git_commit_and_dirty_flag_of_the_source_tree(tmp_path):
     assert runs.git_info(tmp_path / "llmkit") is None  # not the top of the checkout: an installed copy
 
 
-def test_same_experiment_ignores_where_it_was_written():
-    record = {"status": "completed", "config": {**CFG, "out_dir": "elsewhere", "resume": "auto"}}
-    assert runs.is_completed_same(record, CFG)
-    assert not runs.is_completed_same({**record, "status": "interrupted"}, CFG)
+def test_same_experiment_ignores_where_it_was_written_and_keys_added_since():
+    overrides = ["optim.lr=1e-3", "out_dir=/a"]
+    record = {"status": "completed", "config": {**CFG, "out_dir": "elsewhere", "resume": "auto"},
+              "overrides": ["optim.lr=1e-3", "out_dir=/b", "resume=auto", "hydra.verbose=true"]}
+    assert runs.completed_differences(record, CFG, overrides) == []
+    assert runs.is_completed_same(record, CFG, ["+optim.lr=1e-3"])  # '+' added by preflight: the same override
+    assert runs.completed_differences({**record, "status": "interrupted"}, CFG, overrides) is None
+    assert runs.completed_differences(None, CFG, overrides) is None
+    # a value that changed (in a config file, or by an override) is another experiment
     other = {**CFG, "optim": {"lr": 3e-3}}
-    assert not runs.is_completed_same(record, other)
+    assert runs.completed_differences(record, other, overrides) == ["optim.lr: 0.001 -> 0.003"]
+    assert runs.completed_differences(record, CFG, ["optim.lr=1e-3", "seed=2"]) == [
+        "overrides optim.lr=1e-3 -> optim.lr=1e-3 seed=2"
+    ]
+    # a key the recorded run did not have came with a newer llmkit: not a difference
+    newer = {**CFG, "trainer": {"tf32": True}}
+    assert runs.is_completed_same(record, newer, overrides)
+    assert runs.config_diff(CFG, newer) == [("trainer.tf32", None, True)]
     assert runs.config_diff(CFG, other) == [("optim.lr", 1e-3, 3e-3)]
 
 

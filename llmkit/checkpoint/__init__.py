@@ -52,15 +52,20 @@ def save(
     keep_last: int = 0,
     tensors: dict[str, torch.Tensor] | None = None,
     name: str | None = None,
+    sharded_dir: str | Path | None = None,
 ) -> Path:
     """Write checkpoint ``step`` under ``root`` atomically; prune to ``keep_last`` (0 = keep all).
 
     ``tensors`` saves only those weights (LoRA adapters and the head, with ``extra['base']`` naming
     the checkpoint they apply to) instead of the whole model; ``name`` replaces ``step_NNNNNNN``.
+    ``sharded_dir``: a ``torch.distributed.checkpoint`` folder (FSDP, sharded) moved in as ``sharded/``
+    in place of ``model.safetensors`` (see ``llmkit.trainer.distributed``).
     """
     target = Path(root) / name if name else step_dir(root, step)
     with atomic_dir(target, overwrite=True) as tmp:
-        if tensors is None:
+        if sharded_dir is not None:
+            shutil.move(str(sharded_dir), str(tmp / "sharded"))
+        elif tensors is None:
             save_model(model, str(tmp / "model.safetensors"))
         else:
             save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / "model.safetensors"))
@@ -69,6 +74,8 @@ def save(
         if tokenizer_dir is not None:
             shutil.copytree(tokenizer_dir, tmp / "tokenizer")
         files = ["model.safetensors", "state.pt", "config.yaml"]
+        if sharded_dir is not None:
+            files[0:1] = sorted(p.relative_to(tmp).as_posix() for p in (tmp / "sharded").rglob("*") if p.is_file())
         write_json(
             tmp / "checkpoint.json",
             {
@@ -154,6 +161,12 @@ def load_weights(model: nn.Module, path: str | Path, *, partial: bool = False) -
     ``partial``: the file holds a subset of the model (adapters + head); model tensors it lacks are fine.
     """
     path = Path(path)
+    if not (path / "model.safetensors").exists() and (path / "sharded").is_dir():
+        raise CheckpointError(
+            f"{path} is a sharded FSDP checkpoint (trainer.fsdp_state_dict=sharded): it resumes a run "
+            f"(resume=auto), but reading its weights here needs them gathered first: "
+            f"python -m llmkit.trainer.distributed consolidate {path}"
+        )
     try:
         tensors = load_file(str(path / "model.safetensors"))
     except (SafetensorError, OSError) as e:

@@ -42,6 +42,33 @@ def _row_rng(*words: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(w) & 0xFFFFFFFF for w in words]))
 
 
+def _mask_example(
+    ex: dict[str, np.ndarray], rng: np.random.Generator, *, vocab: EncoderVocab, eos_id: int, masking: Masking
+) -> dict[str, np.ndarray | torch.Tensor]:
+    """Replace ``ex["input_ids"]`` by its masked version and add ``labels``; the mask is drawn from
+    a torch generator seeded by ``rng`` (so from the example's own seed). Special tokens, eos and
+    padding are never selected."""
+    ids = ex["input_ids"]
+    generator = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
+    ex["input_ids"], ex["labels"] = mask_tokens(
+        torch.from_numpy(ids),
+        mask_id=vocab.mask_id,
+        vocab_size=vocab.vocab_size,
+        special_ids=(*vocab.special_ids, eos_id),
+        special_mask=torch.from_numpy(ex["attention_mask"] == 0),
+        generator=generator,
+        prob=masking.prob,
+        mask_ratio=masking.mask_ratio,
+        random_ratio=masking.random_ratio,
+        word_starts=torch.from_numpy(vocab.word_starts(ids)) if masking.whole_word else None,
+    )
+    return ex
+
+
+def _collate(rows: list[dict]) -> dict[str, torch.Tensor]:
+    return {k: torch.stack([torch.as_tensor(r[k]) for r in rows]) for k in rows[0]}
+
+
 # ---------------------------------------------------------------------------- vocabulary facts
 
 
@@ -202,7 +229,6 @@ class _EncoderBatches:
         self.world_size = world_size
         self.name = name
         self.min_doc_tokens = min_doc_tokens
-        self._specials = tuple(sorted(set(vocab.special_ids) | {eos_id}))
 
     @classmethod
     def from_dataset(cls, ds: Dataset, *, split: str, masking: Masking, **kwargs) -> _EncoderBatches:
@@ -218,17 +244,8 @@ class _EncoderBatches:
             i = self.rank * self.batch_size + j  # the row of the global batch
             rng = _row_rng(self.seed, self.stream, *words, i)
             ex = self._example(rng)
-            ids = torch.from_numpy(ex["input_ids"])
-            gen = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
-            m = self.masking
-            starts = torch.from_numpy(self.vocab.word_starts(ex["input_ids"])) if m.whole_word else None
-            ex["input_ids"], ex["labels"] = mask_tokens(
-                ids, mask_id=self.vocab.mask_id, vocab_size=self.vocab.vocab_size, special_ids=self._specials,
-                special_mask=torch.from_numpy(ex["attention_mask"] == 0), generator=gen, prob=m.prob,
-                mask_ratio=m.mask_ratio, random_ratio=m.random_ratio, word_starts=starts,
-            )
-            rows.append(ex)
-        return {k: torch.stack([torch.as_tensor(r[k]) for r in rows]) for k in rows[0]}
+            rows.append(_mask_example(ex, rng, vocab=self.vocab, eos_id=self.eos_id, masking=self.masking))
+        return _collate(rows)
 
     def batch(self, step: int, micro: int = 0) -> dict[str, torch.Tensor]:
         return self._rows(step, micro)
@@ -340,25 +357,26 @@ def masked_windows(
     batch_size: int,
     seed: int,
     masking: Masking = Masking(),
+    min_doc_tokens: int = 1,
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """Every token of ``tokens`` once, in non-overlapping ``[CLS] window [SEP]`` examples (the last
-    one shorter and padded), masked with fixed seeded masks: window ``i`` always gets the mask of
-    (seed, i), so MLM figures are comparable between runs and checkpoints (for evaluation)."""
+    """Every token of every document of at least ``min_doc_tokens`` tokens once, in ``[CLS] window
+    [SEP]`` examples within documents (a document longer than ``block_size - 2`` is cut into
+    near-equal windows), right-padded; masked with fixed seeded masks: window ``i`` always gets
+    the mask of (seed, i), so MLM figures compare between runs and checkpoints (for evaluation)."""
     span = block_size - 2
-    specials = tuple(sorted(set(vocab.special_ids) | {eos_id}))
-    starts = list(range(0, len(tokens), span))
-    for lo in range(0, len(starts), batch_size):
+    doc_starts, doc_lengths = document_index(tokens, eos_id)
+    windows = []  # (start, length)
+    for s, n in zip(doc_starts.tolist(), doc_lengths.tolist()):
+        if n >= max(1, min_doc_tokens):
+            cuts = np.linspace(0, n, -(-n // span) + 1).round().astype(int).tolist()
+            windows += [(s + a, b - a) for a, b in zip(cuts, cuts[1:])]
+    for lo in range(0, len(windows), batch_size):
         rows = []
-        for i in range(lo, min(lo + batch_size, len(starts))):
-            window = np.asarray(tokens[starts[i] : starts[i] + span]).astype(np.int64)
+        for i in range(lo, min(lo + batch_size, len(windows))):
+            start, length = windows[i]
+            window = np.asarray(tokens[start : start + length]).astype(np.int64)
             ids, types, attn = pack_pair(window, None, vocab=vocab, block_size=block_size)
-            gen = torch.Generator().manual_seed(int(_row_rng(seed, _VAL_STREAM, _MLM_STREAM, i).integers(0, 2**62)))
-            starts_ = torch.from_numpy(vocab.word_starts(ids)) if masking.whole_word else None
-            masked, labels = mask_tokens(
-                torch.from_numpy(ids), mask_id=vocab.mask_id, vocab_size=vocab.vocab_size, special_ids=specials,
-                special_mask=torch.from_numpy(attn == 0), generator=gen, prob=masking.prob,
-                mask_ratio=masking.mask_ratio, random_ratio=masking.random_ratio, word_starts=starts_,
-            )
-            rows.append((masked, torch.from_numpy(types), torch.from_numpy(attn), labels))
-        ids_b, types_b, attn_b, labels_b = (torch.stack(col) for col in zip(*rows))
-        yield {"input_ids": ids_b, "token_type_ids": types_b, "attention_mask": attn_b, "labels": labels_b}
+            ex = {"input_ids": ids, "token_type_ids": types, "attention_mask": attn}
+            rng = _row_rng(seed, _VAL_STREAM, _MLM_STREAM, i)
+            rows.append(_mask_example(ex, rng, vocab=vocab, eos_id=eos_id, masking=masking))
+        yield _collate(rows)

@@ -34,3 +34,13 @@ def build_optimizer(node: dict[str, Any], model: nn.Module) -> torch.optim.Optim
     # _partial_: the parameter groups hold tensors, which must not pass through OmegaConf.
     make = instantiate(node, _partial_=True, _convert_="all")
     return make(param_groups(model, wd))
+
+
+def for_device(node: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """The ``optim`` node with ``fused: null`` resolved: True for Adam/AdamW on CUDA (one fused
+    kernel for all parameters instead of a loop of small ones), left to torch elsewhere."""
+    node = dict(node)
+    target = str(node.get("_target_", ""))
+    if device.type == "cuda" and node.get("fused", False) is None and target.rsplit(".", 1)[-1] in ("Adam", "AdamW"):
+        node["fused"] = True
+    return node

@@ -79,8 +79,9 @@ def evaluate_encoder(c: Config, model: torch.nn.Module, meta: dict[str, Any], to
     """Masked-LM and next-sentence metrics of a ``MaskedLM`` on a split (or a text file, one document a line).
 
     ``mlm_accuracy``, ``mlm_loss`` and ``mlm_perplexity`` over the masked positions of every token of the
-    split in non-overlapping ``[CLS] window [SEP]`` examples, masked with BERT's 15% / 80-10-10 by fixed
-    masks seeded with ``seed`` (the same positions for every checkpoint, so runs compare);
+    split's documents of at least 8 tokens, in ``[CLS] window [SEP]`` examples within documents, masked
+    with BERT's 15% / 80-10-10 by fixed masks seeded with ``seed`` (the same positions for every
+    checkpoint, so runs compare);
     ``unigram_accuracy``: always predicting the most frequent non-special token of the train split at
     those positions; ``nsp_accuracy`` over ``nsp_pairs`` seeded sentence pairs of the split (not for
     checkpoints trained with objective=mlm, whose NSP head was never trained).
@@ -110,7 +111,8 @@ def evaluate_encoder(c: Config, model: torch.nn.Module, meta: dict[str, Any], to
     if len(tokens) < 2:
         raise DataError("Fewer than 2 tokens to evaluate.")
     # the unigram baseline's token: the most frequent non-special token of the train split
-    counts = np.bincount(np.asarray(ds.train if ds is not None and len(ds.train) else tokens), minlength=tokenizer.vocab_size)
+    train = ds.train if ds is not None else _train_split(meta, tokenizer)
+    counts = np.bincount(np.asarray(train if train is not None and len(train) else tokens), minlength=tokenizer.vocab_size)
     counts[list(tokenizer.special_ids)] = 0
     unigram_id = int(counts.argmax())
 
@@ -118,7 +120,7 @@ def evaluate_encoder(c: Config, model: torch.nn.Module, meta: dict[str, Any], to
     sums: dict[str, float] = {}
     with torch.inference_mode():
         batches = masked_windows(tokens, vocab=vocab, eos_id=tokenizer.eos_id, block_size=block_size,
-                                 batch_size=c.batch_size, seed=c.seed)
+                                 batch_size=c.batch_size, seed=c.seed, min_doc_tokens=_MIN_DOC_TOKENS)
         for batch in batches:
             for k, v in MaskedLMObjective.scores(model, _to(batch, device), unigram_id=unigram_id).items():
                 sums[k] = sums.get(k, 0.0) + v
@@ -146,6 +148,20 @@ def evaluate_encoder(c: Config, model: torch.nn.Module, meta: dict[str, Any], to
         metrics["nsp_pairs"] = n_pairs
     metrics["step"] = meta["step"]
     return metrics
+
+
+_MIN_DOC_TOKENS = 8  # MLM evaluation skips shorter documents (WikiText's blank lines and headings)
+
+
+def _train_split(meta: dict[str, Any], tokenizer: Any) -> np.ndarray | None:
+    """The train split of the checkpoint's dataset, if it is still there (for the unigram baseline)."""
+    from llmkit.data.shards import open_dataset
+
+    try:
+        ds = open_dataset(meta["dataset_dir"])
+    except (KeyError, TypeError, LlmkitError):
+        return None
+    return ds.train if ds.tokenizer.checksum() == tokenizer.checksum() else None
 
 
 def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:

@@ -26,7 +26,9 @@ from llmkit.finetune.strategy import FinetuneConfig, apply_strategy
 from llmkit.finetune.strategy import build_optimizer as build_task_optimizer
 from llmkit.finetune.tasks import encode_task, label_set, load_task_data, task_metrics
 from llmkit.logger import LoggerConfig, build_loggers
+from llmkit.optim import for_device
 from llmkit.recipes._common import config_yaml, resolve_device, seed_everything, set_threads
+from llmkit.trainer import cpu, distributed
 from llmkit.trainer.config import TrainerConfig
 from llmkit.trainer.trainer import EarlyStopping, Interrupted, Trainer
 
@@ -69,11 +71,24 @@ def run(cfg: Any) -> dict[str, float]:
     c = config.load(cfg, Config)
     seed_everything(c.seed)
     set_threads(c.trainer.threads)
-    device = resolve_device(c.trainer.device)
+    if c.trainer.distributed == "fsdp" and distributed.DistEnv.from_env().enabled:
+        raise LlmkitError("trainer=fsdp is for pretraining; fine-tune on several GPUs with trainer=ddp.")
+    # Under torchrun: DDP over the process group (batch_size per rank, examples split across ranks).
+    dist = distributed.init(c.trainer.distributed, backend=c.trainer.backend, device=resolve_device(c.trainer.device))
+    try:
+        return _run(c, cfg, dist)
+    finally:
+        dist.destroy()
+
+
+def _run(c: Config, cfg: Any, dist: distributed.DistEnv) -> dict[str, float]:
+    device = dist.device
+    say = console.print if dist.is_main else (lambda *a, **k: None)  # rank 0 speaks for the job
     out_dir = Path(c.out_dir)
     if checkpoint.list_checkpoints(out_dir / "checkpoints") or (out_dir / "best").exists():
         raise LlmkitError(f"{out_dir} already holds checkpoints of an earlier run; choose another out_dir.")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if dist.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
 
     objective = instantiate(c.objective, _convert_="all")
     task = objective.task
@@ -92,9 +107,10 @@ def run(cfg: Any) -> dict[str, float]:
 
     model = build_task_model(task, pre, num_labels=len(labels), dropout=c.dropout).to(device)
     report = apply_strategy(model, c.finetune)
-    optimizer = build_task_optimizer(c.optim, model, layerwise_lr_decay=c.finetune.layerwise_lr_decay)
+    optimizer = build_task_optimizer(for_device(c.optim, device), model, layerwise_lr_decay=c.finetune.layerwise_lr_decay)
     t = c.trainer
-    batches = ExampleBatches(train, batch_size=t.batch_size, seed=c.seed, pad_id=tokenizer.pad_id, grad_accum=t.grad_accum)
+    batches = ExampleBatches(train, batch_size=t.batch_size, seed=c.seed, pad_id=tokenizer.pad_id, grad_accum=t.grad_accum,
+                             rank=dist.rank, world_size=dist.world_size)
     max_steps = epochs_to_steps(c.epochs, batches.steps_per_epoch) if c.epochs > 0 else t.max_steps
     eval_every = t.eval_every or batches.steps_per_epoch
     scheduler = instantiate(c.scheduler, optimizer=optimizer, total_steps=max_steps, _convert_="all")
@@ -114,8 +130,13 @@ def run(cfg: Any) -> dict[str, float]:
             min_delta=c.early_stopping.min_delta,
         )
 
+    precision = t.precision
+    if dist.is_main:  # precision=auto measures the CPU once; every rank then uses rank 0's choice
+        precision = cpu.resolve_precision(t.precision, device, say=console.print)[0]
+    precision = dist.broadcast_object(precision)
     resolved_yaml = config_yaml(cfg)
-    (out_dir / "config.yaml").write_text(resolved_yaml, encoding="utf-8")
+    if dist.is_main:
+        (out_dir / "config.yaml").write_text(resolved_yaml, encoding="utf-8")
     extra = {"task": task, "labels": labels, "max_len": max_len, "prompt_template": template,
              "init_from": c.init_from, "strategy": c.finetune.strategy}
     if c.finetune.strategy == "lora":
@@ -123,6 +144,10 @@ def run(cfg: Any) -> dict[str, float]:
         extra["lora"] = {"rank": c.finetune.lora_rank, "alpha": c.finetune.lora_alpha, "targets": c.finetune.lora_targets}
 
     def save(trainer: Trainer, name: str | None = None) -> None:
+        """Called on every rank; rank 0 writes, then all wait (DDP replicas are identical)."""
+        if not dist.is_main:
+            dist.barrier()
+            return
         tensors = None
         if c.finetune.strategy == "lora":  # adapters + head only; the base is referenced, not copied
             tensors = {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -142,8 +167,9 @@ def run(cfg: Any) -> dict[str, float]:
         )
         tok_dir = (out_dir / name if name else checkpoint.step_dir(out_dir / "checkpoints", trainer.state.step)) / "tokenizer"
         tokenizer.save(tok_dir)
+        dist.barrier()
 
-    loggers = build_loggers(c.logger, out_dir)
+    loggers = build_loggers(c.logger, out_dir) if dist.is_main else []
     trainer = Trainer(
         model=model,
         objective=objective,
@@ -163,12 +189,13 @@ def run(cfg: Any) -> dict[str, float]:
         save_best=lambda tr: save(tr, "best"),
         loggers=loggers,
         device=device,
-        precision=t.precision,
+        precision=precision,
         compile=t.compile,
         max_nonfinite=t.max_nonfinite,
         progress=t.progress,
+        dist=dist,
     )
-    console.print(
+    say(
         f"finetune: {task} from {pre.source} ({pre.model_class}); {report.trainable:,} of {report.total:,} parameters "
         f"trainable ({100 * report.fraction:.2f}%, {c.finetune.strategy}); {len(train):,} train / {len(val):,} eval "
         f"examples; {max_steps} steps ({batches.steps_per_epoch}/epoch); run dir {out_dir}"
@@ -176,7 +203,7 @@ def run(cfg: Any) -> dict[str, float]:
     try:
         final = trainer.fit()
     except Interrupted as stop:
-        console.print(f"[yellow]{stop}.")
+        say(f"[yellow]{stop}.")
         raise SystemExit(128 + stop.signum) from None
     finally:
         for logger in loggers:
@@ -184,7 +211,7 @@ def run(cfg: Any) -> dict[str, float]:
     if es is None:
         save(trainer, "best")
     best = trainer.state.best_metric
-    console.print(
+    say(
         f"done: step {trainer.state.step}; best {es.metric if es else 'final'} "
         f"{best if best is not None else float('nan'):.4f} at step {trainer.state.best_step}; best checkpoint {out_dir / 'best'}"
     )

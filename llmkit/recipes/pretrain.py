@@ -159,6 +159,9 @@ def _run(c: Config, cfg: Any, dist: distributed.DistEnv, open_dataset: Any) -> d
         precision, choice = cpu.resolve_precision(t.precision, device, say=console.print)
         cpu_peak = choice.peak_flops() if choice is not None else None
     precision, cpu_peak = dist.broadcast_object((precision, cpu_peak))
+    if dist.enabled and dist.kind == "fsdp" and precision == "fp16":
+        raise LlmkitError("trainer=fsdp trains in bf16 or fp32 (fp16 would need a sharded gradient scaler): "
+                          "use trainer.precision=bf16.")
     if t.mfu_peak_flops:
         peak, peak_source = t.mfu_peak_flops, "trainer.mfu_peak_flops"
     elif cpu_peak:

@@ -55,3 +55,11 @@ def peak_flops(device: torch.device, precision: str) -> tuple[float, str]:
                 return table[key], f"{gpu} data sheet ({key})"
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     return measure_matmul_peak(device, dtype), f"measured {dtype} matmul on {device.type}"
+
+
+def set_tf32(enabled: bool) -> None:
+    """TF32 tensor cores for fp32 matmuls and convolutions (Ampere and newer): fp32 range, a 10-bit
+    mantissa in the products, fp32 accumulation; several times the fp32 throughput. bf16/fp16
+    autocast regions are unaffected. The MFU peak then comes from the TF32 column of the table."""
+    torch.set_float32_matmul_precision("high" if enabled else "highest")
+    torch.backends.cudnn.allow_tf32 = enabled

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from llmkit.errors import LlmkitError
+from llmkit.trainer.distributed import DistEnv
 
 Batch = dict[str, torch.Tensor]
 
@@ -115,11 +116,26 @@ class Trainer:
         flops_per_token: float = 0.0,
         peak_flops: float = 0.0,
         progress: bool = True,
+        dist: DistEnv | None = None,
     ) -> None:
         check_precision(device, precision)
+        # dist: the process's place in a torchrun job (default: one process). Under DDP the forward
+        # pass goes through the DDP wrapper; under FSDP ``model`` must already be sharded
+        # (DistEnv.wrap) before the optimizer was built. ``self.model`` is the unwrapped module.
+        self.dist = dist if dist is not None else DistEnv()
         self.model = model
-        self.forward_model = torch.compile(model) if compile else model
+        self._wrapped = self.dist.wrap(model)
+        self.forward_model = self._wrapped
         self.objective = objective
+        self._objective: Objective = objective  # what the loop calls: the objective, maybe compiled
+        if compile and self.dist.enabled:
+            # DDP/FSDP: compile the wrapped module, the documented path (DDP's graph is split at its
+            # gradient buckets so communication still overlaps the backward pass).
+            self.forward_model = torch.compile(self._wrapped)
+        elif compile:
+            # One process: the model *and* the loss in one graph, so the (B*T, V) logits' upcast
+            # and the cross-entropy fuse instead of materialising an fp32 copy of the logits.
+            self._objective = torch.compile(objective)
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.train_batch = train_batch
@@ -146,27 +162,37 @@ class Trainer:
         self._stop_signal: int | None = None
 
     # ---------------------------------------------------------------- state for checkpoints
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, *, optimizer: bool = True) -> dict[str, Any]:
+        """Trainer, optimizer, scheduler and RNG state. Under FSDP a collective (the optimizer state is
+        gathered to rank 0); ``optimizer=False`` leaves it out (saved sharded instead)."""
         rng = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
+        if torch.cuda.is_available() and self.dist.enabled and self.device.type == "cuda":
+            rng["cuda"] = [torch.cuda.get_rng_state(self.device)]  # this rank's GPU (rank 0's is saved)
+        elif torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
         out = {
             "trainer": asdict(self.state),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": self.dist.optimizer_state_dict(self.model, self.optimizer) if optimizer else None,
             "scheduler": self.scheduler.state_dict(),
             "rng": rng,
         }
+        if not optimizer:
+            del out["optimizer"]
         if self.scaler is not None:
             out["scaler"] = self.scaler.state_dict()
         return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.state = TrainerState(**state["trainer"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if "optimizer" in state:  # absent when it was saved sharded (DistEnv.save_sharded)
+            self.dist.load_optimizer_state_dict(self.model, self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"]["torch"])
         if "cuda" in state["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+            if self.dist.enabled and self.device.type == "cuda":  # any number of GPUs: onto this rank's
+                torch.cuda.set_rng_state(state["rng"]["cuda"][0], self.device)
+            else:
+                torch.cuda.set_rng_state_all(state["rng"]["cuda"][: torch.cuda.device_count()])
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
 
@@ -177,7 +203,8 @@ class Trainer:
         self._stop_signal = None
         last: dict[str, float] = {}
         window_t, window_tokens, window_loss, window_n = 0.0, 0, 0.0, 0
-        with self._signals(), _Display(self.progress, self.max_steps, self.state.step) as display:
+        show = self.progress and self.dist.is_main
+        with self._signals(), _Display(show, self.max_steps, self.state.step) as display:
             while self.state.step < self.max_steps:
                 t0 = time.perf_counter()
                 loss, tokens, grad_norm = self._step()
@@ -199,7 +226,8 @@ class Trainer:
                         "ms_per_step": 1000 * window_t / max(1, window_n),
                     }
                     if self.peak_flops > 0 and self.flops_per_token > 0:
-                        last["mfu"] = self.flops_per_token * tps / self.peak_flops
+                        # tokens/s counts all ranks; peak_flops is one device's
+                        last["mfu"] = self.flops_per_token * tps / (self.peak_flops * self.dist.world_size)
                     self._log(last)
                     display.update(step, last)
                     window_t, window_tokens, window_loss, window_n = 0.0, 0, 0.0, 0
@@ -215,10 +243,11 @@ class Trainer:
                 is_save_step = self.save_every and step % self.save_every == 0
                 if self.save_checkpoint is not None and (is_save_step or step == self.max_steps):
                     self.save_checkpoint(self)
-                if self._stop_signal is not None:
+                stop = self._agreed_stop()
+                if stop is not None:
                     if self.save_checkpoint is not None and not (is_save_step or step == self.max_steps):
                         self.save_checkpoint(self)
-                    raise Interrupted(step, self._stop_signal)
+                    raise Interrupted(step, stop)
                 if self.state.stopped_early:
                     if self.save_checkpoint is not None and not is_save_step:
                         self.save_checkpoint(self)
@@ -248,15 +277,21 @@ class Trainer:
         total, tokens = 0.0, 0
         for micro in range(self.grad_accum):
             batch = self._to_device(self.train_batch(step, micro))
-            with autocast(self.device, self.precision):
-                loss, _ = self.objective(self.forward_model, batch)
-            scaled = loss / self.grad_accum
-            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            with self.dist.no_sync(self._wrapped, last=micro == self.grad_accum - 1):
+                with autocast(self.device, self.precision):
+                    loss, _ = self._objective(self.forward_model, batch)
+                scaled = loss / self.grad_accum
+                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             total += float(loss.detach()) / self.grad_accum
             tokens += int(batch["input_ids"].numel())
+        if self.dist.enabled:  # every rank decides on the same (global mean) loss and counts global tokens
+            total = self.dist.all_reduce_mean(total)
+            tokens *= self.dist.world_size
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
-        if self.grad_clip > 0:
+        if self.dist.enabled and self.dist.kind == "fsdp":  # DTensor gradient shards: a global norm
+            grad_norm = self.dist.clip_grad_norm(self.model.parameters(), self.grad_clip)
+        elif self.grad_clip > 0:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip))
         else:
             grad_norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in self.model.parameters() if p.grad is not None])))
@@ -291,16 +326,18 @@ class Trainer:
             total, n = 0.0, 0
             for batch in self.val_batches():
                 with autocast(self.device, self.precision):
-                    loss, _ = self.objective(self.forward_model, self._to_device(batch))
+                    loss, _ = self._objective(self.forward_model, self._to_device(batch))
                 total += float(loss)
                 n += 1
-            val["val_loss"] = total / max(n, 1)
+            # Each rank scores its slice of the same global validation batches: the mean over ranks.
+            val["val_loss"] = self.dist.all_reduce_mean(total / max(n, 1))
             val["val_ppl"] = math.exp(min(val["val_loss"], 50.0))
             self.state.best_val_loss = min(self.state.best_val_loss, val["val_loss"])
         if self.eval_fn is not None:
             with autocast(self.device, self.precision):
-                val.update(self.eval_fn())
+                val.update(self.dist.all_reduce_mean_dict(self.eval_fn()))
         self.model.train()
+        self.dist.reshard(self.model)
         self._log(val)
         return val
 
@@ -311,8 +348,16 @@ class Trainer:
         return {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in batch.items()}
 
     def _log(self, metrics: dict[str, Any]) -> None:
+        if not self.dist.is_main:  # rank 0 owns the run's metrics
+            return
         for logger in self.loggers:
             logger.log(metrics, self.state.step)
+
+    def _agreed_stop(self) -> int | None:
+        """The stop signal, agreed by all ranks (torchrun or SLURM may signal only some of them)."""
+        if not self.dist.enabled:
+            return self._stop_signal
+        return self.dist.any_flag(self._stop_signal or 0) or None
 
     @contextlib.contextmanager
     def _signals(self) -> Iterator[None]:

@@ -23,7 +23,8 @@ from _cli import REPO, run_llmkit
 TINY = [
     "model.n_head=2", "model.n_embd=32", "model.block_size=32", "trainer.batch_size=4", "trainer.progress=false",
     "scheduler.warmup_steps=2", "trainer.log_every=2", "trainer.eval_every=4", "trainer.eval_batches=2",
-]
+    "trainer.threads=1", "trainer.mfu_peak_flops=1e12",  # one thread: tiny matmuls gain nothing from more, and
+]  # a busy 2-core machine makes torch's thread pool many times slower
 def _has_optuna_sweeper() -> bool:
     try:
         return importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is not None
