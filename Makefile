@@ -13,7 +13,7 @@ export LLMKIT_DATA
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,report,sweep]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -28,7 +28,7 @@ demo: $(STAMP)
 	$(VENV)/bin/llmkit generate checkpoint=$(DEMO) out_dir=$(DEMO)/generate prompt="The import statement" max_new_tokens=120
 
 test: $(STAMP)
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -m "not slow" --durations=15
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow || [ $$? -eq 5 ]
