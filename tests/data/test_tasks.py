@@ -147,6 +147,30 @@ def test_example_batches_are_pure_and_cover_each_epoch():
         ExampleBatches(examples[:2], batch_size=3, seed=0, pad_id=0)
 
 
+def test_group_by_length_batches_similar_lengths_and_stays_a_pure_shuffle():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 60, size=400)
+    examples = [encode_like(list(range(1, n + 1)), i) for i, n in enumerate(lengths)]
+    grouped = ExampleBatches(examples, batch_size=8, seed=3, pad_id=0, group_by_length=True)
+    plain = ExampleBatches(examples, batch_size=8, seed=3, pad_id=0)
+    again = ExampleBatches(examples, batch_size=8, seed=3, pad_id=0, group_by_length=True)
+    for epoch in (0, 1):
+        order = grouped.order(epoch)
+        assert sorted(order.tolist()) == list(range(400))  # a permutation of every example
+        assert np.array_equal(order, again.order(epoch))  # a pure function of (seed, epoch)
+    assert not np.array_equal(grouped.order(0), grouped.order(1))
+
+    def padded(batches: ExampleBatches) -> int:  # token positions of one epoch, padding included
+        return sum(batches.batch(s)["input_ids"].numel() for s in range(batches.steps_per_epoch))
+
+    epoch0 = [i for s in range(grouped.steps_per_epoch) for i in grouped.batch(s)["labels"].tolist()]
+    assert len(set(epoch0)) == 400  # each example once per epoch (400 = 50 batches of 8)
+    assert padded(grouped) < 0.7 * padded(plain)
+    # the batch order is shuffled too: not longest-first through the epoch
+    widths = [grouped.batch(s)["input_ids"].shape[1] for s in range(grouped.steps_per_epoch)]
+    assert widths != sorted(widths, reverse=True)
+
+
 def test_encoder_task_without_cls_token_is_a_clear_error():
     plain = train(TokenizerConfig(kind="char", vocab_size=0, character_coverage=1.0, byte_fallback=False,
                                   user_special_tokens=[]), ["abc"], seed=0)

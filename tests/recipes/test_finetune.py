@@ -170,7 +170,8 @@ def test_sft_trains_on_responses_and_reports_bleu(files, tmp_path):
                      f"data.train_target_path={d / 'tgt.txt'}", f"data.eval_path={d / 'src.txt'}",
                      f"data.eval_target_path={d / 'tgt.txt'}", "data.max_eval_examples=4", "objective=sft",
                      "epochs=8", "trainer.batch_size=8", "optim.lr=5e-3", "trainer.progress=false",
-                     "scheduler.warmup_steps=2", "early_stopping.enabled=false", "generation.max_new_tokens=30")
+                     "scheduler.warmup_steps=2", "early_stopping.enabled=false", "generation.max_new_tokens=30",
+                     "group_by_length=false")  # 2 distinct pairs: length-sorted batches would be one kind each
     assert proc.returncode == 0, proc.stderr
     bleu = [r["val_bleu"] for r in _metrics(run) if "val_bleu" in r]
     assert bleu and bleu[-1] > 50, bleu
