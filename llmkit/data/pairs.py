@@ -308,8 +308,8 @@ class NSPPairBatches(_EncoderBatches):
     """``[CLS] A [SEP] B [SEP]`` examples for masked LM + next-sentence prediction.
 
     Per example: a random document ``d`` of at least ``min_doc_tokens`` tokens and a random
-    span of it of ``min(len(d), block_size - 3)`` tokens, cut at a random point into A and its
-    continuation. With probability 1/2 B is that continuation (``nsp_labels`` 0); otherwise B is
+    span of it of ``min(len(d), block_size - 3)`` tokens, cut at a random point of its middle half
+    into A and its continuation. With probability 1/2 B is that continuation (``nsp_labels`` 0); otherwise B is
     a span of the same length at a random offset of another document (``nsp_labels`` 1), so
     neither the lengths nor the padding tell the classes apart. Token types: 0 for [CLS] A [SEP],
     1 for B [SEP]; pairs are cut to the block from the longer side (:func:`truncate_pair`).
@@ -332,7 +332,10 @@ class NSPPairBatches(_EncoderBatches):
         n = int(self.doc_lengths[d])
         span = min(n, self.span)
         s = int(self.doc_starts[d]) + int(rng.integers(0, n - span + 1))
-        k = int(rng.integers(1, span))  # tokens of A; B gets span - k
+        # tokens of A (B gets span - k): each side at least a quarter of the span, so that no pair
+        # is a one-token fragment whose continuation cannot be judged (BERT's segments are sentences)
+        edge = max(1, span // 4)
+        k = int(rng.integers(edge, span - edge + 1)) if span > 2 * edge else int(rng.integers(1, span))
         is_next = rng.random() < 0.5
         d2 = (d + int(rng.integers(1, n_docs))) % n_docs  # always another document
         a = np.asarray(self.tokens[s : s + k])

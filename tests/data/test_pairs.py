@@ -107,6 +107,8 @@ def test_nsp_pairs_are_half_positive_and_negatives_come_from_another_document():
             doc_b = {t // 1000 for t in b}
             assert len(doc_a) == len(doc_b) == 1, "a segment never spans two documents"
             assert DOC_LENGTHS[doc_a.pop() - 1] >= 16, "documents shorter than min_doc_tokens are not used"
+            span = len(a) + len(b)  # blocks of 32 hold 29 tokens: no pair here is truncated
+            assert min(len(a), len(b)) >= span // 4, "each segment is at least a quarter of the pair"
             label = int(batch["nsp_labels"][i])
             labels.append(label)
             lengths[label].append(len(a) + len(b))
