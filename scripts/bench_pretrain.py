@@ -464,8 +464,15 @@ def machine_info() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "cpu_features": _cpu_features(),
         "loadavg_start": _loadavg(),
     }
+
+
+def _cpu_features() -> str:
+    from llmkit.trainer import cpu
+
+    return cpu.detect().describe()
 
 
 def _loadavg() -> str | None:

@@ -1,7 +1,8 @@
 """Decoding: next-token sampling, streaming generation over a KV cache, and beam search.
 
-``generate`` with ``use_cache=True`` keeps a cache of ``block_size`` slots. While the context
-(prompt + generated tokens) fits, it prefills the prompt once and then feeds one token per step.
+``generate`` with ``use_cache=True`` keeps a cache of ``min(block_size, prompt + max_new_tokens)``
+slots. While the context (prompt + generated tokens) fits, it prefills the prompt once and then
+feeds one token per step; only the last position goes through the LM head.
 Once the context outgrows ``block_size`` it continues without the cache, re-running the last
 ``block_size`` tokens each step (nanoGPT's sliding window), exactly what ``use_cache=False`` does,
 so both modes produce the same tokens. ``beam_search`` needs the whole continuation to fit:
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from llmkit.model.heads import CausalLM
+from llmkit.model.transformer import KVCache
 
 
 def _check_sampling_args(temperature: float, top_k: int | None, top_p: float | None) -> None:
@@ -79,6 +81,20 @@ def apply_repetition_penalty(logits: Tensor, prev_ids: Tensor, penalty: float) -
     seen = logits.gather(-1, prev_ids)  # (B, T)
     seen = torch.where(seen > 0, seen / penalty, seen * penalty)
     return logits.scatter(-1, prev_ids, seen)
+
+
+def _last_logits(model: CausalLM, ids: Tensor, *, kv_cache: KVCache | None = None) -> Tensor:
+    """Logits (B, V) of the last position of ``ids`` (B, T) only.
+
+    The LM head is the largest matrix of a small model (GPT-2 small: 50257 x 768 of its 124M
+    parameters); running it on the last position alone, as decoding needs, spares T - 1 rows at
+    prefill and every step of the sliding window. A model that is not a plain ``CausalLM`` (a
+    subclass with its own forward) runs its whole forward.
+    """
+    if isinstance(model, CausalLM) and type(model).forward is CausalLM.forward:
+        hidden = model.transformer(ids, kv_cache=kv_cache)  # (B, T, C)
+        return model.lm_head(hidden[:, -1])  # (B, V)
+    return model(ids, kv_cache=kv_cache)[:, -1]
 
 
 @contextmanager
@@ -168,14 +184,17 @@ def _generate(
     with _eval_mode(model):
         tokens = prompt_ids  # (B, T), one column longer per step
         finished = torch.zeros(B, dtype=torch.bool, device=prompt_ids.device)
-        cache = model.init_kv_cache(B, block_size) if use_cache else None
+        # Slots for every token the cache will see (the prompt and all but the last new token),
+        # not block_size: a full-context cache of a GPT-2-small model is 300 MB to allocate and zero.
+        cache_len = min(block_size, prompt_ids.shape[1] + max_new_tokens)
+        cache = model.init_kv_cache(B, cache_len) if use_cache else None
         for _ in range(max_new_tokens):
-            if cache is not None and tokens.shape[1] <= block_size:
+            if cache is not None and tokens.shape[1] <= cache_len:
                 # The whole prompt on the first step (prefill), then just the newest token.
-                logits = model(tokens[:, cache.length :], kv_cache=cache)[:, -1]  # (B, V)
+                logits = _last_logits(model, tokens[:, cache.length :], kv_cache=cache)  # (B, V)
             else:
                 cache = None  # the context outgrew the cache: sliding window from here on
-                logits = model(tokens[:, -block_size:])[:, -1]  # (B, V)
+                logits = _last_logits(model, tokens[:, -block_size:])  # (B, V)
             logits = apply_repetition_penalty(logits, tokens, repetition_penalty)
             next_ids = sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
             if fill_id is not None:
@@ -220,7 +239,7 @@ def beam_search(
     device = prompt_ids.device
     with _eval_mode(model):
         cache = model.init_kv_cache(num_beams, total)
-        logits = model(prompt_ids.expand(num_beams, -1), kv_cache=cache)[:, -1]  # (K, V)
+        logits = _last_logits(model, prompt_ids.expand(num_beams, -1), kv_cache=cache)  # (K, V)
         # All beams start as copies of the prompt; only beam 0 may extend, or the first step
         # would pick the same token K times.
         beam_scores = torch.full((num_beams,), -math.inf, device=device)
@@ -249,7 +268,7 @@ def beam_search(
             if step + 1 < max_new_tokens:
                 cache.reorder(torch.tensor([beam for _, beam, _ in live], device=device))
                 new_tokens = torch.tensor([[token] for _, _, token in live], device=device)  # (K, 1)
-                logits = model(new_tokens, kv_cache=cache)[:, -1]
+                logits = _last_logits(model, new_tokens, kv_cache=cache)
         finished += [
             (score / max_new_tokens**length_penalty, beam)
             for score, beam in zip(beam_scores.tolist(), beams, strict=True)

@@ -6,7 +6,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from rich.console import Console
@@ -14,6 +14,7 @@ from rich.console import Console
 from llmkit import checkpoint, config
 from llmkit.errors import DataError, LlmkitError
 from llmkit.generation import generate
+from llmkit.generation.decode_layout import to_decode_layout
 from llmkit.recipes._common import resolve_device, set_threads
 
 
@@ -35,6 +36,7 @@ class Config:
     stream: bool = True
     device: str = "auto"
     threads: int = 0
+    decode_layout: Literal["auto"] | bool = "auto"  # auto: on for the CPU; see llmkit.generation.decode_layout
     data_root: str = "data"
 
 
@@ -98,6 +100,9 @@ def run(cfg: Any) -> list[dict[str, Any]]:
         raise LlmkitError("num_samples must be >= 1 and max_new_tokens >= 0.")
     set_threads(c.threads)
     model, meta = checkpoint.load_model(c.checkpoint, device=resolve_device(c.device))
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    if c.decode_layout is True or (c.decode_layout == "auto" and on_cpu):
+        to_decode_layout(model)  # this command only decodes: matrix-vector products on every core
     if not meta.get("tokenizer_dir"):
         raise LlmkitError(f"{meta['path']} has no tokenizer files; this command needs one.")
     tokenizer = load_tokenizer(meta["tokenizer_dir"])

@@ -98,6 +98,11 @@ def test_loss_curve_falls_and_evaluate_generate_read_the_run(char_dataset, tmp_p
     record = json.loads((tmp_path / "gen" / "generations.jsonl").read_text().splitlines()[0])
     assert gen.stdout.startswith("def" + record["completion"])
     assert 0 < len(record["completion"]) <= 40 * 4
+    # On the CPU generate switches to the decode layout; greedy tokens must not depend on it.
+    plain = run_llmkit("generate", f"checkpoint={run}", "prompt=def", "max_new_tokens=40", "temperature=0",
+                       "decode_layout=false", f"out_dir={tmp_path / 'gen_plain'}", cwd=tmp_path)
+    assert plain.returncode == 0, plain.stderr
+    assert plain.stdout == gen.stdout
 
 
 def test_refuses_to_overwrite_an_earlier_run(char_dataset, tmp_path):
