@@ -66,6 +66,8 @@ def make_report(
     to_stdout = str(csv) == "-" or str(markdown) == "-"
     if console is None:
         console = Console(stderr=to_stdout, highlight=False)
+        if not console.is_terminal:  # piped or logged: rich's 80-column default would elide the values
+            console.width = max(console.width, 200)
     runs = load_runs(paths)
     comp = compare(runs, metric=metric, sort=sort)
     report = Report(runs=runs, comparison=comp)
@@ -79,7 +81,10 @@ def make_report(
     else:
         spark_metric = _spark_metric(runs, comp.metric)
         sparks = {r.name: plots_.sparkline([v for _, v in r.series(spark_metric)]) for r in runs}
-        console.print(tables.rich_table(comp, sparks, spark_metric))
+        table = tables.rich_table(comp, sparks, spark_metric)
+        if console.measure(table, options=console.options.update_width(10_000)).maximum > console.width:  # a narrow terminal: the numbers before the curves
+            table = tables.rich_table(comp, None, spark_metric)
+        console.print(table)
 
     out = Path(out_dir) if out_dir is not None else default_out_dir(paths)
     scratch = None

@@ -123,6 +123,16 @@ def test_terminal_table_marks_the_best_run(sweep, tmp_path):
     assert report.plots == [] and not (tmp_path / "plots").exists()
 
 
+def test_a_narrow_terminal_keeps_the_numbers_and_drops_the_curves(sweep, tmp_path):
+    wide, narrow = _console(), Console(record=True, width=110, force_terminal=False)
+    make_report([sweep], plot=False, console=wide)
+    make_report([sweep], plot=False, console=narrow)
+    assert "loss curve" in wide.export_text()
+    text = narrow.export_text()
+    assert "loss curve" not in text and "3.3000" in text and "completed" in text
+    assert re.search(r"│ 2 \* +│ completed │ 3e-3 +│ 2 ", text)
+
+
 def test_single_run_summary(sweep):
     console = _console()
     make_report([sweep / "2"], plot=False, console=console)
