@@ -15,7 +15,9 @@ with the same hyperparameters, in one invocation of this script:
   same batch order as llmkit's ``ExampleBatches``: per epoch a permutation seeded by (seed, epoch),
   consecutive batches of it padded to their longest example, the last partial batch dropped.
   Every hyperparameter (lr, betas, eps, weight decay, warm-up, epochs, batch size, clipping,
-  max length, dropout, seed) is read from the composed llmkit config, so the two cannot drift.
+  max length, dropout, seed) and the precision (fp32, or bf16 autocast in both; ``auto`` is
+  resolved once by this script and given to both sides) is read from the composed llmkit config,
+  so the two cannot drift.
   Accuracy is counted directly; entity F1 by ``seqeval.metrics.f1_score`` (llmkit uses its own
   implementation of the same semantics).
 
@@ -145,6 +147,9 @@ class Reference:
         )  # fmt: skip
         t = c.trainer
         self.batch_size, self.grad_clip = t.batch_size, t.grad_clip
+        if t.precision not in ("fp32", "bf16"):
+            raise SystemExit(f"the reference runs fp32 or bf16 autocast, not trainer.precision={t.precision}")
+        self.bf16 = t.precision == "bf16"  # main() resolved 'auto' once, for both sides
         self.steps_per_epoch = len(self.train) // self.batch_size
         self.max_steps = max(1, math.ceil(c.epochs * self.steps_per_epoch)) if c.epochs > 0 else t.max_steps
         self.scheduler = transformers.get_linear_schedule_with_warmup(
@@ -220,7 +225,8 @@ class Reference:
             for _ in range(min(n, self.max_steps - self.step)):
                 t0 = time.perf_counter()
                 batch = self._batch(self.step)
-                loss = self.model(**batch).loss
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+                    loss = self.model(**batch).loss
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
                 self.optimizer.step()
@@ -248,7 +254,8 @@ class Reference:
             chunk = self.val[i : i + size]
             batch = self._collate(chunk)
             labels = batch.pop("labels")
-            preds = self.model(**batch).logits.argmax(-1)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+                preds = self.model(**batch).logits.argmax(-1)
             if self.seq:
                 correct += int((preds == labels).sum())
                 continue
@@ -353,7 +360,7 @@ def run_both(task: str, overrides: list[str], out_dir: Path, model_dir: Path, mo
                        "eps": c.optim["eps"], "weight_decay": c.optim["weight_decay"], "dropout": c.dropout,
                        "warmup_steps": c.scheduler["warmup_steps"], "batch_size": c.trainer.batch_size,
                        "grad_clip": c.trainer.grad_clip, "seed": c.seed, "init_from": c.init_from,
-                       "early_stopping": c.early_stopping.enabled}}  # fmt: skip
+                       "early_stopping": c.early_stopping.enabled, "precision": c.trainer.precision}}  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------
@@ -406,7 +413,8 @@ def print_table(task: str, result: dict[str, Any]) -> None:
     title = (f"{EXPERIMENTS[task]}: all-MiniLM-L6-v2, {raw['reference']['train_examples']:,} train / "
              f"{raw['reference']['eval_examples']:,} eval, {cfgs['epochs']:g} epoch(s) x "
              f"{raw['reference']['steps_per_epoch']} "
-             f"steps, batch {cfgs['batch_size']}, lr {cfgs['lr']:g}, max_len {cfgs['max_len']}; {result['mode']}; "
+             f"steps, batch {cfgs['batch_size']}, lr {cfgs['lr']:g}, max_len {cfgs['max_len']}, {cfgs['precision']} on "
+             f"both sides; {result['mode']}; "
              f"{m['cpu']}, {m['torch_threads']} threads, torch {m['torch']}")  # fmt: skip
     table = Table(title=title, title_justify="left")
     table.add_column("")
@@ -496,7 +504,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.model_dir:
         overrides.append(f"init_from=hf:{Path(args.model_dir).expanduser().resolve()}")
     overrides += args.overrides
-    init_from = compose(overrides).init_from
+    composed = compose(overrides)
+    init_from = composed.init_from
+    if composed.trainer.precision == "auto":  # decided once, here, so that both sides train in the same precision
+        from llmkit.trainer import cpu
+
+        precision, _ = cpu.resolve_precision("auto", torch.device("cpu"), say=lambda m: print(m, flush=True))
+        overrides.append(f"trainer.precision={precision}")
     try:
         model_dir = hf.hf_dir(init_from)
     except Exception as err:  # noqa: BLE001 - e.g. the pip extra is missing: say so and stop
