@@ -9,6 +9,8 @@ For data parallelism the *global* batch is drawn first and rank ``r`` takes its 
 
 from __future__ import annotations
 
+import mmap
+import os
 from collections.abc import Iterator
 
 import numpy as np
@@ -21,6 +23,33 @@ _VAL_STREAM = 0x5EED_0001  # separates the validation draws from the training on
 
 def _rng(*words: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(w) & 0xFFFFFFFF for w in words]))
+
+
+def read_windows(tokens: np.ndarray, starts: np.ndarray, length: int) -> np.ndarray:
+    """``tokens[s : s + length]`` for each ``s`` of ``starts``, as one (len(starts), length) int64 array.
+
+    A memory-mapped shard is read with ``os.pread``: slicing the map would map the pages touched
+    into this process (on recent kernels whole large folios of the page cache, so a few hundred
+    random windows map most of a shard) and the resident memory would grow with the corpus;
+    ``pread`` copies just the bytes asked for (``scripts/bench_memory.py`` measures both).
+    """
+    # only a whole-file map (its base is the mmap itself): a slice of one keeps the parent's offset
+    whole_map = isinstance(tokens, np.memmap) and isinstance(tokens.base, mmap.mmap) and tokens.ndim == 1
+    path = tokens.filename if whole_map else None
+    if path is None or not hasattr(os, "pread"):
+        return np.stack([np.asarray(tokens[s : s + length]) for s in starts]).astype(np.int64)
+    item = tokens.dtype.itemsize
+    rows = np.empty((len(starts), length), dtype=tokens.dtype)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for row, s in enumerate(starts):
+            data = os.pread(fd, length * item, tokens.offset + int(s) * item)
+            if len(data) != length * item:
+                raise DataError(f"{path}: expected {length} tokens at token {int(s)}, the file ends first (truncated?).")
+            rows[row] = np.frombuffer(data, dtype=tokens.dtype)
+    finally:
+        os.close(fd)
+    return rows.astype(np.int64)
 
 
 class RandomWindows:
@@ -60,10 +89,7 @@ class RandomWindows:
         return rows[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
 
     def _gather(self, starts: np.ndarray) -> dict[str, torch.Tensor]:
-        T = self.block_size
-        # (B, T + 1) copied out of the memmap; only these rows are ever read from disk.
-        rows = np.stack([np.asarray(self.tokens[s : s + T + 1]) for s in starts]).astype(np.int64)
-        window = torch.from_numpy(rows)
+        window = torch.from_numpy(read_windows(self.tokens, starts, self.block_size + 1))  # (B, T + 1)
         return {"input_ids": window[:, :-1], "labels": window[:, 1:]}
 
     def batch(self, step: int, micro: int = 0) -> dict[str, torch.Tensor]:

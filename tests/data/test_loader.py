@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmkit.data.loader import RandomWindows, sequential_windows
+from llmkit.data.loader import RandomWindows, read_windows, sequential_windows
 from llmkit.errors import DataError
 
 T = 8
@@ -176,3 +176,29 @@ def test_sequential_windows_small_example():
 )
 def test_sequential_windows_predict_every_token_once(n, block_size, batch_size, seed):
     check_sequential(tokens(n, seed=seed), block_size, batch_size)
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint32])
+def test_windows_read_from_a_memory_mapped_shard_equal_its_slices(tmp_path, dtype):
+    path = tmp_path / "train.bin"
+    np.random.default_rng(0).integers(0, 60000, size=5000).astype(dtype).tofile(path)
+    tokens = np.memmap(path, dtype=dtype, mode="r")
+    starts = np.array([0, 17, 4000, 5000 - 65])
+    want = np.stack([np.asarray(tokens[s : s + 65]) for s in starts]).astype(np.int64)
+    got = read_windows(tokens, starts, 65)
+    assert got.dtype == np.int64 and np.array_equal(got, want)
+    view = tokens[100:]  # a slice of a map keeps its parent's file offset: read by slicing instead
+    assert np.array_equal(read_windows(view, starts[:3], 65), np.stack([view[s : s + 65] for s in starts[:3]]))
+    loader = RandomWindows(tokens, block_size=64, batch_size=4, seed=1)
+    in_memory = RandomWindows(np.array(tokens), block_size=64, batch_size=4, seed=1)
+    assert torch.equal(loader.batch(3)["input_ids"], in_memory.batch(3)["input_ids"])
+
+
+def test_a_shard_shorter_than_its_map_is_a_data_error(tmp_path):
+    path = tmp_path / "train.bin"
+    np.arange(1000, dtype=np.uint16).tofile(path)
+    tokens = np.memmap(path, dtype=np.uint16, mode="r")
+    with open(path, "r+b") as f:
+        f.truncate(1000)  # the file lost half its tokens after it was opened
+    with pytest.raises(DataError, match="train.bin"):
+        read_windows(tokens, np.array([900]), 65)
