@@ -82,7 +82,8 @@ def make_report(
         spark_metric = _spark_metric(runs, comp.metric)
         sparks = {r.name: plots_.sparkline([v for _, v in r.series(spark_metric)]) for r in runs}
         table = tables.rich_table(comp, sparks, spark_metric)
-        if console.measure(table, options=console.options.update_width(10_000)).maximum > console.width:  # a narrow terminal: the numbers before the curves
+        natural = console.measure(table, options=console.options.update_width(10_000)).maximum
+        if natural > console.width:  # a narrow terminal: the numbers before the curves
             table = tables.rich_table(comp, None, spark_metric)
         console.print(table)
 
