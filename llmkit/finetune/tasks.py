@@ -78,6 +78,24 @@ def task_metrics(task: str, model: Any, tokenizer: Any, examples: list, rows: li
                         length_penalty=generation.length_penalty, writer=writer)
 
 
+_EXAMPLE_DATA = {"seq_cls": "sst2", "token_cls": "conll2003", "sft": "multi30k"}
+
+
+def _finetuning_data(meta: dict[str, Any]) -> DataConfig | None:
+    """The ``data`` section of the config saved beside a fine-tuned checkpoint, if there is one."""
+    from omegaconf import OmegaConf
+
+    from llmkit import config
+
+    path = Path(meta["path"]) / "config.yaml"
+    if not path.is_file():
+        return None
+    saved = OmegaConf.load(path)
+    if "data" not in saved:
+        return None
+    return config.load(saved.data, DataConfig, where=f"{path} (data)")
+
+
 def evaluate_task_checkpoint(
     model: Any, meta: dict[str, Any], tokenizer: Any, data: DataConfig | None, *, out_dir: Path, batch_size: int,
     predictions: str | None, generation: GenerationEvalConfig,
@@ -85,7 +103,10 @@ def evaluate_task_checkpoint(
     """``llmkit evaluate`` on a fine-tuned checkpoint: its task's metrics on ``data.eval_path``."""
     task = meta["task"]
     if data is None or not data.eval_path:
-        raise LlmkitError(f"{meta['path']} is a {task} model: name its data (e.g. data=sst2, data.eval_path=FILE).")
+        data = _finetuning_data(meta)  # the validation file it was fine-tuned with
+    if data is None or not data.eval_path:
+        raise LlmkitError(f"{meta['path']} is a {task} model whose fine-tuning data is not recorded: name the data "
+                          f"to evaluate on (e.g. data={_EXAMPLE_DATA.get(task, 'sst2')} or data.eval_path=FILE).")
     labels = meta.get("labels", [])
     rows = load_task_data(task, data, "eval")
     if task != "sft":

@@ -42,7 +42,7 @@ class Config:
     threads: int = 0
     seed: int = 1337
     data_root: str = "data"
-    data: DataConfig | None = None  # fine-tuned models: the task data (data=sst2 data.eval_path=FILE)
+    data: DataConfig | None = None  # fine-tuned models: the task data (default: the data it was fine-tuned with)
     predictions: str | None = None  # fine-tuned models: write one prediction per example to this JSONL file
     generation: GenerationEvalConfig = field(default_factory=GenerationEvalConfig)  # sft: decoding
 

@@ -142,6 +142,10 @@ def test_lora_checkpoint_holds_adapters_and_head_only(files, tmp_path):
                     f"data.eval_path={files['dir'] / 'valid.tsv'}", f"out_dir={tmp_path / 'ev'}", cwd=tmp_path)
     assert ev.returncode == 0, ev.stderr
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["accuracy"] == pytest.approx(best, abs=1e-6)
+    # No data named: the validation file the model was fine-tuned with (recorded beside the checkpoint).
+    ev = run_llmkit("evaluate", f"checkpoint={run}", f"out_dir={tmp_path / 'ev2'}", cwd=tmp_path)
+    assert ev.returncode == 0, ev.stderr
+    assert json.loads((tmp_path / "ev2" / "metrics.json").read_text())["accuracy"] == pytest.approx(best, abs=1e-6)
 
 
 @pytest.mark.slow
