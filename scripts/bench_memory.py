@@ -12,14 +12,15 @@ small, large, small, large (``--repeats``). Reported per run:
   (memory-mapped shard pages count as file-backed: they are the page cache, shared and reclaimable);
 
 and the growth large - small of each, against the growth of the corpus itself (9N x 2 bytes).
-llmkit memory-maps the shards and copies only the sampled windows, so its own (anonymous) memory
-should not grow: that is the verdict (exit status 0 when it holds). The file-backed part is the
-page cache of the mapped shards and does grow with the corpus on recent kernels: a freshly written
-file sits in the page cache in large folios, and a page fault maps the whole folio, so a few hundred
-random windows map most of a 200 MB shard (measured on Linux 6.18: 20 batches of 12 windows mapped
-all 38 MB of a 20M-token train.bin, with or without MADV_RANDOM). Those pages are shared and
-reclaimable, but they are in RSS; reading windows with ``os.pread`` instead of slicing the map
-would keep them out of it.
+llmkit memory-maps the shards but reads the sampled windows with ``os.pread``
+(``llmkit.data.loader.read_windows``), so neither its own (anonymous) memory nor the file-backed
+part grows with the corpus: that is the verdict (exit status 0 when it holds). Slicing the map
+instead would map page-cache pages into the process, and on recent kernels a fault maps a whole
+large folio of a freshly written file, so a few hundred random windows would map most of a 200 MB
+shard (measured on Linux 6.18 before the change: 20 batches of 12 windows mapped all 38 MB of a
+20M-token train.bin, with or without MADV_RANDOM). Measured after it (session 3, 10M vs 100M
+tokens, 200 steps, 2 repeats): peak RSS 382.5 vs 383.6 MB, anonymous 281 vs 282, file-backed
+103.6 vs 103.6 (the libraries' pages).
 
     python scripts/bench_memory.py                       # 10M vs 100M tokens, 200 steps each, 2 repeats
     python scripts/bench_memory.py --quick               # 2M vs 20M tokens, 20 steps, 1 repeat
@@ -176,10 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     yes_no = lambda v: "[green]yes[/green]" if v else "[red]no[/red]"  # noqa: E731
     console.print(f"  - private (anonymous) peak memory independent of corpus size: {yes_no(flat)} "
                   "(criterion: growth < 5% of the corpus growth)")
-    console.print(f"  - total peak RSS independent of corpus size: {yes_no(flat_total)}. File-backed RSS is the "
-                  "page cache of the memory-mapped train.bin: pages the sampled windows touched, mapped a folio at a "
-                  "time (recent kernels map a whole large folio per fault), bounded by the file size, shared and "
-                  "reclaimable; it is no allocation of llmkit's.")
+    console.print(f"  - total peak RSS independent of corpus size: {yes_no(flat_total)}. File-backed RSS: the "
+                  "libraries' pages, plus any page of train.bin mapped into the process (the windows are read with "
+                  "os.pread, so none should be; slicing the map would map whole page-cache folios).")
     result = {"sizes": sizes, "steps": args.steps, "repeats": args.repeats, "runs": runs, "median": med,
               "growth_mb": growth, "corpus_growth_mb": corpus_growth_mb, "independent_of_corpus_size": flat,
               "total_rss_independent_of_corpus_size": flat_total, "kernel": os.uname().release,
