@@ -212,3 +212,12 @@ def test_progress_reports_every_byte_read(tmp_path, bpe_tokenizer, tiny_corpus):
     with progress("steps", total=10, enabled=False) as quiet:  # off: counts only, draws nothing
         quiet.update(3, loss=1.5)
     assert quiet.completed == 3 and quiet.fields == {"loss": 1.5}
+
+
+def test_a_small_corpus_is_encoded_in_process_unless_workers_are_given():
+    from llmkit.recipes.tokenize import SMALL_CORPUS_BYTES, encode_workers
+
+    assert encode_workers(0, SMALL_CORPUS_BYTES - 1) == 1
+    assert encode_workers(0, SMALL_CORPUS_BYTES) == shards.default_workers()
+    assert encode_workers(3, 10) == 3
+    assert encode_workers(0, 10, "threads") == shards.default_workers()
