@@ -4,7 +4,8 @@ For each model shape (``gpt_baby``: 4 layers x 4 heads x 128, block 64, batch 12
 6 x 6 x 384, block 256, batch 8; a 65-token char vocabulary), three kinds of side train on random
 tokens in this one process:
 
-* ``reference``: a minimal nanoGPT-style loop written out below (plain PyTorch GPT without biases,
+* ``reference``: a minimal nanoGPT-style loop written out below around the plain PyTorch GPT of
+  ``bench_pretrain.py`` (nanoGPT's model.py without biases; tied head),
   AdamW with nanoGPT's two parameter groups, cosine lr set by hand, grad clipping at 1.0, random
   windows of a uint16 array drawn with ``torch.randint``);
 * ``hf``: ``transformers.GPT2LMHeadModel`` of the same shape (SDPA attention, GELU, no dropout;
@@ -97,63 +98,7 @@ HEADLINE = "auto"  # trainer.precision=auto optim.fused=true: what the experimen
 GOALS = {"baby": {"vs_reference": 1.0, "vs_hf": 1.5}, "mini": {"vs_reference": 1.0, "vs_hf": 1.15, "mfu": 0.75}}
 
 # ------------------------------------------------------------------------------------------------
-# The reference: nanoGPT's model.py and train.py loop, trimmed to what these shapes use.
-
-
-class RefAttention(nn.Module):
-    def __init__(self, n_embd: int, n_head: int) -> None:
-        super().__init__()
-        self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=False)
-        self.c_proj = nn.Linear(n_embd, n_embd, bias=False)
-        self.n_head = n_head
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=True)
-        return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
-
-
-class RefBlock(nn.Module):
-    def __init__(self, n_embd: int, n_head: int) -> None:
-        super().__init__()
-        self.ln_1 = nn.LayerNorm(n_embd, bias=False)
-        self.attn = RefAttention(n_embd, n_head)
-        self.ln_2 = nn.LayerNorm(n_embd, bias=False)
-        self.c_fc = nn.Linear(n_embd, 4 * n_embd, bias=False)
-        self.gelu = nn.GELU()
-        self.c_proj = nn.Linear(4 * n_embd, n_embd, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
-        return x + self.c_proj(self.gelu(self.c_fc(self.ln_2(x))))
-
-
-class RefGPT(nn.Module):
-    def __init__(self, s: Shape) -> None:
-        super().__init__()
-        self.wte = nn.Embedding(VOCAB, s.n_embd)
-        self.wpe = nn.Embedding(s.block_size, s.n_embd)
-        self.h = nn.ModuleList(RefBlock(s.n_embd, s.n_head) for _ in range(s.n_layer))
-        self.ln_f = nn.LayerNorm(s.n_embd, bias=False)
-        self.lm_head = nn.Linear(s.n_embd, VOCAB, bias=False)
-        self.wte.weight = self.lm_head.weight  # weight tying
-        for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(m.weight, mean=0.0, std=0.02)
-        for name, p in self.named_parameters():
-            if name.endswith("c_proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * s.n_layer))
-
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        pos = torch.arange(idx.shape[1], dtype=torch.long, device=idx.device)
-        x = self.wte(idx) + self.wpe(pos)
-        for block in self.h:
-            x = block(x)
-        return self.lm_head(self.ln_f(x))  # (B, T, V)
+# The reference: nanoGPT's train.py loop around bench_pretrain.py's nanoGPT model (bp.GPT).
 
 
 def hf_gpt2(s: Shape) -> nn.Module:
@@ -308,8 +253,9 @@ def build_sides(s: Shape, variants: list[str], data: np.ndarray, threads: int, t
     sides = []
     t0 = time.perf_counter()
     torch.manual_seed(SEED)
-    ref = RefGPT(s)
-    sides.append(Side("reference", MinimalLoop(ref, s, data, ref), setup_s=time.perf_counter() - t0))
+    ref = bp.GPT(bp.RefConfig(vocab_size=VOCAB, block_size=s.block_size, n_layer=s.n_layer, n_head=s.n_head,
+                              n_embd=s.n_embd))  # bench_pretrain's nanoGPT model (no bias, tied head)
+    sides.append(Side("reference", MinimalLoop(ref, s, data, ref.logits), setup_s=time.perf_counter() - t0))
     t0 = time.perf_counter()
     torch.manual_seed(SEED)
     hf = hf_gpt2(s)
