@@ -129,6 +129,18 @@ def read_meta(path: str | Path, *, verify: bool = True) -> dict[str, Any]:
     return meta
 
 
+def saved_config(path: str | Path) -> dict[str, Any]:
+    """The resolved run config saved beside a checkpoint (``config.yaml``) as plain data; ``{}`` when
+    it is missing or unreadable (a checkpoint stays usable without it)."""
+    import yaml
+
+    try:
+        saved = yaml.safe_load((Path(path) / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return {}
+    return saved if isinstance(saved, dict) else {}
+
+
 def resolve(path: str | Path) -> Path:
     """A checkpoint directory from a checkpoint or a run directory (its newest checkpoint)."""
     path = Path(path)

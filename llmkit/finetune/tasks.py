@@ -83,17 +83,10 @@ _EXAMPLE_DATA = {"seq_cls": "sst2", "token_cls": "conll2003", "sft": "multi30k"}
 
 def _finetuning_data(meta: dict[str, Any]) -> DataConfig | None:
     """The ``data`` section of the config saved beside a fine-tuned checkpoint, if there is one."""
-    from omegaconf import OmegaConf
+    from llmkit import checkpoint, config
 
-    from llmkit import config
-
-    path = Path(meta["path"]) / "config.yaml"
-    if not path.is_file():
-        return None
-    saved = OmegaConf.load(path)
-    if "data" not in saved:
-        return None
-    return config.load(saved.data, DataConfig, where=f"{path} (data)")
+    data = checkpoint.saved_config(meta["path"]).get("data")
+    return config.load(data, DataConfig, where=f"{meta['path']}/config.yaml (data)") if data else None
 
 
 def evaluate_task_checkpoint(

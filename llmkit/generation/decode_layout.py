@@ -62,9 +62,9 @@ def to_decode_layout(model: nn.Module, chunks: int | None = None) -> nn.Module:
     """Replace, in place, every plain ``nn.Linear`` and ``LMHead`` of ``model`` by a ``DecodeLinear``
     with ``chunks`` column blocks (default: torch's thread count). Returns ``model``.
 
-    Subclasses of ``nn.Linear`` (a LoRA layer, for one) are left alone. A tied LM head gets its own
-    copy of the embedding matrix in the new layout (GPT-2 small: 154 MB more), the embedding keeps
-    its lookup table.
+    Only exact ``nn.Linear`` / ``LMHead`` modules are swapped (an unmerged LoRA layer keeps its
+    adapters and calls its swapped ``base``). A tied LM head gets its own copy of the embedding
+    matrix in the new layout (GPT-2 small: 154 MB more); the embedding keeps its lookup table.
     """
     chunks = max(1, torch.get_num_threads() if chunks is None else chunks)
     for parent in list(model.modules()):

@@ -170,13 +170,7 @@ def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch
 
 def _objective_arg(meta: dict[str, Any], name: str, default: Any) -> Any:
     """A setting of the objective the checkpoint was trained with (from its config.yaml), else ``default``."""
-    import yaml
-
-    try:
-        cfg = yaml.safe_load((Path(meta["path"]) / "config.yaml").read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError):
-        return default
-    return (cfg.get("objective") or {}).get(name, default)
+    return (checkpoint.saved_config(meta["path"]).get("objective") or {}).get(name, default)
 
 
 def run(cfg: Any) -> dict[str, float]:

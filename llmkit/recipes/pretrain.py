@@ -277,12 +277,9 @@ def _resume_weights(model: torch.nn.Module, c: Config, ckpt_root: Path, dist: di
 
 def _single_process_layout(path: Path) -> dict[str, int] | None:
     """A checkpoint written before distributed training was recorded: one rank, its config's batch."""
-    import yaml
-
     try:
-        saved = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")) or {}
-        return {"world_size": 1, "global_batch": int(saved["trainer"]["batch_size"])}
-    except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):
+        return {"world_size": 1, "global_batch": int(checkpoint.saved_config(path)["trainer"]["batch_size"])}
+    except (KeyError, TypeError, ValueError):
         return None
 
 

@@ -10,7 +10,9 @@ from torch import nn
 
 from llmkit.generation import generate
 from llmkit.generation.decode_layout import DecodeLinear, to_decode_layout
-from llmkit.model import CausalLM, ModelConfig
+from llmkit.model import ModelConfig
+
+from _models import float64_causal_lm
 
 TINY = dict(vocab_size=13, block_size=16, n_layer=2, n_head=4, n_embd=24)
 
@@ -31,21 +33,6 @@ def test_decode_linear_equals_linear(chunks, bias, shape):
         torch.testing.assert_close(y, linear(x), rtol=1e-12, atol=1e-12)
 
 
-def _model(config: ModelConfig) -> CausalLM:
-    torch.manual_seed(0)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        model = CausalLM.from_config(config)
-    finally:
-        torch.set_default_dtype(previous)
-    with torch.no_grad():  # larger weights: greedy runs then visit several tokens
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.mul_(3.0)
-    return model.eval()
-
-
 @pytest.mark.parametrize(
     "config",
     [
@@ -55,7 +42,7 @@ def _model(config: ModelConfig) -> CausalLM:
     ids=["gpt2_like", "llama_like"],
 )
 def test_model_in_decode_layout_gives_the_same_logits_and_tokens(config):
-    model = _model(config)
+    model = float64_causal_lm(config)
     fast = to_decode_layout(copy.deepcopy(model), chunks=2)
     linears = [m for m in fast.modules() if isinstance(m, nn.Linear)]
     assert linears == [] and isinstance(fast.lm_head, DecodeLinear)
@@ -71,8 +58,25 @@ def test_model_in_decode_layout_gives_the_same_logits_and_tokens(config):
 
 
 def test_tied_head_keeps_the_embedding_table():
-    model = _model(ModelConfig(**TINY))
+    model = float64_causal_lm(ModelConfig(**TINY))
     wte = model.transformer.wte.weight.detach().clone()
     to_decode_layout(model, chunks=2)
     assert torch.equal(model.transformer.wte.weight, wte)
     assert model.lm_head.weight.shape == (2, TINY["n_embd"], -(-TINY["vocab_size"] // 2))
+
+
+def test_an_unmerged_lora_model_keeps_its_adapters_in_the_decode_layout():
+    from llmkit.finetune.lora import LoRALinear, apply_lora
+
+    model = float64_causal_lm(ModelConfig(**TINY))
+    apply_lora(model, targets=["attn.c_attn"], rank=2, alpha=4.0)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, LoRALinear):
+                m.lora_B.normal_()  # a non-zero update, so the adapters change the logits
+    ids = torch.randint(0, TINY["vocab_size"], (2, 7), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        want = model(ids)
+        fast = to_decode_layout(copy.deepcopy(model), chunks=2)
+        assert all(isinstance(m.base, DecodeLinear) for m in fast.modules() if isinstance(m, LoRALinear))
+        torch.testing.assert_close(fast(ids), want, rtol=1e-10, atol=1e-10)

@@ -10,29 +10,14 @@ import torch
 from llmkit.generation import apply_repetition_penalty, beam_search, generate, next_token_probs, sample_next
 from llmkit.model import CausalLM, ModelConfig
 
+from _models import float64_causal_lm
+
 # Untied and with weights scaled up: a tiny random model with a tied head mostly repeats its
 # input, which would make cache/beam comparisons vacuous.
 TINY = dict(vocab_size=13, block_size=16, n_layer=2, n_head=4, n_embd=24, tie_weights=False)
 LEARNED = ModelConfig(**TINY)
 SINUSOIDAL = ModelConfig(**TINY, pos="sinusoidal", mlp="relu")
 ROPE_GQA = ModelConfig(**TINY, pos="rope", n_kv_head=2, norm="rmsnorm", mlp="swiglu", bias=False)
-
-
-def build(config: ModelConfig, seed: int = 0) -> CausalLM:
-    """A float64 model (cached and uncached paths then agree far below sampling resolution) with
-    its weight matrices scaled up so that greedy runs visit several tokens."""
-    torch.manual_seed(seed)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        model = CausalLM.from_config(config)
-    finally:
-        torch.set_default_dtype(previous)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.mul_(3.0)
-    return model.eval()
 
 
 def run(model: CausalLM, prompt: torch.Tensor, **kwargs) -> torch.Tensor:
@@ -95,7 +80,7 @@ def test_repetition_penalty_makes_seen_tokens_less_likely() -> None:
 
 @pytest.mark.parametrize("cfg", [LEARNED, SINUSOIDAL, ROPE_GQA], ids=["learned", "sinusoidal", "rope-gqa"])
 def test_cached_greedy_equals_uncached(cfg: ModelConfig) -> None:
-    model = build(cfg)
+    model = float64_causal_lm(cfg)
     # 3 + 20 > block_size 16: the cached run also covers the switch to the sliding window.
     cached = run(model, PROMPT, max_new_tokens=20, temperature=0.0)
     uncached = run(model, PROMPT, max_new_tokens=20, temperature=0.0, use_cache=False)
@@ -111,7 +96,7 @@ def test_cached_greedy_equals_uncached(cfg: ModelConfig) -> None:
 
 
 def test_seeded_sampling_is_reproducible_and_cache_independent() -> None:
-    model = build(ROPE_GQA)
+    model = float64_causal_lm(ROPE_GQA)
     kwargs = dict(max_new_tokens=12, temperature=1.5, top_k=8, top_p=0.95)
     a = run(model, PROMPT, seed=123, **kwargs)
     assert torch.equal(a, run(model, PROMPT, seed=123, **kwargs))
@@ -120,7 +105,7 @@ def test_seeded_sampling_is_reproducible_and_cache_independent() -> None:
 
 
 def test_generate_streams_and_restores_train_mode() -> None:
-    model = build(LEARNED).train()
+    model = float64_causal_lm(LEARNED).train()
     stream = generate(model, PROMPT, max_new_tokens=3, temperature=0.0)
     first = next(stream)
     assert first.shape == (2,) and first.dtype == torch.long
@@ -130,7 +115,7 @@ def test_generate_streams_and_restores_train_mode() -> None:
 
 
 def test_eos_stops_rows_and_finished_rows_emit_eos() -> None:
-    model = build(LEARNED)
+    model = float64_causal_lm(LEARNED)
     ref = run(model, PROMPT, max_new_tokens=12, temperature=0.0).tolist()
     eos = ref[0][2]
     out = run(model, PROMPT, max_new_tokens=12, temperature=0.0, eos_id=eos).tolist()
@@ -144,7 +129,7 @@ def test_eos_stops_rows_and_finished_rows_emit_eos() -> None:
 
 
 def test_stop_sequences_finish_rows_and_pad_them() -> None:
-    model = build(ModelConfig(**TINY, pad_token_id=0))
+    model = float64_causal_lm(ModelConfig(**TINY, pad_token_id=0))
     ref = run(model, PROMPT, max_new_tokens=10, temperature=0.0)
     stop = ref[0, 1:3].tolist()
     out = run(model, PROMPT, max_new_tokens=10, temperature=0.0, stop_ids=[stop])
@@ -155,11 +140,11 @@ def test_stop_sequences_finish_rows_and_pad_them() -> None:
         assert row[:end] == seq[3 : 3 + end]
         assert row[end:] == [0] * (len(row) - end)
     with pytest.raises(ValueError, match="fill"):
-        generate(build(LEARNED), PROMPT, max_new_tokens=4, stop_ids=[[1]])
+        generate(float64_causal_lm(LEARNED), PROMPT, max_new_tokens=4, stop_ids=[[1]])
 
 
 def test_generate_checks_arguments_at_call_time() -> None:
-    model = build(LEARNED)
+    model = float64_causal_lm(LEARNED)
     with pytest.raises(ValueError, match="top_p"):
         generate(model, PROMPT, max_new_tokens=2, top_p=0.0)
     with pytest.raises(ValueError, match="top_k"):
@@ -173,7 +158,7 @@ def test_generate_checks_arguments_at_call_time() -> None:
 
 @pytest.mark.parametrize("with_eos", [False, True])
 def test_one_beam_is_greedy(with_eos: bool) -> None:
-    model = build(ROPE_GQA)
+    model = float64_causal_lm(ROPE_GQA)
     prompt = PROMPT[:1]
     greedy = run(model, prompt, max_new_tokens=8, temperature=0.0)[0].tolist()
     eos = greedy[3] if with_eos else None
@@ -184,14 +169,14 @@ def test_one_beam_is_greedy(with_eos: bool) -> None:
 
 def test_wide_beam_is_exhaustive_search() -> None:
     # With num_beams = V ** (n - 1) nothing is ever pruned, so beam search is exact.
-    model = build(ModelConfig(**{**TINY, "vocab_size": 4}), seed=1)
+    model = float64_causal_lm(ModelConfig(**{**TINY, "vocab_size": 4}), seed=1)
     prompt = torch.tensor([[1, 2, 3]])
     best = max(itertools.product(range(4), repeat=3), key=lambda s: seq_logprob(model, prompt, list(s)))
     assert beam_search(model, prompt, num_beams=16, max_new_tokens=3) == list(best)
 
 
 def test_beam_search_scores_at_least_greedy() -> None:
-    model = build(LEARNED, seed=2)
+    model = float64_causal_lm(LEARNED, seed=2)
     prompt = PROMPT[1:]
     greedy = run(model, prompt, max_new_tokens=6, temperature=0.0)[0].tolist()
     beam = beam_search(model, prompt, num_beams=4, max_new_tokens=6)

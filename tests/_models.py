@@ -1,0 +1,24 @@
+"""Tiny models for tests (importable: pytest puts tests/ on sys.path)."""
+
+from __future__ import annotations
+
+import torch
+
+from llmkit.model import CausalLM, ModelConfig
+
+
+def float64_causal_lm(config: ModelConfig, seed: int = 0) -> CausalLM:
+    """A float64 model (cached and uncached paths, or two layouts, then agree far below sampling
+    resolution) with its weight matrices scaled up so that greedy runs visit several tokens."""
+    torch.manual_seed(seed)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        model = CausalLM.from_config(config)
+    finally:
+        torch.set_default_dtype(previous)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.mul_(3.0)
+    return model.eval()
