@@ -28,7 +28,7 @@ class DataConfig:
     eval_path: str | None = None  # validation file; `llmkit evaluate ... data.eval_path=FILE` scores any file
     train_target_path: str | None = None  # parallel: the line-aligned target file
     eval_target_path: str | None = None
-    text_column: str = "sentence"  # seq_cls
+    text_column: str = "sentence"  # seq_cls; also the text of *.tsv/*.csv files in a pretraining corpus
     text_pair_column: str | None = None  # seq_cls on sentence pairs
     label_column: str = "label"
     source_column: str = "prompt"  # sft tables

@@ -1,11 +1,13 @@
 """Reading a corpus: sources -> documents -> (split, document), streaming and with clear errors.
 
 Sources are text files, directories (searched with ``data.glob``), glob patterns, JSONL files
-(``*.jsonl``, the text in ``data.jsonl_field``) or the offline built-in corpus (the documentation
-text in the standard library module ``pydoc_data.topics``, one document per topic).
+(``*.jsonl``, the text in ``data.jsonl_field``), tables with a header (``*.tsv`` / ``*.csv``, the
+text in ``data.text_column``: a fine-tuning data set's sentences, labels ignored, make a corpus) or
+the offline built-in corpus (the documentation text in the standard library module
+``pydoc_data.topics``, one document per topic).
 
-A document is a file, a JSONL record or a built-in topic, further cut at ``data.doc_separator``
-when it is set. The separator belongs to no document (it becomes the eos token in the shards); a
+A document is a file, a JSONL record, a table row or a built-in topic, further cut at
+``data.doc_separator`` when it is set. The separator belongs to no document (it becomes the eos token in the shards); a
 separator at the very end of a source ends the last document and adds no empty one, so
 
     separator.join(documents) + separator == source text      (for a source ending in the separator)
@@ -55,7 +57,7 @@ class Source:
 
     path: str
     role: Role
-    format: Literal["text", "jsonl", "builtin"]
+    format: Literal["text", "jsonl", "table", "builtin"]
     size: int
     sha256: str | None = None
     documents: int = 0
@@ -102,6 +104,8 @@ class Corpus:
                 reader = _read_builtin(src, sep, self)
             elif src.format == "jsonl":
                 reader = _read_jsonl(src, sep, self.cfg.jsonl_field, self.cfg.encoding_errors, self)
+            elif src.format == "table":
+                reader = _read_table(src, sep, self.cfg.text_column, self)
             else:
                 reader = _read_text(src, sep, self.cfg.encoding_errors, self)
             for doc in reader:
@@ -180,7 +184,7 @@ def _resolve(cfg: DataConfig, data_root: str | None) -> list[Source]:
                 if real in seen:
                     continue
                 seen.add(real)
-                fmt = "jsonl" if f.lower().endswith((".jsonl", ".ndjson")) else "text"
+                fmt = _source_format(f)
                 sources.append(Source(path=f, role=role, format=fmt, size=os.path.getsize(f)))  # type: ignore[arg-type]
     for src in sources:
         if src.format != "builtin":
@@ -225,6 +229,15 @@ def _expand(p: str, pattern: str, where: str, problems: list[str]) -> list[str] 
         return files
     problems.append(f"{p}: no such file or directory ({where}).")
     return None
+
+
+def _source_format(path: str) -> str:
+    name = path.lower()
+    if name.endswith((".jsonl", ".ndjson")):
+        return "jsonl"
+    if name.endswith((".tsv", ".csv")):
+        return "table"
+    return "text"
 
 
 def _sniff(src: Source, problems: list[str]) -> None:
@@ -358,6 +371,24 @@ def _read_jsonl(src: Source, sep: str | None, field_name: str, errors: str, corp
             yield from split_document(text, sep)
     src.sha256 = digest.hexdigest()
     src.replacements = _replaced[0] - start_replaced
+
+
+def _read_table(src: Source, sep: str | None, column: str, corpus: Corpus) -> Iterator[str]:
+    """The ``column`` of each row of a TSV/CSV file with a header (read as the fine-tuning tasks read
+    it, ``llmkit.data.tasks.read_rows``: strict UTF-8, the file and line of a malformed row)."""
+    from llmkit.data.tasks import read_rows
+    from llmkit.io import sha256_file
+
+    src.sha256 = sha256_file(src.path)
+    for lineno, row in read_rows(src.path):
+        if row.get(column) is None:
+            raise DataError(
+                f"{src.path}:{lineno}: no column {column!r} (columns: {', '.join(map(str, row))}). "
+                "Set data.text_column to the column that holds the text."
+            )
+        text = row[column]
+        corpus.bytes_read += len(text) + 1  # progress only: about the row's share of the file
+        yield from split_document(text, sep)
 
 
 def _read_builtin(src: Source, sep: str | None, corpus: Corpus) -> Iterator[str]:

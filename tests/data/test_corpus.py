@@ -165,6 +165,27 @@ def test_jsonl_field_and_separator(tmp_path):
     assert docs_of(c) == ["p1", "p2", "p3"]
 
 
+def test_table_rows_are_documents_of_the_text_column(tmp_path):
+    tsv = tmp_path / "train.tsv"
+    tsv.write_text('sentence\tlabel\nit \'s a "gem" , really\t1\ndull\t0\n')  # GLUE style: quotes are text
+    csv_path = tmp_path / "more.csv"
+    csv_path.write_text('id,body\n1,"a, quoted, cell"\n2,plain\n')
+    assert docs_of(Corpus(files_cfg(tsv))) == ['it \'s a "gem" , really', "dull"]
+    c = Corpus(files_cfg(csv_path, text_column="body"))
+    assert docs_of(c) == ["a, quoted, cell", "plain"]
+    assert [s.format for s in c.sources] == ["table"] and len(c.sources[0].sha256 or "") == 64
+
+
+def test_table_errors_name_file_and_line(tmp_path):
+    tsv = tmp_path / "train.tsv"
+    tsv.write_text("text\tlabel\nfine\t1\n")
+    with pytest.raises(DataError, match=r"train.tsv:2: no column 'sentence' \(columns: text, label\). Set data.text_column"):
+        docs_of(Corpus(files_cfg(tsv)))
+    tsv.write_text("sentence\tlabel\nfine\t1\nextra\t0\tfield\n")
+    with pytest.raises(DataError, match=r"train.tsv:3: more fields than the header"):
+        docs_of(Corpus(files_cfg(tsv)))
+
+
 # --- splits --------------------------------------------------------------------------------------
 def many_docs(tmp_path: Path, n: int) -> Path:
     path = tmp_path / "many.txt"
