@@ -7,6 +7,7 @@ dicts (see its docstring for how a base checkpoint and adapters are loaded toget
 """
 
 from llmkit.finetune.lora import (
+    LoRAEmbedding,
     LoRALinear,
     adapter_keys,
     apply_lora,
@@ -31,6 +32,7 @@ from llmkit.finetune.strategy import (
 
 __all__ = [
     "FinetuneConfig",
+    "LoRAEmbedding",
     "LoRALinear",
     "StrategyReport",
     "adapter_keys",

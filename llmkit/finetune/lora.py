@@ -1,5 +1,5 @@
 """LoRA: low-rank adapters on frozen ``nn.Linear`` layers (Hu et al. 2021, "LoRA: Low-Rank
-Adaptation of Large Language Models").
+Adaptation of Large Language Models") and, optionally, on an untied token embedding.
 
 A wrapped layer computes ``W x + b + (alpha / r) * B A dropout(x)`` with the pretrained ``W``, ``b``
 frozen, ``A`` (r, in) and ``B`` (out, r) trained. ``B`` starts at zero, so a freshly wrapped model
@@ -13,6 +13,15 @@ model's keys are::
     transformer.h.0.attn.c_attn.base.bias       frozen (bias=True models)
     transformer.h.0.attn.c_attn.lora_A          (r, in_features), trained
     transformer.h.0.attn.c_attn.lora_B          (out_features, r), trained
+
+An ``nn.Embedding`` target (``wte``) becomes a ``LoRAEmbedding``: the table ``E`` (vocab, C) gets
+``(alpha / r) * (B A)^T`` with ``A`` (r, vocab) and ``B`` (C, r), so each token has its own trainable
+r-vector, mapped into the embedding space by ``B`` (PEFT's LoRA for embeddings: ``A`` starts at zero
+and ``B`` random, since ``A`` is the table that is looked up; no dropout). A model whose small
+vocabulary was learnt on little data mostly needs *new word meanings* for a task like sentiment,
+which adapters on the Transformer blocks cannot add; an embedding adapter adds them for
+``vocab * r + C * r`` parameters. A tied embedding (the LM head computes with the same matrix) is
+refused: the adapter would change the input side only, and merging it would change both.
 
 ``merge_lora`` folds ``B A * alpha / r`` into ``W`` and puts the plain ``nn.Linear`` back, so a
 merged model has exactly the base model's keys (it exports and generates like any checkpoint).
@@ -53,26 +62,59 @@ from llmkit.errors import CheckpointError
 ADAPTER_NAMES = ("lora_A", "lora_B")
 
 
-class LoRALinear(nn.Module):
-    """A frozen ``nn.Linear`` plus a trainable low-rank update: (..., in) -> (..., out).
+class _LoRAAdapter(nn.Module):
+    """What both adapters share: the frozen ``base`` layer, rank/alpha/scaling, ``A`` (r, in) and
+    ``B`` (out, r) in the base weight's device and dtype, and folding ``scaling * B A`` into the base."""
 
-    ``forward(x) = base(x) + scaling * B(A(dropout(x)))`` with ``scaling = alpha / rank``. Dropout
-    acts on the input of the adapter path only (Hu et al.'s reference implementation, loralib),
-    so the frozen path sees the same activations as in the base model.
-    """
-
-    def __init__(self, base: nn.Linear, *, rank: int, alpha: float, dropout: float = 0.0) -> None:
+    def __init__(self, base: nn.Module, a_shape: tuple[int, int], b_shape: tuple[int, int], *, rank: int, alpha: float, dropout: float) -> None:
         super().__init__()
-        if not isinstance(base, nn.Linear):
-            raise TypeError(f"LoRALinear wraps an nn.Linear, got {type(base).__name__}")
         _check_hparams(rank=rank, alpha=alpha, dropout=dropout)
         self.base = base
         self.base.requires_grad_(False)
         self.rank, self.alpha, self.dropout_p = rank, float(alpha), float(dropout)
         self.scaling = self.alpha / rank
         w = base.weight
-        self.lora_A = nn.Parameter(torch.empty(rank, base.in_features, device=w.device, dtype=w.dtype))
-        self.lora_B = nn.Parameter(torch.empty(base.out_features, rank, device=w.device, dtype=w.dtype))
+        self.lora_A = nn.Parameter(torch.empty(*a_shape, device=w.device, dtype=w.dtype))
+        self.lora_B = nn.Parameter(torch.empty(*b_shape, device=w.device, dtype=w.dtype))
+
+    @torch.no_grad()
+    def delta_weight(self) -> Tensor:
+        """The update of the base weight, in its shape and dtype (computed in at least float32)."""
+        return self._delta().to(self.base.weight.dtype)
+
+    @torch.no_grad()
+    def merged(self) -> nn.Module:
+        """The wrapped layer with the update added to its weight, in place."""
+        w = self.base.weight
+        delta = self._delta()
+        w.copy_((w.to(delta.dtype) + delta).to(w.dtype))
+        return self.base
+
+    def _delta(self) -> Tensor:
+        dtype = torch.promote_types(self.lora_B.dtype, torch.float32)
+        ba = self.lora_B.to(dtype) @ self.lora_A.to(dtype)  # (out, r) @ (r, in) -> (out, in)
+        return self._as_weight(ba) * self.scaling
+
+    def _as_weight(self, ba: Tensor) -> Tensor:
+        return ba
+
+    def extra_repr(self) -> str:
+        return f"rank={self.rank}, alpha={self.alpha:g}, dropout={self.dropout_p:g}"
+
+
+class LoRALinear(_LoRAAdapter):
+    """A frozen ``nn.Linear`` plus a trainable low-rank update: (..., in) -> (..., out).
+
+    ``forward(x) = base(x) + scaling * B(A(dropout(x)))`` with ``scaling = alpha / rank``. Dropout
+    acts on the input of the adapter path only (Hu et al.'s reference implementation, loralib),
+    so the frozen path sees the same activations as in the base model. ``delta_weight()`` is
+    ``scaling * B A``, (out, in).
+    """
+
+    def __init__(self, base: nn.Linear, *, rank: int, alpha: float, dropout: float = 0.0) -> None:
+        if not isinstance(base, nn.Linear):
+            raise TypeError(f"LoRALinear wraps an nn.Linear, got {type(base).__name__}")
+        super().__init__(base, (rank, base.in_features), (base.out_features, rank), rank=rank, alpha=alpha, dropout=dropout)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.reset_lora_parameters()
 
@@ -94,25 +136,59 @@ class LoRALinear(nn.Module):
         update = F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B)
         return self.base(x) + update * self.scaling
 
-    @torch.no_grad()
-    def delta_weight(self) -> Tensor:
-        """``scaling * B A``, (out, in), in the base weight's dtype (computed in at least float32)."""
-        return self._delta().to(self.base.weight.dtype)
 
-    @torch.no_grad()
-    def merged(self) -> nn.Linear:
-        """The wrapped ``nn.Linear`` with ``scaling * B A`` added to its weight, in place."""
-        w = self.base.weight
-        delta = self._delta()
-        w.copy_((w.to(delta.dtype) + delta).to(w.dtype))
-        return self.base
+class LoRAEmbedding(_LoRAAdapter):
+    """A frozen ``nn.Embedding`` plus a trainable low-rank update: ids (...) -> (..., C).
 
-    def _delta(self) -> Tensor:
-        dtype = torch.promote_types(self.lora_B.dtype, torch.float32)
-        return (self.lora_B.to(dtype) @ self.lora_A.to(dtype)) * self.scaling  # (out, r) @ (r, in) -> (out, in)
+    ``forward(ids) = base(ids) + scaling * A[:, ids]^T B^T``: ``A`` (r, vocab) is looked up like a
+    table, ``B`` (C, r) maps the r-vector into the embedding space; ``delta_weight()`` is
+    ``scaling * (B A)^T``, (vocab, C). ``A`` starts at zero and ``B`` normal (PEFT's convention for
+    embeddings), so a freshly wrapped model computes what the base did. ``dropout`` is accepted
+    for a uniform spec and not applied (there is no input vector to drop).
+    """
 
-    def extra_repr(self) -> str:
-        return f"rank={self.rank}, alpha={self.alpha:g}, dropout={self.dropout_p:g}"
+    def __init__(self, base: nn.Embedding, *, rank: int, alpha: float, dropout: float = 0.0) -> None:
+        if not isinstance(base, nn.Embedding):
+            raise TypeError(f"LoRAEmbedding wraps an nn.Embedding, got {type(base).__name__}")
+        super().__init__(base, (rank, base.num_embeddings), (base.embedding_dim, rank), rank=rank, alpha=alpha, dropout=dropout)
+        self.reset_lora_parameters()
+
+    def reset_lora_parameters(self) -> None:
+        nn.init.zeros_(self.lora_A)
+        nn.init.normal_(self.lora_B)
+
+    @property
+    def weight(self) -> Tensor:
+        """The frozen base table (what ``wte.weight`` readers, e.g. device/dtype lookups, expect)."""
+        return self.base.weight
+
+    @property
+    def num_embeddings(self) -> int:
+        return self.base.num_embeddings
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.base.embedding_dim
+
+    def forward(self, ids: Tensor) -> Tensor:
+        # (...) -> (..., r) -> (..., C); the full (vocab, C) update is never materialised.
+        update = F.linear(F.embedding(ids, self.lora_A.t()), self.lora_B)
+        return self.base(ids) + update * self.scaling
+
+    def _as_weight(self, ba: Tensor) -> Tensor:
+        return ba.t()  # (C, vocab) -> the table's (vocab, C)
+
+
+LoRALayer = (LoRALinear, LoRAEmbedding)
+
+
+def _wrapper(m: nn.Module) -> type[LoRALinear] | type[LoRAEmbedding] | None:
+    """The LoRA class for a layer that can take adapters, else None."""
+    if isinstance(m, nn.Linear):
+        return LoRALinear
+    if isinstance(m, nn.Embedding):
+        return LoRAEmbedding
+    return None
 
 
 # ---------------------------------------------------------------------------- wrapping
@@ -121,13 +197,15 @@ class LoRALinear(nn.Module):
 def apply_lora(
     model: nn.Module, *, rank: int, alpha: float, dropout: float = 0.0, targets: Sequence[str]
 ) -> list[str]:
-    """Wrap every ``nn.Linear`` matched by ``targets`` in a ``LoRALinear``; return the wrapped names.
+    """Wrap every ``nn.Linear`` (or ``nn.Embedding``) matched by ``targets``; return the wrapped names.
 
     A target matches a module name when it equals the name, or a dot-separated suffix of it, as a
     glob: ``attn.c_attn`` matches ``transformer.h.3.attn.c_attn``; ``mlp.*`` matches every Linear
     in every MLP; ``c_proj`` matches both the attention and the MLP output projections;
-    ``transformer.h.0.attn.c_attn`` matches one layer. A target that matches no Linear is a
-    ``ValueError`` listing the model's Linear layers.
+    ``transformer.h.0.attn.c_attn`` matches one layer. An embedding is matched by its name only,
+    never by a glob: ``wte`` (or ``transformer.wte``) adapts the token embedding of an untied model,
+    e.g. a classifier built on a GPT. A target that matches no layer is a ``ValueError`` listing
+    the model's Linear and Embedding layers.
 
     Like Hu et al. (and PEFT), every parameter of the model except the new adapters is then frozen
     (``requires_grad=False``); ``apply_strategy`` unfreezes the task head when asked to.
@@ -136,35 +214,48 @@ def apply_lora(
     _check_hparams(rank=rank, alpha=alpha, dropout=dropout)
     if isinstance(targets, str) or not targets:
         raise ValueError(f"LoRA targets must be a non-empty list of module-name patterns, got {targets!r}")
-    wrapped_bases = {id(m.base) for m in model.modules() if isinstance(m, LoRALinear)}
-    linears = [
+    wrapped_bases = {id(m.base) for m in model.modules() if isinstance(m, LoRALayer)}
+    layers = [
         name
         for name, m in model.named_modules()
-        if isinstance(m, nn.Linear) and id(m) not in wrapped_bases and name  # name "": the model itself
+        if _wrapper(m) is not None and id(m) not in wrapped_bases and name  # name "": the model itself
     ]
-    already = [name for name, m in model.named_modules() if isinstance(m, LoRALinear)]
+    already = [name for name, m in model.named_modules() if isinstance(m, LoRALayer)]
     problems = []
     chosen: set[str] = set()
     for target in targets:
-        hits = [n for n in linears if _matches(n, target)]
+        hits = [n for n in layers if _matches(n, target, glob=_wrapper(model.get_submodule(n)) is LoRALinear)]
         if not hits:
             if any(_matches(n, target) for n in already):
                 problems.append(f"{target!r} matches layers that already have LoRA adapters (merge_lora first)")
             else:
-                problems.append(f"{target!r} matches no nn.Linear")
+                problems.append(f"{target!r} matches no nn.Linear or nn.Embedding")
         chosen.update(hits)
+    owners: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        owners.setdefault(id(p), []).append(name)
+    for name in sorted(chosen):
+        m = model.get_submodule(name)
+        shared = [o for o in owners.get(id(m.weight), []) if o != f"{name}.weight"]
+        if isinstance(m, nn.Embedding) and shared:
+            problems.append(
+                f"{name!r} is tied to {', '.join(shared)}: an adapter would change the input embedding only "
+                "and merging it would change the output layer too; target it on an untied model (e.g. a "
+                "classifier) or leave it out"
+            )
     if problems:
         raise ValueError(
             "Bad LoRA target(s): "
             + "; ".join(problems)
             + ". A target is a module name or a dot-separated suffix of one, '*' globs allowed. "
-            + f"Linear layers of this model ('*' = block index): {', '.join(_collapse(linears)) or 'none'}"
+            + f"Linear/Embedding layers of this model ('*' = block index): {', '.join(_collapse(layers)) or 'none'}"
         )
-    names = [n for n in linears if n in chosen]  # module order
+    names = [n for n in layers if n in chosen]  # module order
     for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
-        setattr(parent, child, LoRALinear(getattr(parent, child), rank=rank, alpha=alpha, dropout=dropout))
+        layer = getattr(parent, child)
+        setattr(parent, child, _wrapper(layer)(layer, rank=rank, alpha=alpha, dropout=dropout))  # type: ignore[misc]
     adapters = {id(p) for m in lora_modules(model).values() for p in (m.lora_A, m.lora_B)}
     for p in model.parameters():
         p.requires_grad_(id(p) in adapters)
@@ -172,15 +263,15 @@ def apply_lora(
 
 
 def merge_lora(model: nn.Module) -> list[str]:
-    """Fold every adapter into its base weight and put the plain ``nn.Linear`` back; return the names.
+    """Fold every adapter into its base weight and put the plain layer back; return the names.
 
     Afterwards ``model.state_dict()`` has the base model's keys again and the model computes what
     the wrapped one did (up to rounding), without the adapter matmuls. Parameters keep their
     ``requires_grad`` (the merged weights stay frozen).
     """
-    names = [name for name, m in model.named_modules() if isinstance(m, LoRALinear)]
+    names = [name for name, m in model.named_modules() if isinstance(m, LoRALayer)]
     if "" in names:
-        raise ValueError("merge_lora: the model itself is a LoRALinear; use its .merged()")
+        raise ValueError("merge_lora: the model itself is a LoRA layer; use its .merged()")
     for name in names:
         lora = model.get_submodule(name)
         parent_name, _, child = name.rpartition(".")
@@ -188,9 +279,9 @@ def merge_lora(model: nn.Module) -> list[str]:
     return names
 
 
-def lora_modules(model: nn.Module) -> dict[str, LoRALinear]:
+def lora_modules(model: nn.Module) -> dict[str, LoRALinear | LoRAEmbedding]:
     """The wrapped layers by module name, in module order."""
-    return {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
+    return {name: m for name, m in model.named_modules() if isinstance(m, LoRALayer)}
 
 
 def lora_spec(model: nn.Module) -> dict[str, Any]:
@@ -332,7 +423,9 @@ def _check_hparams(*, rank: int, alpha: float, dropout: float) -> None:
         raise ValueError(f"LoRA dropout must be in [0, 1), got {dropout!r}")
 
 
-def _matches(name: str, target: str) -> bool:
+def _matches(name: str, target: str, *, glob: bool = True) -> bool:
+    if not glob:  # embeddings are adapted only when named: `*` or `mlp.*` never picks up `wte`
+        return name == target or name.endswith("." + target)
     return fnmatchcase(name, target) or fnmatchcase(name, "*." + target)
 
 

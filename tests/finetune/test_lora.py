@@ -13,6 +13,7 @@ from torch import nn
 from llmkit.errors import CheckpointError
 from llmkit.finetune import (
     FinetuneConfig,
+    LoRAEmbedding,
     LoRALinear,
     apply_lora,
     apply_strategy,
@@ -24,7 +25,7 @@ from llmkit.finetune import (
     merge_lora,
     param_groups,
 )
-from llmkit.model import CausalLM, ModelConfig
+from llmkit.model import CausalLM, ModelConfig, SequenceClassifier
 
 TINY = ModelConfig(vocab_size=32, block_size=16, n_layer=2, n_head=2, n_embd=32)
 LLAMA = ModelConfig(
@@ -108,6 +109,66 @@ def test_adapters_follow_the_base_dtype():
     assert layer.lora_A.dtype == layer.lora_B.dtype == torch.bfloat16
 
 
+def test_lora_embedding_starts_as_its_base_and_adds_a_low_rank_table():
+    torch.manual_seed(0)
+    base = nn.Embedding(50, 12)
+    ids = torch.randint(0, 50, (3, 7))
+    expected = base(ids)
+    layer = LoRAEmbedding(base, rank=4, alpha=8)
+    assert torch.equal(layer(ids), expected)  # A = 0: exactly the base
+    assert layer.lora_A.shape == (4, 50) and layer.lora_B.shape == (12, 4)
+    assert torch.all(layer.lora_A == 0) and not torch.all(layer.lora_B == 0)
+    assert not base.weight.requires_grad and layer.weight is base.weight
+
+    with torch.no_grad():
+        layer.lora_A.normal_()
+    table = base.weight.double() + 2.0 * (layer.lora_B.double() @ layer.lora_A.double()).t()  # (50, 12), float64
+    torch.testing.assert_close(layer(ids).double(), table[ids], rtol=0, atol=1e-5)
+    torch.testing.assert_close(layer.delta_weight().double(), table - base.weight.double(), rtol=0, atol=1e-5)
+
+
+def test_a_tied_embedding_is_refused():
+    model = tiny()  # wte is the LM head's matrix
+    with pytest.raises(ValueError, match=r"'transformer.wte' is tied to lm_head.weight"):
+        apply_lora(model, rank=2, alpha=4, targets=["wte", "attn.c_attn"])
+    assert not any(isinstance(m, (LoRALinear, LoRAEmbedding)) for m in model.modules())
+
+
+def test_embedding_adapters_on_a_classifier_train_merge_and_round_trip():
+    torch.manual_seed(0)
+    model = SequenceClassifier.from_config(TINY, num_labels=2)  # no LM head: wte is untied
+    base = copy.deepcopy(model)
+    report = apply_strategy(model, FinetuneConfig(strategy="lora", lora_rank=4, lora_targets=["wte", "attn.c_attn"]))
+    assert report.lora_modules == ("transformer.wte", "transformer.h.0.attn.c_attn", "transformer.h.1.attn.c_attn")
+    assert isinstance(model.transformer.wte, LoRAEmbedding)
+    before = snapshot(model)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for s in range(3):
+        idx = batch(seed=s)
+        loss = F.cross_entropy(model(idx), idx[:, 0] % 2)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    after = model.state_dict()
+    trained = {k for k in after if not torch.equal(after[k], before[k])}
+    assert {"transformer.wte.lora_A", "transformer.wte.lora_B"} <= trained
+    assert all("lora_" in k or k.startswith(("head.", "pooler.")) for k in trained)
+
+    rebuilt = copy.deepcopy(base)
+    apply_lora(rebuilt, **lora_spec(model))
+    load_lora_state_dict(rebuilt, lora_state_dict(model))
+    rebuilt.head.load_state_dict(model.head.state_dict())  # the trained task head travels with the adapters
+    idx = batch(seed=7)
+    with torch.no_grad():
+        unmerged = model(idx)
+        assert torch.equal(rebuilt.eval()(idx), unmerged)  # adapters (incl. the embedding's) round trip
+    merge_lora(model)
+    assert type(model.transformer.wte) is nn.Embedding and list(model.state_dict()) == list(base.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx), unmerged, atol=1e-5, rtol=0)
+
+
 # ---------------------------------------------------------------------------- wrapping a model
 
 
@@ -154,9 +215,11 @@ def test_bad_targets_are_listed_with_the_available_layers():
     with pytest.raises(ValueError) as e:
         apply_lora(model, rank=2, alpha=4, targets=["attn.qkv", "attn.c_attn", "q_proj"])
     msg = str(e.value)
-    assert "'attn.qkv'" in msg and "'q_proj'" in msg and "'attn.c_attn'" not in msg.split("Linear layers")[0]
-    for name in ("transformer.h.*.attn.c_attn", "transformer.h.*.attn.c_proj", "transformer.h.*.mlp.c_fc"):
+    problems, _, listing = msg.partition("layers of this model")
+    assert "'attn.qkv'" in problems and "'q_proj'" in problems and "'attn.c_attn'" not in problems
+    for name in ("transformer.h.*.attn.c_attn", "transformer.h.*.attn.c_proj", "transformer.h.*.mlp.c_fc", "transformer.wte"):
         assert name in msg
+        assert name in listing
     assert not any(isinstance(m, LoRALinear) for m in model.modules())  # nothing wrapped on error
     with pytest.raises(ValueError, match="non-empty list"):
         apply_lora(model, rank=2, alpha=4, targets="attn.c_attn")
