@@ -130,10 +130,12 @@ def test_freeze_leaves_lower_blocks_and_embeddings_bit_identical(files, tmp_path
 def test_lora_checkpoint_holds_adapters_and_head_only(files, tmp_path):
     run = tmp_path / "lora"
     proc = _finetune(files, run, files["gpt"], *_seq_args(files, "epochs=2", "finetune.strategy=lora",
-                                                        "finetune.lora_rank=4", "optim.lr=1e-2"))
+                                                        "finetune.lora_rank=4", "optim.lr=1e-2",
+                                                        "finetune.lora_targets=[wte,attn.c_attn,attn.c_proj]"))
     assert proc.returncode == 0, proc.stderr
     stored = load_file(str(run / "best" / "model.safetensors"))
     assert stored and all(".lora_" in k or k.startswith("head.") for k in stored), sorted(stored)
+    assert {"transformer.wte.lora_A", "transformer.h.1.attn.c_proj.lora_B"} <= set(stored)  # embedding adapter too
     meta = json.loads((run / "best" / "checkpoint.json").read_text())
     assert Path(meta["base"]) == (files["gpt"] / "step_0000000").resolve()
     # evaluate rebuilds base + adapters (merged) from the directory and scores like training did
