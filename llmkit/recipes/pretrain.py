@@ -51,6 +51,7 @@ class Config:
     dataset: str | None = None
     cache_dir: str = "~/.cache/llmkit"
     resume: str | None = None
+    init_from: str | None = None  # continued pretraining: start from this checkpoint's weights and tokenizer
 
 
 def prepare_dataset(c: Config) -> Path:
@@ -136,6 +137,10 @@ def _run(c: Config, cfg: Any, dist: distributed.DistEnv, open_dataset: Any) -> d
     if dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
 
+    init_path = None
+    if c.init_from:  # the corpus is encoded with the starting checkpoint's own tokenizer
+        init_path = checkpoint.resolve(c.init_from)
+        c = _with_checkpoint_tokenizer(c, init_path)
     with distributed.rank_order(dist):  # one rank tokenizes into the cache, the others then read it
         dataset_dir = prepare_dataset(c)
     ds = open_dataset(dataset_dir)
@@ -143,6 +148,8 @@ def _run(c: Config, cfg: Any, dist: distributed.DistEnv, open_dataset: Any) -> d
     model = build_model(c.model, ds.tokenizer.vocab_size, objective.model_class).to(device)
     mcfg = model.config
     resume_from = _resume_weights(model, c, ckpt_root, dist, say) if c.resume else None
+    if init_path is not None and resume_from is None:
+        _init_weights(model, init_path, say)
     if dist.kind == "fsdp":
         dist.wrap(model)  # shards in place: the optimizer must see the sharded (DTensor) parameters
     optimizer = build_optimizer(for_device(c.optim, device), model)
@@ -273,6 +280,39 @@ def _resume_weights(model: torch.nn.Module, c: Config, ckpt_root: Path, dist: di
     if not (path / distributed.SHARDED_DIR).is_dir():
         checkpoint.load_weights(model, path)
     return path
+
+
+def _with_checkpoint_tokenizer(c: Config, path: Path) -> Config:
+    """``c`` with ``tokenizer.path`` set to the tokenizer saved in checkpoint ``path`` (refusing another one)."""
+    tok_dir = path / "tokenizer"
+    if not tok_dir.is_dir():
+        raise LlmkitError(f"init_from={c.init_from}: {path} has no tokenizer directory; continued pretraining "
+                          "encodes the new corpus with the checkpoint's own tokenizer.")
+    if c.tokenizer.path and Path(c.tokenizer.path).resolve() != tok_dir.resolve():
+        raise LlmkitError(f"init_from={c.init_from} brings its tokenizer ({tok_dir}); tokenizer.path={c.tokenizer.path} "
+                          "names another one. Leave tokenizer.path unset.")
+    return dataclasses.replace(c, tokenizer=dataclasses.replace(c.tokenizer, path=str(tok_dir)))
+
+
+# Model settings that change no weight shape or meaning: a continued run may set them anew.
+_FREE_MODEL_KEYS = ("name", "dropout")
+
+
+def _init_weights(model: torch.nn.Module, path: Path, say: Any) -> None:
+    """Load a pretrained checkpoint's weights into a fresh model of the same architecture (step 0,
+    new optimizer and schedule: continued pretraining, as litgpt's ``--initial_checkpoint_dir``)."""
+    meta = checkpoint.read_meta(path)
+    if "task" in meta:
+        raise LlmkitError(f"init_from: {path} is a fine-tuned {meta['task']} model; continue pretraining from a "
+                          "pretraining checkpoint.")
+    theirs, ours = meta["model_config"], model.config.to_dict()
+    diff = [f"model.{k}: checkpoint {theirs.get(k)!r} vs this run {ours.get(k)!r}"
+            for k in sorted(set(theirs) | set(ours)) if k not in _FREE_MODEL_KEYS and theirs.get(k) != ours.get(k)]
+    if diff:
+        raise LlmkitError(f"init_from: {path} holds another model than this run builds (" + "; ".join(diff) + "). "
+                          "Use the checkpoint's model config (its config.yaml).")
+    checkpoint.load_weights(model, path)
+    say(f"init_from: weights of {path} (step {meta.get('step', '?')}); training starts at step 0")
 
 
 def _single_process_layout(path: Path) -> dict[str, int] | None:

@@ -184,3 +184,27 @@ def test_damaged_and_foreign_checkpoints_are_clear_errors(char_dataset, tmp_path
                      "model.n_embd=64").returncode == 0
     proc = _pretrain(run, char_dataset, "trainer.max_steps=8", f"resume={other}")
     assert proc.returncode != 0 and "another model config" in proc.stderr
+
+
+def test_init_from_continues_pretraining_on_new_text_with_the_checkpoints_tokenizer(char_dataset, tmp_path):
+    base = tmp_path / "base"
+    assert _pretrain(base, char_dataset, "trainer.max_steps=4", "trainer.eval_every=0").returncode == 0
+    table = tmp_path / "reviews.tsv"  # a labelled table's text column as the new corpus
+    table.write_text("sentence\tlabel\n" + "".join(f"a fine film number {i} , said the review\t1\n" for i in range(200)))
+    tiny = [a for a in TINY if not a.startswith("optim.lr=")]
+    common = ["data=files", f"data.paths=[{table}]", f"cache_dir={tmp_path / 'cache'}", *tiny, "trainer.max_steps=2",
+              "trainer.eval_every=0"]
+    cont = tmp_path / "cont"
+    proc = run_llmkit("pretrain", f"init_from={base}", f"out_dir={cont}", *common, "optim.lr=0", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "init_from" in proc.stderr
+    start, end = base / "checkpoints" / "step_0000004", cont / "checkpoints" / "step_0000002"
+    before, after = load_file(str(start / "model.safetensors")), load_file(str(end / "model.safetensors"))
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)  # lr 0: the start
+    for f in (start / "tokenizer").iterdir():  # the new corpus was encoded with the checkpoint's tokenizer
+        assert (end / "tokenizer" / f.name).read_bytes() == f.read_bytes(), f.name
+
+    proc = run_llmkit("pretrain", f"init_from={base}", f"out_dir={tmp_path / 'wide'}", *common, "model.n_embd=64",
+                      cwd=tmp_path)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "holds another model" in proc.stderr and "model.n_embd: checkpoint 32 vs this run 64" in proc.stderr
