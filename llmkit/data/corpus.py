@@ -7,8 +7,9 @@ the offline built-in corpus (the documentation text in the standard library modu
 ``pydoc_data.topics``, one document per topic).
 
 A document is a file, a JSONL record, a table row or a built-in topic, further cut at
-``data.doc_separator`` when it is set. The separator belongs to no document (it becomes the eos token in the shards); a
-separator at the very end of a source ends the last document and adds no empty one, so
+``data.doc_separator`` when it is set. The separator belongs to no document (it becomes the eos
+token in the shards); a separator at the very end of a source ends the last document and adds no
+empty one, so
 
     separator.join(documents) + separator == source text      (for a source ending in the separator)
 

@@ -66,7 +66,9 @@ class _LoRAAdapter(nn.Module):
     """What both adapters share: the frozen ``base`` layer, rank/alpha/scaling, ``A`` (r, in) and
     ``B`` (out, r) in the base weight's device and dtype, and folding ``scaling * B A`` into the base."""
 
-    def __init__(self, base: nn.Module, a_shape: tuple[int, int], b_shape: tuple[int, int], *, rank: int, alpha: float, dropout: float) -> None:
+    def __init__(
+        self, base: nn.Module, a_shape: tuple[int, int], b_shape: tuple[int, int], *, rank: int, alpha: float, dropout: float
+    ) -> None:
         super().__init__()
         _check_hparams(rank=rank, alpha=alpha, dropout=dropout)
         self.base = base

@@ -134,13 +134,15 @@ def _run(c: Config, cfg: Any, dist: distributed.DistEnv, open_dataset: Any) -> d
             f"{out_dir} already holds checkpoints of an earlier run; continue it with resume=auto, "
             "or choose another out_dir. Nothing was overwritten."
         )
-    if dist.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-
     init_path = None
     if c.init_from:  # the corpus is encoded with the starting checkpoint's own tokenizer
+        if c.init_from.startswith("hf:"):
+            raise LlmkitError(f"init_from={c.init_from}: continued pretraining starts from an llmkit checkpoint; "
+                              "Hugging Face models are read by finetune/evaluate/generate (init_from=hf:DIR).")
         init_path = checkpoint.resolve(c.init_from)
         c = _with_checkpoint_tokenizer(c, init_path)
+    if dist.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
     with distributed.rank_order(dist):  # one rank tokenizes into the cache, the others then read it
         dataset_dir = prepare_dataset(c)
     ds = open_dataset(dataset_dir)
