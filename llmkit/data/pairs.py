@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from llmkit.errors import DataError, LlmkitError
-from llmkit.objective.mlm import Masking, mask_tokens
+from llmkit.data.masking import Masking, mask_tokens
 
 if TYPE_CHECKING:
     from llmkit.data.shards import Dataset
