@@ -198,6 +198,7 @@ class _EncoderBatches:
     """Shared machinery: per-example generators, masking, rank slicing, eval batches."""
 
     stream = 0
+    padded = True  # whether rows can be shorter than the block (then batches carry attention_mask)
 
     def __init__(
         self,
@@ -245,7 +246,10 @@ class _EncoderBatches:
             rng = _row_rng(self.seed, self.stream, *words, i)
             ex = self._example(rng)
             rows.append(_mask_example(ex, rng, vocab=self.vocab, eos_id=self.eos_id, masking=self.masking))
-        return _collate(rows)
+        batch = _collate(rows)
+        if not self.padded:  # every row fills the block: no mask, so attention takes its unmasked kernels
+            del batch["attention_mask"]
+        return batch
 
     def batch(self, step: int, micro: int = 0) -> dict[str, torch.Tensor]:
         return self._rows(step, micro)
@@ -279,6 +283,7 @@ class MLMBatches(_EncoderBatches):
     def __init__(self, tokens: np.ndarray, *, within_documents: bool = False, **kwargs) -> None:
         super().__init__(tokens, **kwargs)
         self.within_documents = within_documents
+        self.padded = within_documents  # windows across documents always fill the block
         self.span = self.block_size - 2
         if within_documents:
             starts, lengths = document_index(tokens, self.eos_id)

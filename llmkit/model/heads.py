@@ -18,6 +18,7 @@ Parameter names: ``lm_head.weight``; ``pooler.dense``; ``mlm_head.{dense, norm, 
 from __future__ import annotations
 
 from functools import partial
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -164,12 +165,25 @@ class TokenClassificationHead(ClassificationHead):
 # ---------------------------------------------------------------------------- encoder models
 
 
+class MaskedLMOutput(NamedTuple):
+    """What ``MaskedLM.forward`` returns, always both fields.
+
+    mlm_logits: (N, vocab_size) at the N positions selected by ``mlm_mask`` (row-major order,
+        the order of ``labels[mlm_mask]``); every position (N = B*T) when no mask is given.
+    nsp_logits: (B, 2) next-sentence logits from the pooled [CLS] state; class 0 = B follows A.
+    """
+
+    mlm_logits: Tensor
+    nsp_logits: Tensor
+
+
 class MaskedLM(nn.Module):
     """BERT-style encoder for pretraining: trunk + ``Pooler`` + ``MLMHead`` + ``NSPHead``.
 
-    ``forward`` returns the trunk's hidden states (B, T, C); objectives apply the heads they need
-    (``mlm_head`` on masked positions only, ``nsp_head(pooler(h))`` for next-sentence prediction),
-    so no forward returns a tuple or changes its type with a flag.
+    ``forward`` runs every head inside itself (so DDP/FSDP hooks see each parameter use) and
+    returns :class:`MaskedLMOutput`. The MLM head runs on the selected positions only: gathering
+    first saves the (B*T, C) x (C, V) vocabulary matmul on the ~85% unselected positions.
+    An objective without NSP freezes ``pooler`` and ``nsp_head`` (``requires_grad_(False)``).
     """
 
     def __init__(self, *, transformer: Transformer, pooler: Pooler, mlm_head: MLMHead, nsp_head: NSPHead) -> None:
@@ -193,9 +207,22 @@ class MaskedLM(nn.Module):
         )
 
     def forward(
-        self, idx: Tensor, *, token_type_ids: Tensor | None = None, attention_mask: Tensor | None = None
-    ) -> Tensor:
-        return self.transformer(idx, token_type_ids=token_type_ids, attention_mask=attention_mask)  # (B, T, C)
+        self,
+        idx: Tensor,
+        *,
+        token_type_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        mlm_mask: Tensor | None = None,
+    ) -> MaskedLMOutput:
+        """``idx`` (B, T); ``mlm_mask`` (B, T) bool, True at the positions to predict."""
+        hidden = self.transformer(idx, token_type_ids=token_type_ids, attention_mask=attention_mask)  # (B, T, C)
+        selected = hidden.flatten(0, 1) if mlm_mask is None else hidden[mlm_mask]  # (N, C)
+        return MaskedLMOutput(self.mlm_head(selected), self.nsp_head(self.pooler(hidden)))  # (N, V), (B, 2)
+
+    def encode(self, idx: Tensor, *, token_type_ids: Tensor | None = None,
+               attention_mask: Tensor | None = None) -> Tensor:
+        """The trunk's hidden states (B, T, C), for inspection and feature extraction (no heads)."""
+        return self.transformer(idx, token_type_ids=token_type_ids, attention_mask=attention_mask)
 
 
 # ---------------------------------------------------------------------------- fine-tuning models

@@ -2,53 +2,44 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
-if TYPE_CHECKING:
-    from llmkit.data.shards import Dataset
+from llmkit.data.masking import IGNORE_INDEX
+from llmkit.objective.base import LossOutput, upcast
 
-IGNORE_INDEX = -100
+Batch = dict[str, Tensor]
+
+
+def token_cross_entropy(logits: Tensor, labels: Tensor, *, label_smoothing: float = 0.0) -> Tensor:
+    """Summed next-token cross-entropy (fp32) of ``logits`` (B, T, V) against ``labels`` (B, T);
+    positions labelled ``IGNORE_INDEX`` count for nothing."""
+    # (B, T, V) -> (B*T, V) against (B*T,) targets
+    return F.cross_entropy(upcast(logits.flatten(0, 1)), labels.flatten(), ignore_index=IGNORE_INDEX,
+                           label_smoothing=label_smoothing, reduction="sum")
 
 
 class CausalLMObjective:
-    """Mean next-token cross-entropy over positions whose label is not ``-100``."""
+    """Next-token cross-entropy summed over positions whose label is not ``-100`` (term ``lm``)."""
 
     name = "clm"
-    model_class = "CausalLM"  # what the pretrain recipe builds for this objective
 
     def __init__(self, *, label_smoothing: float = 0.0) -> None:
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         self.label_smoothing = label_smoothing
 
-    def make_batches(
-        self, ds: Dataset, *, block_size: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
-        split: str = "train",
-    ) -> Any:
-        """Windows of ``block_size + 1`` tokens at random offsets of a split (``RandomWindows``)."""
-        from llmkit.data.loader import RandomWindows
+    def num_targets(self, batch: Batch) -> dict[str, Tensor]:
+        return {"lm": (batch["labels"] != IGNORE_INDEX).sum()}
 
-        return RandomWindows(ds.split(split), block_size=block_size, batch_size=batch_size, seed=seed, rank=rank,
-                             world_size=world_size, name=split)
+    def __call__(self, model: nn.Module, batch: Batch) -> LossOutput:
+        logits = model(batch["input_ids"], attention_mask=batch.get("attention_mask"))  # (B, T, V)
+        return LossOutput({"lm": token_cross_entropy(logits, batch["labels"], label_smoothing=self.label_smoothing)}, {})
 
-    def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        logits = model(batch["input_ids"], attention_mask=batch.get("attention_mask"))
-        # (B, T, V) -> (B*T, V) against (B*T,) targets
-        loss = F.cross_entropy(
-            logits.flatten(0, 1).float(),
-            batch["labels"].flatten(),
-            ignore_index=IGNORE_INDEX,
-            label_smoothing=self.label_smoothing,
-        )
-        return loss, {}
 
-    @staticmethod
-    @torch.no_grad()
-    def token_nll(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[float, int]:
-        """Summed negative log-likelihood (nats) and the number of predicted tokens."""
-        logits = model(batch["input_ids"], attention_mask=batch.get("attention_mask"))
-        labels = batch["labels"].flatten()
-        nll = F.cross_entropy(logits.flatten(0, 1).float(), labels, ignore_index=IGNORE_INDEX, reduction="sum")
-        return float(nll), int((labels != IGNORE_INDEX).sum())
+@torch.no_grad()
+def token_nll(model: nn.Module, batch: Batch) -> tuple[Tensor, Tensor]:
+    """Summed negative log-likelihood (nats) and the number of predicted tokens, as tensors."""
+    out = CausalLMObjective()(model, batch)
+    return out.sums["lm"], CausalLMObjective().num_targets(batch)["lm"]

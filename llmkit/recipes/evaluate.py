@@ -23,7 +23,7 @@ from llmkit.data.config import DataConfig
 from llmkit.data.loader import sequential_windows
 from llmkit.errors import DataError, LlmkitError
 from llmkit.io import write_json
-from llmkit.objective.clm import CausalLMObjective
+from llmkit.objective.clm import token_nll
 from llmkit.finetune.config import GenerationEvalConfig
 from llmkit.recipes._common import resolve_device, set_threads
 
@@ -87,7 +87,8 @@ def evaluate_encoder(c: Config, model: torch.nn.Module, meta: dict[str, Any], to
     checkpoints trained with objective=mlm, whose NSP head was never trained).
     """
     from llmkit.data.pairs import EncoderVocab, NSPPairBatches, masked_windows
-    from llmkit.objective.mlm import MaskedLMObjective, Masking
+    from llmkit.data.masking import Masking
+    from llmkit.objective.mlm import mlm_scores
 
     vocab = EncoderVocab.from_tokenizer(tokenizer)
     ds = None
@@ -122,8 +123,8 @@ def evaluate_encoder(c: Config, model: torch.nn.Module, meta: dict[str, Any], to
         batches = masked_windows(tokens, vocab=vocab, eos_id=tokenizer.eos_id, block_size=block_size,
                                  batch_size=c.batch_size, seed=c.seed, min_doc_tokens=_MIN_DOC_TOKENS)
         for batch in batches:
-            for k, v in MaskedLMObjective.scores(model, _to(batch, device), unigram_id=unigram_id).items():
-                sums[k] = sums.get(k, 0.0) + v
+            for k, v in mlm_scores(model, _to(batch, device), unigram_id=unigram_id).items():
+                sums[k] = sums.get(k, 0.0) + float(v)
         with_nsp = meta.get("objective") != "mlm" and c.nsp_pairs > 0
         if with_nsp:
             pairs = NSPPairBatches(tokens, vocab=vocab, eos_id=tokenizer.eos_id, masking=Masking(),
@@ -131,8 +132,8 @@ def evaluate_encoder(c: Config, model: torch.nn.Module, meta: dict[str, Any], to
                                    min_doc_tokens=_objective_arg(meta, "min_doc_tokens", 16))
             n_pairs = 0
             for batch in pairs.eval_batches(math.ceil(c.nsp_pairs / c.batch_size)):
-                scores = MaskedLMObjective.scores(model, _to(batch, device))
-                sums["nsp_correct"] = sums.get("nsp_correct", 0.0) + scores["nsp_correct"]
+                scores = mlm_scores(model, _to(batch, device))
+                sums["nsp_correct"] = sums.get("nsp_correct", 0.0) + float(scores["nsp_correct"])
                 n_pairs += int(scores["nsp_count"])
     n = max(sums.get("mlm_count", 0.0), 1.0)
     metrics: dict[str, Any] = {
@@ -200,9 +201,9 @@ def run(cfg: Any) -> dict[str, float]:
     with torch.inference_mode():
         for batch in sequential_windows(tokens, block_size=model.config.block_size, batch_size=c.batch_size):
             batch = {k: v.to(device) for k, v in batch.items()}
-            s, n = CausalLMObjective.token_nll(model, batch)
-            nll += s
-            count += n
+            s, n = token_nll(model, batch)
+            nll += float(s)
+            count += int(n)
     n_bytes = len(text.encode("utf-8"))
     n_words = len(text.split())
     metrics = {

@@ -8,7 +8,6 @@ early stopping on a validation metric -> the best checkpoint in ``out_dir/best``
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,21 +15,19 @@ from typing import Any
 from hydra.utils import instantiate
 from rich.console import Console
 
-from llmkit import checkpoint, config
+from llmkit import config
 from llmkit.data.config import DataConfig
-from llmkit.data.task_batches import ExampleBatches, eval_batches, epochs_to_steps
-from llmkit.errors import LlmkitError
+from llmkit.data.task_batches import ExampleBatches, epochs_to_steps, eval_batches
 from llmkit.finetune.config import GenerationEvalConfig
 from llmkit.finetune.pretrained import build_task_model, load_pretrained
 from llmkit.finetune.strategy import FinetuneConfig, apply_strategy
 from llmkit.finetune.strategy import build_optimizer as build_task_optimizer
 from llmkit.finetune.tasks import encode_task, label_set, load_task_data, task_metrics
-from llmkit.logger import LoggerConfig, build_loggers
+from llmkit.logger import LoggerConfig
 from llmkit.optim import for_device
-from llmkit.recipes._common import config_yaml, resolve_device, seed_everything, set_threads
-from llmkit.trainer import cpu, distributed
+from llmkit.recipes import training
 from llmkit.trainer.config import TrainerConfig
-from llmkit.trainer.trainer import EarlyStopping, Interrupted, Trainer
+from llmkit.trainer.trainer import EarlyStopping, Trainer
 
 console = Console(stderr=True)
 
@@ -66,30 +63,18 @@ class Config:
     labels: list[str] = field(default_factory=list)  # the label set; empty = every label of the training data
     seed: int = 1337
     data_root: str = "data"
+    resume: str | None = None  # auto: continue from the newest checkpoint in out_dir/checkpoints | a checkpoint
 
 
 def run(cfg: Any) -> dict[str, float]:
     c = config.load(cfg, Config)
-    seed_everything(c.seed)
-    set_threads(c.trainer.threads)
-    if c.trainer.distributed == "fsdp" and distributed.DistEnv.from_env().enabled:
-        raise LlmkitError("trainer=fsdp is for pretraining; fine-tune on several GPUs with trainer=ddp.")
-    # Under torchrun: DDP over the process group (batch_size per rank, examples split across ranks).
-    dist = distributed.init(c.trainer.distributed, backend=c.trainer.backend, device=resolve_device(c.trainer.device))
-    try:
-        return _run(c, cfg, dist)
-    finally:
-        dist.destroy()
+    with training.session(c.trainer, seed=c.seed, out_dir=c.out_dir, cfg=cfg) as job:
+        return _run(c, job)
 
 
-def _run(c: Config, cfg: Any, dist: distributed.DistEnv) -> dict[str, float]:
-    device = dist.device
-    say = console.print if dist.is_main else (lambda *a, **k: None)  # rank 0 speaks for the job
-    out_dir = Path(c.out_dir)
-    if checkpoint.list_checkpoints(out_dir / "checkpoints") or (out_dir / "best").exists():
-        raise LlmkitError(f"{out_dir} already holds checkpoints of an earlier run; choose another out_dir.")
-    if dist.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
+def _run(c: Config, job: training.Run) -> dict[str, float]:
+    t, dist, device = c.trainer, job.dist, job.device
+    job.claim_out_dir(resume=c.resume, also=("best",))
 
     objective = instantiate(c.objective, _convert_="all")
     task = objective.task
@@ -102,14 +87,24 @@ def _run(c: Config, cfg: Any, dist: distributed.DistEnv) -> dict[str, float]:
     labels = label_set(task, train_rows, c.labels) if task != "sft" else []
     max_len = min(c.max_len, pre.config.block_size)
     train = encode_task(task, train_rows, tokenizer, labels, max_len=max_len, encoder=encoder, template=template,
-                   source=str(c.data.train_path))
+                        source=str(c.data.train_path))
     val = encode_task(task, eval_rows, tokenizer, labels, max_len=max_len, encoder=encoder, template=template,
-                 source=str(c.data.eval_path))
+                      source=str(c.data.eval_path))
 
     model = build_task_model(task, pre, num_labels=len(labels), dropout=c.dropout).to(device)
     report = apply_strategy(model, c.finetune)
+    lora = c.finetune.strategy == "lora"
+    extra = {"task": task, "labels": labels, "max_len": max_len, "prompt_template": template,
+             "init_from": c.init_from, "strategy": c.finetune.strategy}
+    if lora:  # adapters + head only; the base is referenced, not copied
+        extra["base"] = str(Path(pre.source).resolve()) if not pre.source.startswith("hf:") else pre.source
+        extra["lora"] = {"rank": c.finetune.lora_rank, "alpha": c.finetune.lora_alpha, "targets": c.finetune.lora_targets}
+    ckpt = job.checkpointer(model, model_class=type(model).__name__, extra=extra, save_tokenizer=tokenizer.save,
+                            adapter_only=lora)
+    resume_from = ckpt.resume_weights(c.resume, batch_size=t.batch_size)
+    if dist.kind == "fsdp":
+        dist.wrap(model)  # shards in place: the optimizer must see the sharded (DTensor) parameters
     optimizer = build_task_optimizer(for_device(c.optim, device), model, layerwise_lr_decay=c.finetune.layerwise_lr_decay)
-    t = c.trainer
     batches = ExampleBatches(train, batch_size=t.batch_size, seed=c.seed, pad_id=tokenizer.pad_id, grad_accum=t.grad_accum,
                              rank=dist.rank, world_size=dist.world_size, group_by_length=c.group_by_length)
     max_steps = epochs_to_steps(c.epochs, batches.steps_per_epoch) if c.epochs > 0 else t.max_steps
@@ -130,91 +125,30 @@ def _run(c: Config, cfg: Any, dist: distributed.DistEnv) -> dict[str, float]:
             patience=c.early_stopping.patience,
             min_delta=c.early_stopping.min_delta,
         )
-
-    precision = t.precision
-    if dist.is_main:  # precision=auto measures the CPU once; every rank then uses rank 0's choice
-        precision = cpu.resolve_precision(t.precision, device, say=console.print)[0]
-    precision = dist.broadcast_object(precision)
-    resolved_yaml = config_yaml(cfg)
-    if dist.is_main:
-        (out_dir / "config.yaml").write_text(resolved_yaml, encoding="utf-8")
-    extra = {"task": task, "labels": labels, "max_len": max_len, "prompt_template": template,
-             "init_from": c.init_from, "strategy": c.finetune.strategy}
-    if c.finetune.strategy == "lora":
-        extra["base"] = str(Path(pre.source).resolve()) if not pre.source.startswith("hf:") else pre.source
-        extra["lora"] = {"rank": c.finetune.lora_rank, "alpha": c.finetune.lora_alpha, "targets": c.finetune.lora_targets}
-
-    def save(trainer: Trainer, name: str | None = None) -> None:
-        """Called on every rank; rank 0 writes, then all wait (DDP replicas are identical)."""
-        if not dist.is_main:
-            dist.barrier()
-            return
-        tensors = None
-        if c.finetune.strategy == "lora":  # adapters + head only; the base is referenced, not copied
-            tensors = {n: p for n, p in model.named_parameters() if p.requires_grad}
-        checkpoint.save(
-            out_dir if name else out_dir / "checkpoints",
-            trainer.state.step,
-            model=model,
-            model_class=type(model).__name__,
-            model_config=model.config.to_dict(),
-            state=trainer.state_dict() if name is None else {"trainer": dataclasses.asdict(trainer.state)},
-            config_yaml=resolved_yaml,
-            tokenizer_dir=None,
-            extra=extra,
-            keep_last=0 if name else t.keep_last,
-            tensors=tensors,
-            name=name,
-        )
-        tok_dir = (out_dir / name if name else checkpoint.step_dir(out_dir / "checkpoints", trainer.state.step)) / "tokenizer"
-        tokenizer.save(tok_dir)
-        dist.barrier()
-
-    loggers = build_loggers(c.logger, out_dir) if dist.is_main else []
+    job.resolve_precision()
+    mcfg = model.config
     trainer = Trainer(
-        model=model,
-        objective=objective,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        train_batch=batches.batch,
+        model=model, objective=objective, optimizer=optimizer, scheduler=scheduler, train_batch=batches.batch,
         val_batches=lambda: eval_batches(val, batch_size=t.batch_size * 2, pad_id=tokenizer.pad_id),
-        max_steps=max_steps,
-        grad_accum=t.grad_accum,
-        grad_clip=t.grad_clip,
-        eval_every=eval_every,
-        save_every=t.save_every,
-        log_every=t.log_every,
-        save_checkpoint=save,
-        eval_fn=eval_fn,
-        early_stopping=es,
-        save_best=lambda tr: save(tr, "best"),
-        loggers=loggers,
-        device=device,
-        precision=precision,
-        compile=t.compile,
-        max_nonfinite=t.max_nonfinite,
-        progress=t.progress,
-        dist=dist,
+        settings=job.settings(max_steps=max_steps, eval_every=eval_every, flops_per_token=mcfg.flops_per_token(max_len)),
+        eval_fn=eval_fn, early_stopping=es, save_checkpoint=ckpt.save, save_best=lambda tr: ckpt.save(tr, "best"),
+        loggers=job.loggers(c.logger), dist=dist,
     )
-    say(
-        f"finetune: {task} from {pre.source} ({pre.model_class}); {report.trainable:,} of {report.total:,} parameters "
-        f"trainable ({100 * report.fraction:.2f}%, {c.finetune.strategy}); {len(train):,} train / {len(val):,} eval "
-        f"examples; {max_steps} steps ({batches.steps_per_epoch}/epoch); run dir {out_dir}"
+    ckpt.restore(trainer, resume_from)
+    job.say(
+        f"finetune: {task} from {pre.source} ({pre.model_class}) on {device}{job.describe_ranks()} ({job.precision}); "
+        f"{report.trainable:,} of {report.total:,} parameters trainable ({100 * report.fraction:.2f}%, "
+        f"{c.finetune.strategy}); {len(train):,} train / {len(val):,} eval examples; {max_steps} steps "
+        f"({batches.steps_per_epoch}/epoch); run dir {job.out_dir}"
     )
-    try:
-        final = trainer.fit()
-    except Interrupted as stop:
-        say(f"[yellow]{stop}.")
-        raise SystemExit(128 + stop.signum) from None
-    finally:
-        for logger in loggers:
-            logger.close()
+    final = job.fit(trainer, command="finetune")
     if es is None:
-        save(trainer, "best")
+        ckpt.save(trainer, "best")
     best = trainer.state.best_metric
-    say(
-        f"done: step {trainer.state.step}; best {es.metric if es else 'final'} "
-        f"{best if best is not None else float('nan'):.4f} at step {trainer.state.best_step}; best checkpoint {out_dir / 'best'}"
-    )
+    if es is not None and best is not None:
+        best_text = f"best {es.metric} {best:.4f} at step {trainer.state.best_step}"
+    else:
+        best_text = "the final weights (early stopping is off)"
+    job.say(f"done: step {trainer.state.step}; {best_text}; best checkpoint {job.out_dir / 'best'}")
     return {**final, "trainable_params": report.trainable, "trainable_fraction": report.fraction,
             **({"best_" + es.metric: best} if es and best is not None else {})}

@@ -10,7 +10,7 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,16 +21,19 @@ from rich.console import Console
 
 from llmkit import checkpoint, config
 from llmkit.data.config import DataConfig
+from llmkit.data.loader import RandomWindows
+from llmkit.data.pairs import MLMBatches, NSPPairBatches
+from llmkit.data.shards import open_dataset
 from llmkit.errors import LlmkitError
-from llmkit.logger import LoggerConfig, build_loggers
-from llmkit.model import CausalLM, MaskedLM, ModelConfig
+from llmkit.io import sha256_file
+from llmkit.logger import LoggerConfig
+from llmkit.model import ModelConfig, registry
 from llmkit.optim import build_optimizer, for_device
-from llmkit.recipes._common import config_yaml, resolve_device, seed_everything, set_threads
+from llmkit.recipes import tokenize, training
 from llmkit.tokenizer.config import TokenizerConfig
-from llmkit.trainer import cpu, distributed
+from llmkit.trainer import distributed
 from llmkit.trainer.config import TrainerConfig
-from llmkit.trainer.perf import peak_flops, set_tf32
-from llmkit.trainer.trainer import Interrupted, Trainer
+from llmkit.trainer.trainer import Trainer
 
 console = Console(stderr=True)
 
@@ -56,8 +59,6 @@ class Config:
 
 def prepare_dataset(c: Config) -> Path:
     """The tokenized dataset: ``c.dataset``, or a cache entry keyed by the data + tokenizer configs."""
-    from llmkit.recipes import tokenize
-
     if c.dataset:
         return Path(c.dataset)
     spec = {"data": dataclasses.asdict(c.data), "tokenizer": dataclasses.asdict(c.tokenizer), "seed": c.seed}
@@ -75,19 +76,44 @@ def prepare_dataset(c: Config) -> Path:
     return path
 
 
-MODEL_CLASSES = {"CausalLM": CausalLM, "MaskedLM": MaskedLM}  # objective.model_class -> model
-
-
 def _sources_unchanged(dataset: Path) -> bool:
     """Whether every source file recorded in the cached dataset's meta.json still has its size and checksum."""
-    from llmkit.io import sha256_file
-
     meta = json.loads((dataset / "meta.json").read_text(encoding="utf-8"))
     for src in meta.get("sources", []):
         path = Path(src.get("path", ""))
         if not path.is_file() or path.stat().st_size != src.get("bytes") or sha256_file(path) != src.get("sha256"):
             return False
     return True
+
+
+@dataclass(frozen=True)
+class Pretraining:
+    """What an objective trains: the model class and the batch builder (the recipe's choice)."""
+
+    model_class: str
+    batches: Callable[..., Any]  # (objective, dataset, split, **shape) -> an object with batch / eval_batches
+    frozen: tuple[str, ...] = ()  # submodules this objective does not train (kept as initialised or loaded)
+
+
+def _windows(objective: Any, ds: Any, *, split: str, **kw: Any) -> Any:
+    return RandomWindows(ds.split(split), name=split, **kw)
+
+
+def _mlm(objective: Any, ds: Any, *, split: str, **kw: Any) -> Any:
+    return MLMBatches.from_dataset(ds, split=split, masking=objective.masking, min_doc_tokens=objective.min_doc_tokens,
+                                   within_documents=objective.windows == "within", **kw)
+
+
+def _nsp(objective: Any, ds: Any, *, split: str, **kw: Any) -> Any:
+    return NSPPairBatches.from_dataset(ds, split=split, masking=objective.masking, min_doc_tokens=objective.min_doc_tokens,
+                                       **kw)
+
+
+OBJECTIVES = {  # objective.name -> what it trains on
+    "clm": Pretraining("CausalLM", _windows),
+    "mlm": Pretraining("MaskedLM", _mlm, frozen=("pooler", "nsp_head")),
+    "mlm_nsp": Pretraining("MaskedLM", _nsp),
+}
 
 
 def build_model(model_cfg: ModelConfig, vocab_size: int, model_class: str = "CausalLM") -> torch.nn.Module:
@@ -103,37 +129,18 @@ def build_model(model_cfg: ModelConfig, vocab_size: int, model_class: str = "Cau
             "an encoder (causal=false), e.g. model=bert_mini")
         raise LlmkitError(f"This objective trains a {model_class}, which needs {want}; model={model_cfg.name} has "
                           f"causal={str(model_cfg.causal).lower()}.")
-    return MODEL_CLASSES[model_class].from_config(model_cfg)
+    return registry.model_class(model_class).from_config(model_cfg)  # type: ignore[attr-defined]
 
 
 def run(cfg: Any) -> dict[str, float]:
     c = config.load(cfg, Config)
-    from llmkit.data.shards import open_dataset
-
-    seed_everything(c.seed)
-    set_threads(c.trainer.threads)
-    t = c.trainer
-    # Under torchrun: the process group (nccl on cuda:LOCAL_RANK, gloo on the CPU); else one process.
-    dist = distributed.init(t.distributed, backend=t.backend, device=resolve_device(t.device))
-    try:
-        return _run(c, cfg, dist, open_dataset)
-    finally:
-        dist.destroy()
+    with training.session(c.trainer, seed=c.seed, out_dir=c.out_dir, cfg=cfg) as job:
+        return _run(c, job)
 
 
-def _run(c: Config, cfg: Any, dist: distributed.DistEnv, open_dataset: Any) -> dict[str, float]:
-    t = c.trainer
-    device = dist.device
-    say = console.print if dist.is_main else (lambda *a, **k: None)  # rank 0 speaks for the job
-    if device.type == "cuda":
-        set_tf32(t.tf32)
-    out_dir = Path(c.out_dir)
-    ckpt_root = out_dir / "checkpoints"
-    if not c.resume and checkpoint.list_checkpoints(ckpt_root):
-        raise LlmkitError(
-            f"{out_dir} already holds checkpoints of an earlier run; continue it with resume=auto, "
-            "or choose another out_dir. Nothing was overwritten."
-        )
+def _run(c: Config, job: training.Run) -> dict[str, float]:
+    t, dist = c.trainer, job.dist
+    job.claim_out_dir(resume=c.resume)
     init_path = None
     if c.init_from:  # the corpus is encoded with the starting checkpoint's own tokenizer
         if c.init_from.startswith("hf:"):
@@ -141,147 +148,53 @@ def _run(c: Config, cfg: Any, dist: distributed.DistEnv, open_dataset: Any) -> d
                               "Hugging Face models are read by finetune/evaluate/generate (init_from=hf:DIR).")
         init_path = checkpoint.resolve(c.init_from)
         c = _with_checkpoint_tokenizer(c, init_path)
-    if dist.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
     with distributed.rank_order(dist):  # one rank tokenizes into the cache, the others then read it
         dataset_dir = prepare_dataset(c)
     ds = open_dataset(dataset_dir)
     objective = instantiate(c.objective, _convert_="all")
-    model = build_model(c.model, ds.tokenizer.vocab_size, objective.model_class).to(device)
+    if objective.name not in OBJECTIVES:
+        raise LlmkitError(f"objective {objective.name!r} is not a pretraining objective ({', '.join(OBJECTIVES)}).")
+    plan = OBJECTIVES[objective.name]
+    model = build_model(c.model, ds.tokenizer.vocab_size, plan.model_class).to(job.device)
+    for name in plan.frozen:
+        getattr(model, name).requires_grad_(False)
     mcfg = model.config
-    resume_from = _resume_weights(model, c, ckpt_root, dist, say) if c.resume else None
+    ckpt = job.checkpointer(model, model_class=plan.model_class, tokenizer_dir=Path(dataset_dir) / "tokenizer",
+                            extra={"dataset_dir": str(Path(dataset_dir).resolve()), "objective": objective.name})
+    resume_from = ckpt.resume_weights(c.resume, batch_size=t.batch_size)
     if init_path is not None and resume_from is None:
-        _init_weights(model, init_path, say)
+        _init_weights(model, init_path, job.say)
     if dist.kind == "fsdp":
         dist.wrap(model)  # shards in place: the optimizer must see the sharded (DTensor) parameters
-    optimizer = build_optimizer(for_device(c.optim, device), model)
-    scheduler = instantiate(c.scheduler, optimizer=optimizer, total_steps=c.trainer.max_steps, _convert_="all")
+    optimizer = build_optimizer(for_device(c.optim, job.device), model)
+    scheduler = instantiate(c.scheduler, optimizer=optimizer, total_steps=t.max_steps, _convert_="all")
 
     # The global batch (batch_size x world_size) is drawn per step; this rank takes its slice.
-    shard = {"rank": dist.rank, "world_size": dist.world_size}
-    train = objective.make_batches(ds, block_size=mcfg.block_size, batch_size=t.batch_size, seed=c.seed, split="train",
-                                   **shard)
-    val = objective.make_batches(ds, block_size=mcfg.block_size, batch_size=t.batch_size, seed=c.seed, split="val",
-                                 **shard)
-    precision, cpu_peak = t.precision, None
-    if dist.is_main:  # decided once (precision=auto measures the CPU), then the same on every rank
-        precision, choice = cpu.resolve_precision(t.precision, device, say=console.print)
-        cpu_peak = choice.peak_flops() if choice is not None else None
-    precision, cpu_peak = dist.broadcast_object((precision, cpu_peak))
-    if dist.enabled and dist.kind == "fsdp" and precision == "fp16":
-        raise LlmkitError("trainer=fsdp trains in bf16 or fp32 (fp16 would need a sharded gradient scaler): "
-                          "use trainer.precision=bf16.")
-    if t.mfu_peak_flops:
-        peak, peak_source = t.mfu_peak_flops, "trainer.mfu_peak_flops"
-    elif cpu_peak:
-        peak, peak_source = cpu_peak, f"measured {precision} matmul on cpu"
-    else:
-        peak, peak_source = peak_flops(device, precision)
-
-    resolved_yaml = config_yaml(cfg)
-    if dist.is_main:
-        (out_dir / "config.yaml").write_text(resolved_yaml, encoding="utf-8")
-    sharded = dist.enabled and dist.kind == "fsdp" and t.fsdp_state_dict == "sharded"
-    layout = {"kind": dist.kind, "world_size": dist.world_size, "batch_size": t.batch_size,
-              "global_batch": t.batch_size * dist.world_size, "state_dict": "sharded" if sharded else "full"}
-
-    def save(trainer: Trainer) -> None:
-        """Called on every rank (FSDP gathers are collectives); rank 0 writes, then all wait."""
-        step = trainer.state.step
-        shard_tmp = ckpt_root / f".sharded-{checkpoint.step_dir(ckpt_root, step).name}"
-        if sharded:  # each rank writes its own shard into a folder the checkpoint then takes in
-            if dist.is_main:
-                shutil.rmtree(shard_tmp, ignore_errors=True)
-            dist.barrier()
-            dist.save_sharded(model, optimizer, shard_tmp)
-            dist.barrier()
-        state = trainer.state_dict(optimizer=not sharded)
-        tensors = None if sharded else dist.model_state_for_save(model)  # FSDP full: gathered to rank 0
-        if dist.is_main:
-            checkpoint.save(
-                ckpt_root,
-                step,
-                model=model,
-                model_class=objective.model_class,
-                model_config=mcfg.to_dict(),
-                state=state,
-                config_yaml=resolved_yaml,
-                tokenizer_dir=Path(dataset_dir) / "tokenizer",
-                extra={"dataset_dir": str(Path(dataset_dir).resolve()), "objective": objective.name,
-                       "distributed": layout},
-                keep_last=t.keep_last,
-                tensors=tensors,
-                sharded_dir=shard_tmp if sharded else None,
-            )
-        dist.barrier()
-
-    loggers = build_loggers(c.logger, out_dir) if dist.is_main else []
+    shape = {"block_size": mcfg.block_size, "batch_size": t.batch_size, "seed": c.seed, "rank": dist.rank,
+             "world_size": dist.world_size}
+    train = plan.batches(objective, ds, split="train", **shape)
+    val = plan.batches(objective, ds, split="val", **shape)
+    job.resolve_precision()
     trainer = Trainer(
-        model=model,
-        objective=objective,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        train_batch=train.batch,
-        val_batches=lambda: val.eval_batches(t.eval_batches),
-        max_steps=t.max_steps,
-        grad_accum=t.grad_accum,
-        grad_clip=t.grad_clip,
-        eval_every=t.eval_every,
-        save_every=t.save_every,
-        log_every=t.log_every,
-        save_checkpoint=save,
-        loggers=loggers,
-        device=device,
-        precision=precision,
-        compile=t.compile,
-        max_nonfinite=t.max_nonfinite,
-        flops_per_token=mcfg.flops_per_token(mcfg.block_size),
-        peak_flops=peak,
-        progress=t.progress,
-        dist=dist,
+        model=model, objective=objective, optimizer=optimizer, scheduler=scheduler,
+        train_batch=train.batch, val_batches=lambda: val.eval_batches(t.eval_batches),
+        settings=job.settings(flops_per_token=mcfg.flops_per_token(mcfg.block_size)),
+        save_checkpoint=ckpt.save, loggers=job.loggers(c.logger), dist=dist,
     )
-    if resume_from is not None:
-        _resume_state(trainer, resume_from, dist, say)
+    ckpt.restore(trainer, resume_from)
 
     n_params = sum(p.numel() for p in model.parameters())
-    ranks = f" x {dist.world_size} ranks ({dist.kind}, {dist.backend})" if dist.enabled else ""
-    say(
-        f"pretrain: {mcfg.name} {n_params / 1e6:.2f}M parameters on {device}{ranks} ({precision}); "
-        f"{len(ds.train):,} train / {len(ds.val):,} val tokens; peak {peak / 1e9:.0f} GFLOP/s ({peak_source}); "
-        f"run dir {out_dir}"
+    job.say(
+        f"pretrain: {mcfg.name} {n_params / 1e6:.2f}M parameters on {job.device}{job.describe_ranks()} "
+        f"({job.precision}); {len(ds.train):,} train / {len(ds.val):,} val tokens; peak {job.peak / 1e9:.0f} GFLOP/s "
+        f"({job.peak_source}); run dir {job.out_dir}"
     )
-    try:
-        final = trainer.fit()
-    except Interrupted as stop:
-        say(f"[yellow]{stop}. Continue with: llmkit pretrain ... out_dir={out_dir} resume=auto")
-        raise SystemExit(128 + stop.signum) from None
-    finally:
-        for logger in loggers:
-            logger.close()
-    say(
+    final = job.fit(trainer, command="pretrain")
+    job.say(
         f"done: step {trainer.state.step}, val loss {final.get('val_loss', float('nan')):.4f}, "
-        f"{trainer.state.train_seconds:.1f}s training; checkpoint {checkpoint.step_dir(ckpt_root, trainer.state.step)}"
+        f"{trainer.state.train_seconds:.1f}s training; checkpoint {checkpoint.step_dir(job.ckpt_root, trainer.state.step)}"
     )
     return final
-
-
-def _resume_weights(model: torch.nn.Module, c: Config, ckpt_root: Path, dist: distributed.DistEnv,
-                    say: Any) -> Path | None:
-    """Pick the checkpoint to resume, check it fits this run, and load its full weights into the
-    (not yet wrapped) model; a sharded checkpoint's weights are loaded later, with the optimizer."""
-    where = ckpt_root if c.resume == "auto" else Path(c.resume)
-    path = checkpoint.latest_valid(where) if where.name == "checkpoints" else checkpoint.resolve(where)
-    if path is None:
-        say(f"resume=auto: no checkpoint in {where}; starting from step 0")
-        return None
-    meta = checkpoint.read_meta(path)
-    if meta["model_config"] != model.config.to_dict():
-        raise LlmkitError(f"{path} was trained with another model config; it cannot be resumed with this one.")
-    distributed.check_resume(meta.get("distributed") or _single_process_layout(path), batch_size=c.trainer.batch_size,
-                             world_size=dist.world_size, where=str(path))
-    if not (path / distributed.SHARDED_DIR).is_dir():
-        checkpoint.load_weights(model, path)
-    return path
 
 
 def _with_checkpoint_tokenizer(c: Config, path: Path) -> Config:
@@ -315,18 +228,3 @@ def _init_weights(model: torch.nn.Module, path: Path, say: Any) -> None:
                           "Use the checkpoint's model config (its config.yaml).")
     checkpoint.load_weights(model, path)
     say(f"init_from: weights of {path} (step {meta.get('step', '?')}); training starts at step 0")
-
-
-def _single_process_layout(path: Path) -> dict[str, int] | None:
-    """A checkpoint written before distributed training was recorded: one rank, its config's batch."""
-    try:
-        return {"world_size": 1, "global_batch": int(checkpoint.saved_config(path)["trainer"]["batch_size"])}
-    except (KeyError, TypeError, ValueError):
-        return None
-
-
-def _resume_state(trainer: Trainer, path: Path, dist: distributed.DistEnv, say: Any) -> None:
-    if (path / distributed.SHARDED_DIR).is_dir():  # weights + optimizer from the per-rank shards
-        dist.load_sharded(trainer.model, trainer.optimizer, path / distributed.SHARDED_DIR)
-    trainer.load_state_dict(checkpoint.load_state(path))
-    say(f"resumed from {path} at step {trainer.state.step}")

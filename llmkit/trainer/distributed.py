@@ -130,12 +130,15 @@ class DistEnv:
                     m.reshard()
 
     # ------------------------------------------------------------------ collectives
-    def all_reduce_mean(self, value: float) -> float:
-        if not self.enabled:
-            return value
-        t = torch.tensor([value], dtype=torch.float64, device=self._comm_device())
-        torch.distributed.all_reduce(t)
-        return float(t.item()) / self.world_size
+    def all_reduce_sum(self, values: list[torch.Tensor]) -> list[float]:
+        """The sums over ranks of scalar tensors, on the host (one collective, one sync)."""
+        if not values:
+            return []
+        t = torch.stack([v.detach().reshape(()).to(torch.float64) for v in values])
+        if self.enabled:
+            t = t.to(self._comm_device())
+            torch.distributed.all_reduce(t)
+        return t.tolist()
 
     def all_reduce_mean_dict(self, values: dict[str, Any]) -> dict[str, Any]:
         """The numeric entries averaged over ranks (one collective; the key sets must match)."""
@@ -177,14 +180,15 @@ class DistEnv:
         return self.device if self.backend == "nccl" else torch.device("cpu")
 
     # ------------------------------------------------------------------ gradients
-    def clip_grad_norm(self, parameters: Iterable[torch.Tensor], max_norm: float) -> float:
-        """The global gradient norm (clipped to ``max_norm`` when > 0), the same on every rank.
-
-        Under FSDP the gradients are DTensor shards and ``clip_grad_norm_`` reduces across ranks.
-        """
+    def clip_grad_norm(self, parameters: Iterable[torch.Tensor], max_norm: float) -> torch.Tensor:
+        """The global gradient norm as a tensor (no host sync), clipped to ``max_norm`` when > 0;
+        the same on every rank. Under FSDP the gradients are DTensor shards and
+        ``clip_grad_norm_`` reduces across ranks."""
         params = [p for p in parameters if p.grad is not None]
+        if not params:
+            return torch.zeros(())
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else math.inf)
-        return float(_full(norm))
+        return _full(norm)
 
     # ------------------------------------------------------------------ checkpoint state
     def model_state_for_save(self, model: nn.Module) -> dict[str, torch.Tensor] | None:

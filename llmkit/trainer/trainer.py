@@ -4,6 +4,14 @@
 ``train_batch(step, micro)`` (a pure function), so a resumed run continues exactly where the
 checkpoint left it. Evaluation, checkpointing and logging happen at fixed step intervals; SIGINT
 and SIGTERM finish the current step, save a checkpoint and raise :class:`Interrupted`.
+
+Loss normalisation (torchtune's): an objective returns each loss term *summed* over its targets
+and says, from the batch alone, how many targets each term has. Before the forward passes of a
+step the trainer adds those counts over the step's micro-batches and over ranks, and each
+micro-batch's loss is ``sum(term sums / global term counts)``. So k micro-batches of B/k, or N
+ranks of B/N, produce the gradient of one batch of B even when the number of targets varies
+(masked LM, fine-tuning with padding). Metrics are kept as device tensors and reach the host
+only at log steps; each step makes one host sync, the finite-or-skip decision.
 """
 
 from __future__ import annotations
@@ -11,22 +19,33 @@ from __future__ import annotations
 import contextlib
 import math
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from llmkit.errors import LlmkitError
+from llmkit.trainer.display import Display
 from llmkit.trainer.distributed import DistEnv
 
-Batch = dict[str, torch.Tensor]
+Batch = dict[str, Tensor]
+
+
+class LossLike(Protocol):
+    """What an objective returns (``llmkit.objective.LossOutput``)."""
+
+    sums: dict[str, Tensor]
+    metrics: dict[str, tuple[Tensor, Tensor]]
 
 
 class Objective(Protocol):
-    def __call__(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]: ...
+    def num_targets(self, batch: Batch) -> dict[str, Tensor]: ...
+
+    def __call__(self, model: nn.Module, batch: Batch) -> LossLike: ...
 
 
 class Logger(Protocol):
@@ -71,6 +90,25 @@ class EarlyStopping:
         return value < best - self.min_delta if self.mode == "min" else value > best + self.min_delta
 
 
+@dataclass(frozen=True)
+class TrainerSettings:
+    """How the loop runs: length, accumulation, clipping, intervals, precision, MFU inputs."""
+
+    max_steps: int
+    grad_accum: int = 1
+    grad_clip: float = 1.0  # max global grad norm; 0 = no clipping
+    eval_every: int = 0  # 0 = only at the end
+    save_every: int = 0  # 0 = only at the end
+    log_every: int = 10
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast)
+    compile: bool = False
+    max_nonfinite: int = 5  # abort after this many non-finite steps in a row
+    flops_per_token: float = 0.0  # MFU numerator (0 = no MFU)
+    peak_flops: float = 0.0  # one device's peak FLOP/s
+    progress: bool = True
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     if precision == "fp32":
         return contextlib.nullcontext()
@@ -88,6 +126,37 @@ def check_precision(device: torch.device, precision: str) -> None:
         raise LlmkitError(f"{torch.cuda.get_device_name(device)} does not support bf16; use trainer.precision=fp16.")
 
 
+class _Sums:
+    """Running sums of named tensors (loss terms, target counts, metric numerators/denominators)."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, Tensor] = {}
+
+    def add(self, name: str, value: Tensor) -> None:
+        value = value.detach().to(torch.float64)
+        self.values[name] = self.values[name] + value if name in self.values else value
+
+    def add_metrics(self, metrics: dict[str, tuple[Tensor, Tensor]]) -> None:
+        for name, (num, den) in metrics.items():
+            self.add(f"{name}/num", num)
+            self.add(f"{name}/den", den)
+
+    def reduced(self, dist: DistEnv) -> dict[str, float]:
+        """The sums over all ranks, on the host (one collective, one sync)."""
+        names = sorted(self.values)
+        return dict(zip(names, dist.all_reduce_sum([self.values[n] for n in names])))
+
+
+def _metric_values(sums: dict[str, float], prefix: str = "") -> dict[str, float]:
+    out = {}
+    for key in sums:
+        if key.endswith("/num"):
+            name = key[: -len("/num")]
+            den = sums[f"{name}/den"]
+            out[prefix + name] = sums[key] / den if den > 0 else math.nan
+    return out
+
+
 class Trainer:
     def __init__(
         self,
@@ -97,42 +166,32 @@ class Trainer:
         optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler,
         train_batch: Callable[[int, int], Batch],
+        settings: TrainerSettings,
         val_batches: Callable[[], Iterable[Batch]] | None = None,
-        max_steps: int,
-        grad_accum: int = 1,
-        grad_clip: float = 1.0,
-        eval_every: int = 0,
-        save_every: int = 0,
-        log_every: int = 10,
-        save_checkpoint: Callable[["Trainer"], None] | None = None,
         eval_fn: Callable[[], dict[str, float]] | None = None,
+        save_checkpoint: Callable[[Trainer], None] | None = None,
+        save_best: Callable[[Trainer], None] | None = None,
         early_stopping: EarlyStopping | None = None,
-        save_best: Callable[["Trainer"], None] | None = None,
         loggers: Iterable[Logger] = (),
-        device: torch.device = torch.device("cpu"),
-        precision: str = "fp32",
-        compile: bool = False,
-        max_nonfinite: int = 5,
-        flops_per_token: float = 0.0,
-        peak_flops: float = 0.0,
-        progress: bool = True,
         dist: DistEnv | None = None,
     ) -> None:
-        check_precision(device, precision)
+        s = settings
+        check_precision(s.device, s.precision)
         # dist: the process's place in a torchrun job (default: one process). Under DDP the forward
         # pass goes through the DDP wrapper; under FSDP ``model`` must already be sharded
         # (DistEnv.wrap) before the optimizer was built. ``self.model`` is the unwrapped module.
         self.dist = dist if dist is not None else DistEnv()
+        self.settings = s
         self.model = model
         self._wrapped = self.dist.wrap(model)
         self.forward_model = self._wrapped
         self.objective = objective
-        self._objective: Objective = objective  # what the loop calls: the objective, maybe compiled
-        if compile and self.dist.enabled:
+        self._objective: Callable[[nn.Module, Batch], LossLike] = objective  # what the loop calls
+        if s.compile and self.dist.enabled:
             # DDP/FSDP: compile the wrapped module, the documented path (DDP's graph is split at its
             # gradient buckets so communication still overlaps the backward pass).
             self.forward_model = torch.compile(self._wrapped)
-        elif compile:
+        elif s.compile:
             # One process: the model *and* the loss in one graph, so the (B*T, V) logits' upcast
             # and the cross-entropy fuse instead of materialising an fp32 copy of the logits.
             self._objective = torch.compile(objective)
@@ -140,26 +199,17 @@ class Trainer:
         self.scheduler = scheduler
         self.train_batch = train_batch
         self.val_batches = val_batches
-        self.max_steps = max_steps
-        self.grad_accum = grad_accum
-        self.grad_clip = grad_clip
-        self.eval_every = eval_every
-        self.save_every = save_every
-        self.log_every = log_every
-        self.save_checkpoint = save_checkpoint
         self.eval_fn = eval_fn
-        self.early_stopping = early_stopping
+        self.save_checkpoint = save_checkpoint
         self.save_best = save_best
+        self.early_stopping = early_stopping
         self.loggers = list(loggers)
-        self.device = device
-        self.precision = precision
-        self.max_nonfinite = max_nonfinite
-        self.flops_per_token = flops_per_token
-        self.peak_flops = peak_flops
-        self.progress = progress
-        self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+        self.device = s.device
+        self.max_steps = s.max_steps
+        self.scaler = torch.amp.GradScaler("cuda") if s.precision == "fp16" else None
         self.state = TrainerState()
         self._stop_signal: int | None = None
+        self._window = _Sums()  # train loss and metrics since the last log line
 
     # ---------------------------------------------------------------- state for checkpoints
     def state_dict(self, *, optimizer: bool = True) -> dict[str, Any]:
@@ -170,14 +220,9 @@ class Trainer:
             rng["cuda"] = [torch.cuda.get_rng_state(self.device)]  # this rank's GPU (rank 0's is saved)
         elif torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
-        out = {
-            "trainer": asdict(self.state),
-            "optimizer": self.dist.optimizer_state_dict(self.model, self.optimizer) if optimizer else None,
-            "scheduler": self.scheduler.state_dict(),
-            "rng": rng,
-        }
-        if not optimizer:
-            del out["optimizer"]
+        out: dict[str, Any] = {"trainer": asdict(self.state), "scheduler": self.scheduler.state_dict(), "rng": rng}
+        if optimizer:
+            out["optimizer"] = self.dist.optimizer_state_dict(self.model, self.optimizer)
         if self.scaler is not None:
             out["scaler"] = self.scaler.state_dict()
         return out
@@ -199,53 +244,41 @@ class Trainer:
     # ---------------------------------------------------------------- the loop
     def fit(self) -> dict[str, float]:
         """Train to ``max_steps``; return the last logged metrics (and the final val loss)."""
+        s = self.settings
         self.model.train()
         self._stop_signal = None
         last: dict[str, float] = {}
-        window_t, window_tokens, window_loss, window_n = 0.0, 0, 0.0, 0
-        show = self.progress and self.dist.is_main
-        with self._signals(), _Display(show, self.max_steps, self.state.step) as display:
-            while self.state.step < self.max_steps:
+        window_t, window_tokens, window_n = 0.0, 0, 0
+        self._window = _Sums()
+        with self._signals(), Display(s.progress and self.dist.is_main, s.max_steps, self.state.step) as display:
+            while self.state.step < s.max_steps:
                 t0 = time.perf_counter()
-                loss, tokens, grad_norm = self._step()
+                ok, tokens, grad_norm = self._step()
                 dt = time.perf_counter() - t0
                 self.state.train_seconds += dt
                 window_t += dt
                 window_tokens += tokens
-                if math.isfinite(loss):
-                    window_loss += loss
-                    window_n += 1
+                window_n += ok
                 step = self.state.step
-                if step % self.log_every == 0 or step == self.max_steps:
-                    tps = window_tokens / max(window_t, 1e-9)
-                    last = {
-                        "train_loss": window_loss / max(window_n, 1),
-                        "lr": self.optimizer.param_groups[0]["lr"],
-                        "grad_norm": grad_norm,
-                        "tokens_per_s": tps,
-                        "ms_per_step": 1000 * window_t / max(1, window_n),
-                    }
-                    if self.peak_flops > 0 and self.flops_per_token > 0:
-                        # tokens/s counts all ranks; peak_flops is one device's
-                        last["mfu"] = self.flops_per_token * tps / (self.peak_flops * self.dist.world_size)
-                    self._log(last)
+                if step % s.log_every == 0 or step == s.max_steps:
+                    last = self._log_window(window_t, window_tokens, window_n, grad_norm)
                     display.update(step, last)
-                    window_t, window_tokens, window_loss, window_n = 0.0, 0, 0.0, 0
+                    window_t, window_tokens, window_n = 0.0, 0, 0
                 else:
                     display.update(step, None)
                 if (self.val_batches is not None or self.eval_fn is not None) and (
-                    (self.eval_every and step % self.eval_every == 0) or step == self.max_steps
+                    (s.eval_every and step % s.eval_every == 0) or step == s.max_steps
                 ):
                     val = self.evaluate()
                     last.update(val)
                     display.note(step, val)
                     self._track_best(val)
-                is_save_step = self.save_every and step % self.save_every == 0
-                if self.save_checkpoint is not None and (is_save_step or step == self.max_steps):
+                is_save_step = bool(s.save_every and step % s.save_every == 0)
+                if self.save_checkpoint is not None and (is_save_step or step == s.max_steps):
                     self.save_checkpoint(self)
                 stop = self._agreed_stop()
                 if stop is not None:
-                    if self.save_checkpoint is not None and not (is_save_step or step == self.max_steps):
+                    if self.save_checkpoint is not None and not (is_save_step or step == s.max_steps):
                         self.save_checkpoint(self)
                     raise Interrupted(step, stop)
                 if self.state.stopped_early:
@@ -253,6 +286,24 @@ class Trainer:
                         self.save_checkpoint(self)
                     display.note(step, {"early_stop_best_step": self.state.best_step})
                     break
+        return last
+
+    def _log_window(self, seconds: float, tokens: int, n_ok: int, grad_norm: float) -> dict[str, float]:
+        sums = self._window.reduced(self.dist)
+        self._window = _Sums()
+        tps = tokens / max(seconds, 1e-9)
+        last = {
+            "train_loss": sums.get("loss", math.nan) / n_ok if n_ok else math.nan,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "grad_norm": grad_norm,
+            "tokens_per_s": tps,
+            "ms_per_step": 1000 * seconds / max(1, n_ok),
+            **_metric_values(sums),
+        }
+        if self.settings.peak_flops > 0 and self.settings.flops_per_token > 0:
+            # tokens/s counts all ranks; peak_flops is one device's
+            last["mfu"] = self.settings.flops_per_token * tps / (self.settings.peak_flops * self.dist.world_size)
+        self._log(last)
         return last
 
     def _track_best(self, val: dict[str, float]) -> None:
@@ -271,41 +322,64 @@ class Trainer:
             self.state.bad_evals += 1
             self.state.stopped_early = self.state.bad_evals >= es.patience
 
-    def _step(self) -> tuple[float, int, float]:
-        """One optimizer step over ``grad_accum`` micro-batches: (mean loss, tokens, grad norm)."""
-        step = self.state.step
-        total, tokens = 0.0, 0
-        for micro in range(self.grad_accum):
-            batch = self._to_device(self.train_batch(step, micro))
-            with self.dist.no_sync(self._wrapped, last=micro == self.grad_accum - 1):
-                with autocast(self.device, self.precision):
-                    loss, _ = self._objective(self.forward_model, batch)
-                scaled = loss / self.grad_accum
+    def _global_counts(self, batches: list[Batch]) -> dict[str, Tensor]:
+        """Targets of each loss term over these batches and every rank's (one small collective)."""
+        counts = _Sums()
+        for batch in batches:
+            for term, n in self.objective.num_targets(batch).items():
+                counts.add(term, n)
+        names = sorted(counts.values)
+        totals = self.dist.all_reduce_sum([counts.values[n] for n in names])
+        return {n: torch.tensor(max(t, 1.0), dtype=torch.float32, device=self.device) for n, t in zip(names, totals)}
+
+    def _loss(self, out: LossLike, counts: dict[str, Tensor]) -> Tensor:
+        missing = set(out.sums) - set(counts)
+        if missing:
+            raise LlmkitError(f"the objective returned loss terms {sorted(missing)} that num_targets() does not count.")
+        return sum((out.sums[k] / counts[k] for k in sorted(out.sums)), torch.zeros((), device=self.device))
+
+    def _step(self) -> tuple[bool, int, float]:
+        """One optimizer step over ``grad_accum`` micro-batches: (finite?, tokens, grad norm)."""
+        s, step = self.settings, self.state.step
+        host_batches = [self.train_batch(step, micro) for micro in range(s.grad_accum)]
+        counts = self._global_counts(host_batches)  # counted on the host: no device sync
+        batches = [self._to_device(b) for b in host_batches]
+        # DDP and FSDP average gradients over ranks; the loss is already divided by the global count.
+        world = float(self.dist.world_size)
+        step_loss = torch.zeros((), device=self.device)
+        step_metrics = _Sums()
+        tokens = 0
+        for micro, batch in enumerate(batches):
+            with self.dist.no_sync(self._wrapped, last=micro == s.grad_accum - 1):
+                with autocast(self.device, s.precision):
+                    out = self._objective(self.forward_model, batch)
+                loss = self._loss(out, counts)
+                scaled = loss * world if world > 1 else loss
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-            total += float(loss.detach()) / self.grad_accum
+            step_loss = step_loss + loss.detach()
+            step_metrics.add_metrics(out.metrics)
             tokens += int(batch["input_ids"].numel())
-        if self.dist.enabled:  # every rank decides on the same (global mean) loss and counts global tokens
-            total = self.dist.all_reduce_mean(total)
-            tokens *= self.dist.world_size
+        tokens *= self.dist.world_size  # every rank counts global tokens
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
-        if self.dist.enabled and self.dist.kind == "fsdp":  # DTensor gradient shards: a global norm
-            grad_norm = self.dist.clip_grad_norm(self.model.parameters(), self.grad_clip)
-        elif self.grad_clip > 0:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip))
-        else:
-            grad_norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in self.model.parameters() if p.grad is not None])))
-        if math.isfinite(total) and math.isfinite(grad_norm):
+        grad_norm = self.dist.clip_grad_norm(self.model.parameters(), s.grad_clip)
+        bad = ~(torch.isfinite(step_loss) & torch.isfinite(grad_norm))
+        # every rank takes the same decision (a non-finite loss on one rank alone must skip all)
+        ok = self.dist.all_reduce_sum([bad])[0] == 0  # the step's one host sync
+        if ok:
             if self.scaler is not None:
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
             else:
                 self.optimizer.step()
             self.state.nonfinite_run = 0
+            self._window.add("loss", step_loss)
+            for name, value in step_metrics.values.items():
+                self._window.add(name, value)
         else:  # skip the update; the schedule and the batch sequence still advance
             self.state.nonfinite_run += 1
             self.state.skipped_steps += 1
-            if self.state.nonfinite_run >= self.max_nonfinite:
+            if self.state.nonfinite_run >= s.max_nonfinite:
                 raise LlmkitError(
                     f"The loss was non-finite for {self.state.nonfinite_run} steps in a row (up to step {step + 1}); "
                     "training stopped. Lower optim.lr, keep trainer.grad_clip > 0, try trainer.precision=fp32, "
@@ -315,26 +389,35 @@ class Trainer:
         self.scheduler.step()
         self.state.step += 1
         self.state.tokens += tokens
-        return total, tokens, grad_norm
+        return ok, tokens, float(grad_norm)
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Mean objective loss over the validation batches, plus what ``eval_fn`` reports."""
+        """Token-weighted objective loss over the validation batches (all ranks), its metrics as
+        ``val_*``, plus what ``eval_fn`` reports."""
         self.model.eval()
         val: dict[str, float] = {}
         if self.val_batches is not None:
-            total, n = 0.0, 0
+            sums, counts = _Sums(), _Sums()
             for batch in self.val_batches():
-                with autocast(self.device, self.precision):
-                    loss, _ = self._objective(self.forward_model, self._to_device(batch))
-                total += float(loss)
-                n += 1
-            # Each rank scores its slice of the same global validation batches: the mean over ranks.
-            val["val_loss"] = self.dist.all_reduce_mean(total / max(n, 1))
+                batch = self._to_device(batch)
+                for term, n in self.objective.num_targets(batch).items():
+                    counts.add(term, n)
+                with autocast(self.device, self.settings.precision):
+                    out = self._objective(self.forward_model, batch)
+                for term, value in out.sums.items():
+                    sums.add(f"loss/{term}", value)
+                sums.add_metrics(out.metrics)
+            for term, value in counts.values.items():
+                sums.add(f"count/{term}", value)
+            total = sums.reduced(self.dist)
+            terms = [k[len("count/"):] for k in total if k.startswith("count/")]
+            val["val_loss"] = sum(total.get(f"loss/{t}", 0.0) / max(total[f"count/{t}"], 1.0) for t in terms)
             val["val_ppl"] = math.exp(min(val["val_loss"], 50.0))
+            val.update(_metric_values(total, prefix="val_"))
             self.state.best_val_loss = min(self.state.best_val_loss, val["val_loss"])
         if self.eval_fn is not None:
-            with autocast(self.device, self.precision):
+            with autocast(self.device, self.settings.precision):
                 val.update(self.dist.all_reduce_mean_dict(self.eval_fn()))
         self.model.train()
         self.dist.reshard(self.model)
@@ -361,12 +444,18 @@ class Trainer:
 
     @contextlib.contextmanager
     def _signals(self) -> Iterator[None]:
-        """SIGINT/SIGTERM: finish the step, save, stop. A second signal stops at once."""
+        """SIGINT/SIGTERM: finish the step, save, stop. A second signal stops at once, unsaved."""
 
         def handler(signum: int, frame: Any) -> None:
             if self._stop_signal is not None:
+                if self.dist.is_main:
+                    print(f"\n{signal.Signals(signum).name} again: quitting now, without saving this step.",
+                          file=sys.stderr, flush=True)
                 raise KeyboardInterrupt
             self._stop_signal = signum
+            if self.dist.is_main:
+                print(f"\n{signal.Signals(signum).name}: stopping after this step and saving a checkpoint "
+                      "(send it again to quit without saving).", file=sys.stderr, flush=True)
 
         try:
             previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -378,51 +467,3 @@ class Trainer:
         finally:
             for s, h in previous.items():
                 signal.signal(s, h)
-
-
-class _Display:
-    """A rich progress bar: step, loss, lr, tokens/s, MFU and ETA (stderr; off when progress=False)."""
-
-    def __init__(self, enabled: bool, total: int, start: int) -> None:
-        self.enabled = enabled
-        self.total = total
-        self.start = start
-
-    def __enter__(self) -> "_Display":
-        if self.enabled:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.console = Console(stderr=True)
-            self.bar = Progress(
-                TextColumn("[bold]train"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[stats]}"),
-                TimeRemainingColumn(),
-                console=self.console,
-                transient=False,
-            )
-            self.bar.__enter__()
-            self.task = self.bar.add_task("train", total=self.total, completed=self.start, stats="")
-        return self
-
-    def update(self, step: int, metrics: dict[str, float] | None) -> None:
-        if not self.enabled:
-            return
-        fields = {}
-        if metrics is not None:
-            stats = f"loss {metrics['train_loss']:.4f}  lr {metrics['lr']:.2e}  {metrics['tokens_per_s']:,.0f} tok/s"
-            if "mfu" in metrics:
-                stats += f"  MFU {100 * metrics['mfu']:.1f}%"
-            fields["stats"] = stats
-        self.bar.update(self.task, completed=step, **fields)
-
-    def note(self, step: int, metrics: dict[str, float]) -> None:
-        if self.enabled:
-            text = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-            self.bar.console.print(f"step {step}: {text}")
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.enabled:
-            self.bar.__exit__(*exc)

@@ -186,7 +186,7 @@ def test_mlm_windows_across_documents_keep_eos_unmasked():
     batches = MLMBatches(_corpus(), vocab=VOCAB, eos_id=EOS, masking=Masking(prob=0.5), block_size=32, batch_size=8,
                          seed=1)
     batch = batches.batch(0)
-    assert batch["attention_mask"].all() and not batch["token_type_ids"].any()
+    assert "attention_mask" not in batch and not batch["token_type_ids"].any()  # never padded: no mask
     assert (batch["input_ids"][:, 0] == CLS).all() and (batch["input_ids"][:, -1] == SEP).all()
     orig = _originals(batch)
     assert (batch["labels"][orig == EOS] == IGNORE_INDEX).all()

@@ -50,10 +50,10 @@ def test_padding_does_not_change_outputs_at_real_positions(cfg: ModelConfig, dty
     mask = torch.tensor([[1] * 8 + [0] * pad])
     atol = 1e-12 if dtype == torch.float64 else 1e-5
     with torch.no_grad():
-        alone = model(ids, token_type_ids=types)
-        padded = model(ids_p, token_type_ids=types_p, attention_mask=mask)
+        alone = model.encode(ids, token_type_ids=types)
+        padded = model.encode(ids_p, token_type_ids=types_p, attention_mask=mask)
         # a batch of a padded row and a full one: rows do not see each other
-        both = model(torch.cat([ids_p, torch.randint(7, 23, (1, 8 + pad))]),
+        both = model.encode(torch.cat([ids_p, torch.randint(7, 23, (1, 8 + pad))]),
                      token_type_ids=torch.cat([types_p, torch.zeros(1, 8 + pad, dtype=torch.long)]),
                      attention_mask=torch.cat([mask, torch.ones(1, 8 + pad, dtype=torch.long)]))
         torch.testing.assert_close(padded[:, :8], alone, rtol=0, atol=atol)
@@ -62,7 +62,7 @@ def test_padding_does_not_change_outputs_at_real_positions(cfg: ModelConfig, dty
         torch.testing.assert_close(model.nsp_head(model.pooler(padded)), model.nsp_head(model.pooler(alone)),
                                    rtol=0, atol=atol)
         # without the mask the encoder attends to the padding, so the mask is what makes this hold
-        unmasked = model(ids_p, token_type_ids=types_p)
+        unmasked = model.encode(ids_p, token_type_ids=types_p)
     assert not torch.allclose(unmasked[:, :8], alone, atol=atol)
 
 
@@ -82,7 +82,7 @@ def test_golden_values_on_a_tiny_seeded_encoder() -> None:
     model = MaskedLM.from_config(BERT).eval()
     ids, types = _pair()
     with torch.no_grad():
-        hidden = model(ids, token_type_ids=types)
+        hidden = model.encode(ids, token_type_ids=types)
         mlm = model.mlm_head(hidden)
         nsp = model.nsp_head(model.pooler(hidden))
     assert hidden.shape == (1, 8, 24) and mlm.shape == (1, 8, 23) and nsp.shape == (1, 2)
@@ -103,8 +103,12 @@ def test_golden_mlm_nsp_loss() -> None:
     batch = {"input_ids": masked, "token_type_ids": types, "attention_mask": torch.ones_like(ids), "labels": labels,
              "nsp_labels": torch.tensor([0])}
     with torch.no_grad():
-        loss, metrics = MaskedLMNSPObjective()(model, batch)
+        objective = MaskedLMNSPObjective()
+        out, counts = objective(model, batch), objective.num_targets(batch)
+    loss = sum(out.sums[k] / counts[k] for k in out.sums)
+    assert {k: int(v) for k, v in counts.items()} == {"mlm": 2, "nsp": 1}
     assert loss.item() == pytest.approx(GOLDEN_LOSS, abs=1e-4)
+    metrics = {k: float(num / den) for k, (num, den) in out.metrics.items()}
     assert loss.item() == pytest.approx(metrics["mlm_loss"] + metrics["nsp_loss"], rel=1e-6)
 
 

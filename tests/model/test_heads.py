@@ -121,12 +121,19 @@ def test_masked_lm_composes_trunk_and_heads():
                       embed_norm=True, final_norm=False, norm_placement="post")
     model = MaskedLM.from_config(cfg)
     idx = torch.randint(0, 40, (2, 7))
-    hidden = model(idx, token_type_ids=torch.ones_like(idx))
+    hidden = model.encode(idx, token_type_ids=torch.ones_like(idx))
     assert hidden.shape == (2, 7, 32)
     assert model.mlm_head(hidden).shape == (2, 7, 40)
     assert model.nsp_head(model.pooler(hidden)).shape == (2, 2)
     assert model.mlm_head.weight is model.transformer.wte.weight
     # segment ids reach the trunk
-    assert not torch.allclose(hidden, model(idx, token_type_ids=torch.zeros_like(idx)))
+    assert not torch.allclose(hidden, model.encode(idx, token_type_ids=torch.zeros_like(idx)))
+    # forward runs every head itself: MLM logits at the selected positions (row-major), NSP logits
+    selected = torch.zeros_like(idx, dtype=torch.bool)
+    selected[0, 3] = selected[1, 0] = selected[1, 6] = True
+    out = model(idx, token_type_ids=torch.ones_like(idx), mlm_mask=selected)
+    torch.testing.assert_close(out.mlm_logits, model.mlm_head(hidden)[selected], rtol=0, atol=0)
+    torch.testing.assert_close(out.nsp_logits, model.nsp_head(model.pooler(hidden)), rtol=0, atol=0)
+    assert model(idx, token_type_ids=torch.ones_like(idx)).mlm_logits.shape == (14, 40)  # no mask: every position
     with pytest.raises(ValueError, match="bidirectional"):
         MaskedLM.from_config(ModelConfig(vocab_size=40))

@@ -119,7 +119,7 @@ def test_import_bert_for_pretraining_mlm_and_nsp_match_with_padding(tmp_path: Pa
     types[:, 5:] = 1
     with torch.no_grad():
         out = theirs(idx, attention_mask=mask, token_type_ids=types)
-        hidden = model(idx, attention_mask=mask, token_type_ids=types)
+        hidden = model.encode(idx, attention_mask=mask, token_type_ids=types)
         real = mask.bool()
         _close(model.mlm_head(hidden)[real], out.prediction_logits[real])
         _close(model.nsp_head(model.pooler(hidden)), out.seq_relationship_logits)
@@ -139,7 +139,7 @@ def test_import_headless_bert_model_loads_trunk_and_pooler_and_reports_fresh_hea
     idx, mask = _ids(), _pad_mask()
     with torch.no_grad():
         out = theirs(idx, attention_mask=mask)
-        hidden = model(idx, attention_mask=mask)
+        hidden = model.encode(idx, attention_mask=mask)
         real = mask.bool()
         _close(hidden[real], out.last_hidden_state[real])
         _close(model.pooler(hidden), out.pooler_output)
@@ -155,7 +155,7 @@ def test_import_distilbert_masked_lm(tmp_path: Path) -> None:
     idx, mask = _ids(), _pad_mask()
     with torch.no_grad():
         real = mask.bool()
-        _close(model.mlm_head(model(idx, attention_mask=mask))[real], theirs(idx, attention_mask=mask).logits[real])
+        _close(model.mlm_head(model.encode(idx, attention_mask=mask))[real], theirs(idx, attention_mask=mask).logits[real])
 
 
 def test_import_pytorch_model_bin_with_weights_only_and_legacy_names(tmp_path: Path) -> None:
@@ -300,7 +300,7 @@ def test_export_masked_lm_loads_as_bert_for_pretraining(tmp_path: Path, cfg: Mod
     idx, mask = _ids(), _pad_mask()
     with torch.no_grad():
         res = theirs(idx, attention_mask=mask)
-        hidden = ours(idx, attention_mask=mask)
+        hidden = ours.encode(idx, attention_mask=mask)
         real = mask.bool()
         _close(res.prediction_logits[real], ours.mlm_head(hidden)[real])
         _close(res.seq_relationship_logits, ours.nsp_head(ours.pooler(hidden)))

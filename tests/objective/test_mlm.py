@@ -6,14 +6,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from llmkit.data.masking import IGNORE_INDEX, Masking, mask_tokens
 from llmkit.model import MaskedLM, ModelConfig
-from llmkit.objective.mlm import (
-    IGNORE_INDEX,
-    MaskedLMNSPObjective,
-    MaskedLMObjective,
-    Masking,
-    mask_tokens,
-)
+from llmkit.objective.mlm import MaskedLMNSPObjective, MaskedLMObjective
+
+
+def mean_loss(objective, model, batch):
+    """The loss the trainer makes of one batch (each term's sum / its number of targets) and the
+    metric values."""
+    out, counts = objective(model, batch), objective.num_targets(batch)
+    loss = sum(out.sums[k] / counts[k].clamp(min=1) for k in out.sums)
+    return loss, {k: float(num / den) if den > 0 else float("nan") for k, (num, den) in out.metrics.items()}
 
 PAD, CLS, SEP, MASK = 0, 4, 5, 6
 SPECIALS = (0, 1, 2, 3, 4, 5, 6)
@@ -148,11 +151,12 @@ def test_mlm_loss_is_cross_entropy_on_masked_positions_only_and_heads_see_only_t
     batch = _batch()
     seen = []
     handle = model.mlm_head.register_forward_hook(lambda m, args, out: seen.append(args[0].shape))
-    loss, metrics = MaskedLMObjective()(model, batch)
+    loss, metrics = mean_loss(MaskedLMObjective(), model, batch)
     handle.remove()
     n_sel = int((batch["labels"] != IGNORE_INDEX).sum())
     assert seen == [torch.Size([n_sel, TINY.n_embd])]  # the vocabulary matmul on the selected rows only
-    hidden = model(batch["input_ids"], token_type_ids=batch["token_type_ids"], attention_mask=batch["attention_mask"])
+    hidden = model.encode(batch["input_ids"], token_type_ids=batch["token_type_ids"],
+                          attention_mask=batch["attention_mask"])
     full = F.cross_entropy(model.mlm_head(hidden).flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE_INDEX)
     torch.testing.assert_close(loss, full)
     assert 0.0 <= metrics["mlm_acc"] <= 1.0
@@ -162,7 +166,7 @@ def test_mlm_nsp_loss_is_the_sum_and_reports_both_parts():
     torch.manual_seed(0)
     model = MaskedLM.from_config(TINY).eval()
     batch = _batch()
-    loss, m = MaskedLMNSPObjective()(model, batch)
+    loss, m = mean_loss(MaskedLMNSPObjective(), model, batch)
     assert set(m) == {"mlm_loss", "nsp_loss", "mlm_acc", "nsp_acc"}
     assert loss.item() == pytest.approx(m["mlm_loss"] + m["nsp_loss"], rel=1e-6)
     assert 3 * m["nsp_acc"] == pytest.approx(round(3 * m["nsp_acc"]))  # a fraction of 3 pairs
@@ -175,15 +179,16 @@ def test_nothing_masked_gives_a_zero_loss_not_nan():
     model = MaskedLM.from_config(TINY)
     batch = _batch()
     batch["labels"] = torch.full_like(batch["labels"], IGNORE_INDEX)
-    loss, _ = MaskedLMObjective()(model, batch)
+    loss, _ = mean_loss(MaskedLMObjective(), model, batch)
     assert loss.item() == 0.0
     loss.backward()  # still differentiable
 
 
-def test_objectives_name_their_model_class():
-    from llmkit.objective.clm import CausalLMObjective
+def test_the_pretrain_recipe_names_each_objectives_model_class():
+    from llmkit.recipes.pretrain import OBJECTIVES
 
-    assert MaskedLMObjective.model_class == MaskedLMNSPObjective.model_class == "MaskedLM"
-    assert CausalLMObjective.model_class == "CausalLM"
+    assert OBJECTIVES["mlm"].model_class == OBJECTIVES["mlm_nsp"].model_class == "MaskedLM"
+    assert OBJECTIVES["clm"].model_class == "CausalLM"
+    assert OBJECTIVES["mlm"].frozen == ("pooler", "nsp_head")  # NSP is not trained by masked LM alone
     with pytest.raises(ValueError, match="windows"):
         MaskedLMObjective(windows="sideways")

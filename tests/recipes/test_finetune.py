@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from _cli import run_llmkit
+from _cli import REPO, run_llmkit
 from llmkit import checkpoint
 from llmkit.model import CausalLM, MaskedLM, ModelConfig
 from llmkit.tokenizer import TokenizerConfig, train
@@ -216,3 +221,48 @@ def test_bad_data_is_named_by_file_and_line(files, tmp_path):
                      f"data.train_path={d / 'src.txt'}", f"data.train_target_path={d / 'tgt.txt'}",
                      f"data.eval_path={d / 'src.txt'}", f"data.eval_target_path={d / 'tgt.txt'}", "objective=sft")
     assert proc.returncode != 0 and "needs a decoder" in " ".join(proc.stderr.split())
+
+
+# ---------------------------------------------------------------------------- exact resume
+
+
+def _popen_finetune(files: dict, out: Path, init: Path, *args: str) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "LLMKIT_DEBUG"}
+    env["PYTHONPATH"] = str(REPO)
+    cmd = [sys.executable, "-m", "llmkit", "finetune", f"init_from={init}", f"out_dir={out}", *args]
+    return subprocess.Popen(cmd, cwd=files["dir"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.parametrize("strategy", ["full", "lora"])
+def test_sigkill_then_resume_gives_the_weights_of_an_uninterrupted_fine_tune(files, tmp_path, strategy):
+    # dropout: the RNG state must come back too; early stopping state and the best checkpoint as well
+    args = _seq_args(files, "epochs=3", "trainer.save_every=5", "trainer.eval_every=10", "trainer.keep_last=0",
+                     "dropout=0.1", "early_stopping.patience=100", f"finetune.strategy={strategy}",
+                     "finetune.lora_rank=4")
+    straight = tmp_path / "straight"
+    assert _finetune(files, straight, files["gpt"], *args).returncode == 0
+
+    run = tmp_path / "killed"
+    proc = _popen_finetune(files, run, files["gpt"], *args)
+    deadline = time.time() + 120
+    while not (run / "checkpoints" / "step_0000010").exists():
+        assert proc.poll() is None, f"the run ended before step 10 was saved: {proc.communicate()}"
+        assert time.time() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    last = checkpoint.list_checkpoints(straight / "checkpoints")[-1].name
+    assert not (run / "checkpoints" / last).exists(), "the run finished before it was killed"
+    refused = _finetune(files, run, files["gpt"], *args)
+    assert refused.returncode != 0 and "resume=auto" in refused.stderr  # no silent restart over the checkpoints
+    resumed = _finetune(files, run, files["gpt"], *args, "resume=auto")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in resumed.stderr
+
+    for name in (f"checkpoints/{last}", "best"):
+        a = load_file(str(straight / name / "model.safetensors"))
+        b = load_file(str(run / name / "model.safetensors"))
+        assert a.keys() == b.keys()
+        assert not [k for k in a if not torch.equal(a[k], b[k])], name
+    best = [json.loads((r / "best" / "checkpoint.json").read_text())["step"] for r in (straight, run)]
+    assert best[0] == best[1]

@@ -47,7 +47,7 @@ def test_dist_env_reads_torchrun_and_defaults_to_one_process():
     # ddp/fsdp with a single process runs as one plain process; the collectives return their input
     single = distributed.init("ddp", environ={})
     assert single.kind == "none" and not single.enabled
-    assert single.all_reduce_mean(2.5) == 2.5 and single.any_flag(0) == 0
+    assert single.all_reduce_sum([torch.tensor(2.5)]) == [2.5] and single.any_flag(0) == 0
     assert single.all_reduce_mean_dict({"a": 1.0, "n": "x"}) == {"a": 1.0, "n": "x"}
     model = torch.nn.Linear(2, 2)
     assert single.wrap(model) is model
@@ -126,14 +126,14 @@ def test_a_signal_seen_by_another_rank_stops_every_rank_at_the_same_step():
     from llmkit.objective.clm import CausalLMObjective
     from llmkit.optim import build_optimizer
     from llmkit.optim.scheduler import warmup_cosine
-    from llmkit.trainer.trainer import Interrupted, Trainer
+    from llmkit.trainer.trainer import Interrupted, Trainer, TrainerSettings
 
     agreed: list[int] = []
 
     @dataclass(frozen=True)
     class OtherRankSignalled(DistEnv):  # rank 0 of 2; the other rank gets SIGTERM during step 3
-        def all_reduce_mean(self, value: float) -> float:
-            return value
+        def all_reduce_sum(self, values: list) -> list:
+            return [float(v) for v in values]
 
         def all_reduce_mean_dict(self, values: dict) -> dict:
             return values
@@ -155,7 +155,8 @@ def test_a_signal_seen_by_another_rank_stops_every_rank_at_the_same_step():
 
     trainer = Trainer(model=model, objective=CausalLMObjective(), optimizer=opt,
                       scheduler=warmup_cosine(opt, total_steps=10, warmup_steps=1), train_batch=windows.batch,
-                      max_steps=10, log_every=1, progress=False, save_checkpoint=lambda t: saved.append(t.state.step),
+                      settings=TrainerSettings(max_steps=10, log_every=1, progress=False),
+                      save_checkpoint=lambda t: saved.append(t.state.step),
                       loggers=[Log()], dist=OtherRankSignalled(world_size=2))
     with pytest.raises(Interrupted) as stop:
         trainer.fit()

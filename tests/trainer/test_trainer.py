@@ -3,6 +3,7 @@ losses, SIGINT/SIGTERM, evaluation and logging, mixed-precision checks."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import signal
@@ -16,10 +17,11 @@ from llmkit.data.loader import RandomWindows
 from llmkit.errors import LlmkitError
 from llmkit.logger import JSONLLogger, read_jsonl
 from llmkit.model import CausalLM, ModelConfig
+from llmkit.objective import LossOutput
 from llmkit.objective.clm import CausalLMObjective
 from llmkit.optim import build_optimizer
 from llmkit.optim.scheduler import warmup_cosine
-from llmkit.trainer.trainer import Interrupted, Trainer, TrainerState
+from llmkit.trainer.trainer import Interrupted, Trainer, TrainerSettings, TrainerState
 
 VOCAB, BLOCK = 32, 16
 TINY = ModelConfig(vocab_size=VOCAB, block_size=BLOCK, n_layer=2, n_head=2, n_embd=32)
@@ -72,15 +74,16 @@ def make_trainer(
     optimizer = build_optimizer(dict(optim or ADAMW), model)
     scheduler = warmup_cosine(optimizer, total_steps=total_steps or max_steps, warmup_steps=warmup_steps)
     kwargs.setdefault("log_every", 1000)
+    names = {f.name for f in dataclasses.fields(TrainerSettings)}
+    settings = TrainerSettings(max_steps=max_steps, progress=False, **{k: v for k, v in kwargs.items() if k in names})
     return Trainer(
         model=model,
         objective=objective or CausalLMObjective(),
         optimizer=optimizer,
         scheduler=scheduler,
         train_batch=train_batch,
-        max_steps=max_steps,
-        progress=False,
-        **kwargs,
+        settings=settings,
+        **{k: v for k, v in kwargs.items() if k not in names},
     )
 
 
@@ -204,19 +207,21 @@ def test_grad_accumulation_matches_one_big_batch(optim, grad_clip, dtype):
 # ---------------------------------------------------------------------------- non-finite losses
 
 
-class NaNOnSteps:
+def _times_nan(out: LossOutput) -> LossOutput:
+    return LossOutput({k: v * float("nan") for k, v in out.sums.items()}, out.metrics)
+
+
+class NaNOnSteps(CausalLMObjective):
     """CausalLMObjective whose loss is NaN on the given optimizer steps (graph kept, so grads are NaN too)."""
 
     def __init__(self, steps) -> None:
+        super().__init__()
         self.steps = set(steps)
-        self.inner = CausalLMObjective()
         self.trainer: Trainer | None = None
 
     def __call__(self, model, batch):
-        loss, metrics = self.inner(model, batch)
-        if self.trainer.state.step in self.steps:
-            loss = loss * float("nan")
-        return loss, metrics
+        out = super().__call__(model, batch)
+        return _times_nan(out) if self.trainer.state.step in self.steps else out
 
 
 def test_nonfinite_steps_are_skipped():
@@ -249,11 +254,11 @@ def test_nonfinite_in_one_micro_batch_skips_the_step():
     windows = RandomWindows(random_tokens(), block_size=BLOCK, batch_size=2, seed=3)
     calls = []
 
-    class NaNSecondMicro:
+    class NaNSecondMicro(CausalLMObjective):
         def __call__(self, model, batch):
-            loss, m = CausalLMObjective()(model, batch)
+            out = super().__call__(model, batch)
             calls.append(1)
-            return (loss * float("nan") if len(calls) == 2 else loss), m
+            return _times_nan(out) if len(calls) == 2 else out
 
     trainer = make_trainer(train_batch=windows.batch, max_steps=1, objective=NaNSecondMicro(), grad_accum=2)
     before = weights(trainer.model)
@@ -363,7 +368,8 @@ def test_eval_and_logging_and_loss_decreases(tmp_path):
     )
     with torch.no_grad():
         trainer.model.eval()
-        initial = sum(float(objective(trainer.model, b)[0]) for b in val.eval_batches(2)) / 2
+        initial = sum(float(objective(trainer.model, b).sums["lm"] / objective.num_targets(b)["lm"])
+                      for b in val.eval_batches(2)) / 2
     final = trainer.fit()
     logger.close()
 
@@ -412,9 +418,12 @@ def test_bf16_on_cpu_runs_a_step():
     windows = RandomWindows(random_tokens(), block_size=BLOCK, batch_size=2, seed=5)
     seen = []
 
-    def objective(model, batch):
-        seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
-        return CausalLMObjective()(model, batch)
+    class Objective(CausalLMObjective):
+        def __call__(self, model, batch):
+            seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+            return super().__call__(model, batch)
+
+    objective = Objective()
 
     trainer = make_trainer(train_batch=windows.batch, max_steps=1, precision="bf16", log_every=1, objective=objective)
     before = weights(trainer.model)
