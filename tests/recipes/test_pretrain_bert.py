@@ -134,3 +134,30 @@ def test_sigkill_then_resume_equals_uninterrupted_run(bpe_dataset, tmp_path):
     # and the logged losses after the resume point are the same
     after = lambda d: [(r["step"], r["train_loss"]) for r in _metrics(d) if "train_loss" in r and r["step"] > 60]
     assert after(straight) == after(run)[-len(after(straight)):]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("objective, kind", [("mlm_nsp", "ddp"), ("mlm", "fsdp")])
+def test_two_gloo_ranks_with_half_the_batch_pretrain_the_encoder_like_one_process(bpe_dataset, tmp_path, objective,
+                                                                                   kind):
+    steps = ["trainer.max_steps=10", "trainer.eval_every=5", "trainer.eval_batches=2", "trainer.log_every=1"]
+    one = _pretrain(tmp_path / "one", bpe_dataset, *steps, objective=objective)
+    assert one.returncode == 0, one.stderr
+    env = {k: v for k, v in os.environ.items() if k not in ("LLMKIT_DEBUG", "HYDRA_FULL_ERROR")}
+    env.update({"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "COLUMNS": "200"})
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+                          "llmkit", "pretrain", f"dataset={bpe_dataset}", f"out_dir={tmp_path / 'two'}",
+                          f"objective={objective}", *TINY_BERT, *steps, f"trainer={kind}", "trainer.batch_size=4"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-4000:]
+    a, b = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
+    keys = ["train_loss", "mlm_acc"] + (["nsp_loss", "mlm_loss"] if objective == "mlm_nsp" else [])
+    rows_a = [r for r in a if "train_loss" in r]
+    rows_b = [r for r in b if "train_loss" in r]
+    assert [r["step"] for r in rows_a] == [r["step"] for r in rows_b] == list(range(1, 11))
+    for ra, rb in zip(rows_a, rows_b):
+        for k in keys:
+            assert rb[k] == pytest.approx(ra[k], rel=1e-4, abs=1e-5), (ra["step"], k)
+    va = [r["val_loss"] for r in a if "val_loss" in r]
+    vb = [r["val_loss"] for r in b if "val_loss" in r]
+    assert vb == pytest.approx(va, rel=1e-4)
