@@ -13,7 +13,7 @@ tokens in this one process:
 * ``llmkit:<variant>``: llmkit's own code, configured by Hydra overrides exactly as
   ``llmkit pretrain model=gpt_baby <overrides>`` would be: the composed ``pretrain`` config, the
   model, objective, optimizer (``llmkit.optim.build_optimizer``), scheduler, precision choice
-  (``trainer.precision=auto`` measures the CPU) and batches (``objective.make_batches`` over the
+  (``trainer.precision=auto`` measures the CPU) and batches (``pretrain.OBJECTIVES`` over the
   array) built as ``llmkit.recipes.pretrain`` builds them, and steps run by ``Trainer.fit()``
   itself. The time counted is the trainer's own (``state.train_seconds``: the ``_step`` calls).
 
@@ -45,6 +45,7 @@ The goals table shows every variant against the issue's goals; ``--headline`` is
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import statistics
@@ -163,7 +164,7 @@ class MinimalLoop:
 
 
 class _ArrayDataset:
-    """What ``objective.make_batches`` reads: ``split(name)`` -> a flat token array."""
+    """What the pretrain recipe's batch builders read: ``split(name)`` -> a flat token array."""
 
     def __init__(self, tokens: np.ndarray) -> None:
         self.tokens = tokens
@@ -195,7 +196,7 @@ class LlmkitSide:
         from llmkit.recipes import pretrain
         from llmkit.recipes._common import seed_everything, set_threads
         from llmkit.trainer import cpu
-        from llmkit.trainer.trainer import Trainer
+        from llmkit.trainer.trainer import Trainer, TrainerSettings
 
         self.overrides = [f"model={s.model}", f"model.vocab_size={VOCAB}", f"trainer.batch_size={s.batch_size}",
                           "trainer.device=cpu", f"trainer.threads={threads}", "trainer.progress=false",
@@ -206,18 +207,19 @@ class LlmkitSide:
         set_threads(t.threads)
         device = torch.device("cpu")
         objective = instantiate(c.objective, _convert_="all")
-        model = pretrain.build_model(c.model, VOCAB, objective.model_class).to(device)
+        plan = pretrain.OBJECTIVES[objective.name]  # the model class and batches the recipe picks
+        model = pretrain.build_model(c.model, VOCAB, plan.model_class).to(device)
         optimizer = build_optimizer(for_device(c.optim, device), model)
         scheduler = instantiate(c.scheduler, optimizer=optimizer, total_steps=total_steps, _convert_="all")
-        train = objective.make_batches(_ArrayDataset(data), block_size=model.config.block_size,
-                                       batch_size=t.batch_size, seed=c.seed, split="train")
+        train = plan.batches(objective, _ArrayDataset(data), split="train", block_size=model.config.block_size,
+                             batch_size=t.batch_size, seed=c.seed, rank=0, world_size=1)
         self.precision, choice = cpu.resolve_precision(t.precision, device, say=lambda m: print(f"    {m}", flush=True))
         self.model = model
         self.trainer = Trainer(
             model=model, objective=objective, optimizer=optimizer, scheduler=scheduler, train_batch=train.batch,
-            max_steps=0, grad_accum=t.grad_accum, grad_clip=t.grad_clip, eval_every=0, save_every=0,
-            log_every=10**9, device=device, precision=self.precision, compile=t.compile,
-            max_nonfinite=t.max_nonfinite, progress=False,
+            settings=TrainerSettings(max_steps=0, grad_accum=t.grad_accum, grad_clip=t.grad_clip, eval_every=0,
+                                     save_every=0, log_every=10**9, device=device, precision=self.precision,
+                                     compile=t.compile, max_nonfinite=t.max_nonfinite, progress=False),
         )
         self.compile = t.compile
         self.fused = c.optim.get("fused")
@@ -227,7 +229,7 @@ class LlmkitSide:
         return self.trainer.state.train_seconds
 
     def run(self, steps: int) -> None:
-        self.trainer.max_steps = self.trainer.state.step + steps
+        self.trainer.settings = dataclasses.replace(self.trainer.settings, max_steps=self.trainer.state.step + steps)
         self.trainer.fit()
 
 

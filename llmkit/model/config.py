@@ -147,6 +147,14 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
+    def of(cls, model: Any) -> ModelConfig:
+        """The config of an llmkit model (its ``.config``), typed; anything else is a TypeError."""
+        cfg = getattr(model, "config", None)
+        if not isinstance(cfg, cls):
+            raise TypeError(f"{type(model).__name__} is not an llmkit model (no ModelConfig at .config)")
+        return cfg
+
+    @classmethod
     def from_dict(cls, d: typing.Mapping[str, Any]) -> ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)

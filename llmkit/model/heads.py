@@ -18,6 +18,7 @@ Parameter names: ``lm_head.weight``; ``pooler.dense``; ``mlm_head.{dense, norm, 
 from __future__ import annotations
 
 from functools import partial
+import typing
 from typing import NamedTuple
 
 import torch
@@ -31,7 +32,7 @@ from llmkit.model.transformer import KVCache, Transformer, build_activation, bui
 def _vocab_matrix(config: ModelConfig, wte: nn.Embedding) -> nn.Parameter:
     """``wte``'s weight when tying, else a fresh (vocab_size, n_embd) matrix with the GPT-2 init."""
     if config.tie_weights:
-        return wte.weight
+        return typing.cast(nn.Parameter, wte.weight)
     weight = nn.Parameter(torch.empty_like(wte.weight))
     nn.init.normal_(weight, mean=0.0, std=config.init_std)
     return weight

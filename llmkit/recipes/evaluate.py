@@ -23,6 +23,7 @@ from llmkit.data.config import DataConfig
 from llmkit.data.loader import sequential_windows
 from llmkit.errors import DataError, LlmkitError
 from llmkit.io import write_json
+from llmkit.model import ModelConfig
 from llmkit.objective.clm import token_nll
 from llmkit.finetune.config import GenerationEvalConfig
 from llmkit.recipes._common import resolve_device, set_threads
@@ -117,7 +118,7 @@ def evaluate_encoder(c: Config, model: torch.nn.Module, meta: dict[str, Any], to
     counts[list(tokenizer.special_ids)] = 0
     unigram_id = int(counts.argmax())
 
-    block_size = model.config.block_size
+    block_size = ModelConfig.of(model).block_size
     sums: dict[str, float] = {}
     with torch.inference_mode():
         batches = masked_windows(tokens, vocab=vocab, eos_id=tokenizer.eos_id, block_size=block_size,
@@ -199,7 +200,7 @@ def run(cfg: Any) -> dict[str, float]:
 
     nll, count = 0.0, 0
     with torch.inference_mode():
-        for batch in sequential_windows(tokens, block_size=model.config.block_size, batch_size=c.batch_size):
+        for batch in sequential_windows(tokens, block_size=ModelConfig.of(model).block_size, batch_size=c.batch_size):
             batch = {k: v.to(device) for k, v in batch.items()}
             s, n = token_nll(model, batch)
             nll += float(s)

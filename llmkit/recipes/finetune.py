@@ -24,6 +24,7 @@ from llmkit.finetune.strategy import FinetuneConfig, apply_strategy
 from llmkit.finetune.strategy import build_optimizer as build_task_optimizer
 from llmkit.finetune.tasks import encode_task, label_set, load_task_data, task_metrics
 from llmkit.logger import LoggerConfig
+from llmkit.model import ModelConfig
 from llmkit.optim import for_device
 from llmkit.recipes import training
 from llmkit.trainer.config import TrainerConfig
@@ -126,7 +127,7 @@ def _run(c: Config, job: training.Run) -> dict[str, float]:
             min_delta=c.early_stopping.min_delta,
         )
     job.resolve_precision()
-    mcfg = model.config
+    mcfg = ModelConfig.of(model)
     trainer = Trainer(
         model=model, objective=objective, optimizer=optimizer, scheduler=scheduler, train_batch=batches.batch,
         val_batches=lambda: eval_batches(val, batch_size=t.batch_size * 2, pad_id=tokenizer.pad_id),

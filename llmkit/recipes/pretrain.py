@@ -158,7 +158,7 @@ def _run(c: Config, job: training.Run) -> dict[str, float]:
     model = build_model(c.model, ds.tokenizer.vocab_size, plan.model_class).to(job.device)
     for name in plan.frozen:
         getattr(model, name).requires_grad_(False)
-    mcfg = model.config
+    mcfg = ModelConfig.of(model)
     ckpt = job.checkpointer(model, model_class=plan.model_class, tokenizer_dir=Path(dataset_dir) / "tokenizer",
                             extra={"dataset_dir": str(Path(dataset_dir).resolve()), "objective": objective.name})
     resume_from = ckpt.resume_weights(c.resume, batch_size=t.batch_size)
@@ -220,7 +220,7 @@ def _init_weights(model: torch.nn.Module, path: Path, say: Any) -> None:
     if "task" in meta:
         raise LlmkitError(f"init_from: {path} is a fine-tuned {meta['task']} model; continue pretraining from a "
                           "pretraining checkpoint.")
-    theirs, ours = meta["model_config"], model.config.to_dict()
+    theirs, ours = meta["model_config"], ModelConfig.of(model).to_dict()
     diff = [f"model.{k}: checkpoint {theirs.get(k)!r} vs this run {ours.get(k)!r}"
             for k in sorted(set(theirs) | set(ours)) if k not in _FREE_MODEL_KEYS and theirs.get(k) != ours.get(k)]
     if diff:

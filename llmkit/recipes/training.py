@@ -32,6 +32,7 @@ from torch import nn
 from llmkit import checkpoint
 from llmkit.errors import LlmkitError
 from llmkit.logger import LoggerConfig, build_loggers
+from llmkit.model import ModelConfig
 from llmkit.recipes._common import config_yaml, resolve_device, seed_everything, set_threads
 from llmkit.trainer import cpu, distributed
 from llmkit.trainer.config import TrainerConfig
@@ -90,7 +91,8 @@ class Run:
 
     def resolve_precision(self) -> None:
         """``trainer.precision`` (auto measures the CPU once, on rank 0) and the peak FLOP/s for MFU."""
-        precision, cpu_peak = self.t.precision, None
+        precision: str = self.t.precision
+        cpu_peak = None
         if self.dist.is_main:
             precision, choice = cpu.resolve_precision(self.t.precision, self.device, say=console.print)
             cpu_peak = choice.peak_flops() if choice is not None else None
@@ -186,7 +188,7 @@ class Checkpointer:
                        if n in self._trainable_names()}
         if dist.is_main:
             target = checkpoint.save(
-                root, step, model=self.model, model_class=self.model_class, model_config=self.model.config.to_dict(),
+                root, step, model=self.model, model_class=self.model_class, model_config=ModelConfig.of(self.model).to_dict(),
                 state=state, config_yaml=run.resolved_yaml, tokenizer_dir=self.tokenizer_dir, extra=self.extra,
                 keep_last=0 if name else run.t.keep_last, tensors=tensors, name=name,
                 sharded_dir=shard_tmp if sharded else None,
@@ -211,7 +213,7 @@ class Checkpointer:
             run.say(f"resume=auto: no checkpoint in {where}; starting from step 0")
             return None
         meta = checkpoint.read_meta(path)
-        if meta["model_config"] != self.model.config.to_dict() or meta.get("model_class", self.model_class) != self.model_class:
+        if meta["model_config"] != ModelConfig.of(self.model).to_dict() or meta.get("model_class", self.model_class) != self.model_class:
             raise LlmkitError(f"{path} was trained with another model config; it cannot be resumed with this one.")
         distributed.check_resume(meta.get("distributed") or _single_process_layout(path), batch_size=batch_size,
                                  world_size=run.dist.world_size, where=str(path))

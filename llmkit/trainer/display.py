@@ -35,13 +35,13 @@ class Display:
     def update(self, step: int, metrics: dict[str, float] | None) -> None:
         if not self.enabled:
             return
-        fields = {}
-        if metrics is not None:
-            stats = f"loss {metrics['train_loss']:.4f}  lr {metrics['lr']:.2e}  {metrics['tokens_per_s']:,.0f} tok/s"
-            if "mfu" in metrics:
-                stats += f"  MFU {100 * metrics['mfu']:.1f}%"
-            fields["stats"] = stats
-        self.bar.update(self.task, completed=step, **fields)
+        if metrics is None:
+            self.bar.update(self.task, completed=step)
+            return
+        stats = f"loss {metrics['train_loss']:.4f}  lr {metrics['lr']:.2e}  {metrics['tokens_per_s']:,.0f} tok/s"
+        if "mfu" in metrics:
+            stats += f"  MFU {100 * metrics['mfu']:.1f}%"
+        self.bar.update(self.task, completed=step, stats=stats)
 
     def note(self, step: int, metrics: dict[str, float]) -> None:
         if self.enabled:

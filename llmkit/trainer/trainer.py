@@ -22,8 +22,8 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from dataclasses import asdict
+from typing import Any, Protocol, cast
 
 import torch
 from torch import Tensor, nn
@@ -31,6 +31,10 @@ from torch import Tensor, nn
 from llmkit.errors import LlmkitError
 from llmkit.trainer.display import Display
 from llmkit.trainer.distributed import DistEnv
+from llmkit.trainer.settings import EarlyStopping, TrainerSettings, TrainerState, autocast, check_precision
+from llmkit.trainer.sums import Sums, metric_values
+
+__all__ = ["EarlyStopping", "Interrupted", "Objective", "Trainer", "TrainerSettings", "TrainerState"]
 
 Batch = dict[str, Tensor]
 
@@ -61,102 +65,6 @@ class Interrupted(Exception):
         super().__init__(f"interrupted by {signal.Signals(signum).name} at step {step}; a checkpoint was saved")
 
 
-@dataclass
-class TrainerState:
-    step: int = 0  # optimizer steps completed
-    tokens: int = 0  # training tokens seen
-    nonfinite_run: int = 0  # consecutive non-finite losses
-    skipped_steps: int = 0
-    best_val_loss: float = math.inf
-    train_seconds: float = 0.0
-    best_metric: float | None = None  # early stopping: best value of the watched metric so far
-    best_step: int = 0
-    bad_evals: int = 0  # evaluations since the last improvement
-    stopped_early: bool = False
-
-
-@dataclass(frozen=True)
-class EarlyStopping:
-    """Stop when ``metric`` has not improved for ``patience`` evaluations (Prechelt 1998)."""
-
-    metric: str = "val_loss"
-    mode: str = "min"  # min | max
-    patience: int = 3
-    min_delta: float = 0.0
-
-    def improved(self, value: float, best: float | None) -> bool:
-        if best is None:
-            return True
-        return value < best - self.min_delta if self.mode == "min" else value > best + self.min_delta
-
-
-@dataclass(frozen=True)
-class TrainerSettings:
-    """How the loop runs: length, accumulation, clipping, intervals, precision, MFU inputs."""
-
-    max_steps: int
-    grad_accum: int = 1
-    grad_clip: float = 1.0  # max global grad norm; 0 = no clipping
-    eval_every: int = 0  # 0 = only at the end
-    save_every: int = 0  # 0 = only at the end
-    log_every: int = 10
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast)
-    compile: bool = False
-    max_nonfinite: int = 5  # abort after this many non-finite steps in a row
-    flops_per_token: float = 0.0  # MFU numerator (0 = no MFU)
-    peak_flops: float = 0.0  # one device's peak FLOP/s
-    progress: bool = True
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def check_precision(device: torch.device, precision: str) -> None:
-    if precision == "fp16" and device.type != "cuda":
-        raise LlmkitError(
-            f"trainer.precision=fp16 needs a CUDA GPU (loss scaling); this run is on {device}. "
-            "Use trainer.precision=bf16 or fp32."
-        )
-    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise LlmkitError(f"{torch.cuda.get_device_name(device)} does not support bf16; use trainer.precision=fp16.")
-
-
-class _Sums:
-    """Running sums of named tensors (loss terms, target counts, metric numerators/denominators)."""
-
-    def __init__(self) -> None:
-        self.values: dict[str, Tensor] = {}
-
-    def add(self, name: str, value: Tensor) -> None:
-        value = value.detach().to(torch.float64)
-        self.values[name] = self.values[name] + value if name in self.values else value
-
-    def add_metrics(self, metrics: dict[str, tuple[Tensor, Tensor]]) -> None:
-        for name, (num, den) in metrics.items():
-            self.add(f"{name}/num", num)
-            self.add(f"{name}/den", den)
-
-    def reduced(self, dist: DistEnv) -> dict[str, float]:
-        """The sums over all ranks, on the host (one collective, one sync)."""
-        names = sorted(self.values)
-        return dict(zip(names, dist.all_reduce_sum([self.values[n] for n in names])))
-
-
-def _metric_values(sums: dict[str, float], prefix: str = "") -> dict[str, float]:
-    out = {}
-    for key in sums:
-        if key.endswith("/num"):
-            name = key[: -len("/num")]
-            den = sums[f"{name}/den"]
-            out[prefix + name] = sums[key] / den if den > 0 else math.nan
-    return out
-
-
 class Trainer:
     def __init__(
         self,
@@ -184,13 +92,13 @@ class Trainer:
         self.settings = s
         self.model = model
         self._wrapped = self.dist.wrap(model)
-        self.forward_model = self._wrapped
+        self.forward_model: nn.Module = self._wrapped
         self.objective = objective
         self._objective: Callable[[nn.Module, Batch], LossLike] = objective  # what the loop calls
         if s.compile and self.dist.enabled:
             # DDP/FSDP: compile the wrapped module, the documented path (DDP's graph is split at its
             # gradient buckets so communication still overlaps the backward pass).
-            self.forward_model = torch.compile(self._wrapped)
+            self.forward_model = cast(nn.Module, torch.compile(self._wrapped))
         elif s.compile:
             # One process: the model *and* the loss in one graph, so the (B*T, V) logits' upcast
             # and the cross-entropy fuse instead of materialising an fp32 copy of the logits.
@@ -205,17 +113,16 @@ class Trainer:
         self.early_stopping = early_stopping
         self.loggers = list(loggers)
         self.device = s.device
-        self.max_steps = s.max_steps
         self.scaler = torch.amp.GradScaler("cuda") if s.precision == "fp16" else None
         self.state = TrainerState()
         self._stop_signal: int | None = None
-        self._window = _Sums()  # train loss and metrics since the last log line
+        self._window = Sums()  # train loss and metrics since the last log line
 
     # ---------------------------------------------------------------- state for checkpoints
     def state_dict(self, *, optimizer: bool = True) -> dict[str, Any]:
         """Trainer, optimizer, scheduler and RNG state. Under FSDP a collective (the optimizer state is
         gathered to rank 0); ``optimizer=False`` leaves it out (saved sharded instead)."""
-        rng = {"torch": torch.get_rng_state()}
+        rng: dict[str, Any] = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available() and self.dist.enabled and self.device.type == "cuda":
             rng["cuda"] = [torch.cuda.get_rng_state(self.device)]  # this rank's GPU (rank 0's is saved)
         elif torch.cuda.is_available():
@@ -243,13 +150,13 @@ class Trainer:
 
     # ---------------------------------------------------------------- the loop
     def fit(self) -> dict[str, float]:
-        """Train to ``max_steps``; return the last logged metrics (and the final val loss)."""
+        """Train to ``settings.max_steps``; return the last logged metrics (and the final val loss)."""
         s = self.settings
         self.model.train()
         self._stop_signal = None
         last: dict[str, float] = {}
         window_t, window_tokens, window_n = 0.0, 0, 0
-        self._window = _Sums()
+        self._window = Sums()
         with self._signals(), Display(s.progress and self.dist.is_main, s.max_steps, self.state.step) as display:
             while self.state.step < s.max_steps:
                 t0 = time.perf_counter()
@@ -290,7 +197,7 @@ class Trainer:
 
     def _log_window(self, seconds: float, tokens: int, n_ok: int, grad_norm: float) -> dict[str, float]:
         sums = self._window.reduced(self.dist)
-        self._window = _Sums()
+        self._window = Sums()
         tps = tokens / max(seconds, 1e-9)
         last = {
             "train_loss": sums.get("loss", math.nan) / n_ok if n_ok else math.nan,
@@ -298,7 +205,7 @@ class Trainer:
             "grad_norm": grad_norm,
             "tokens_per_s": tps,
             "ms_per_step": 1000 * seconds / max(1, n_ok),
-            **_metric_values(sums),
+            **metric_values(sums),
         }
         if self.settings.peak_flops > 0 and self.settings.flops_per_token > 0:
             # tokens/s counts all ranks; peak_flops is one device's
@@ -324,7 +231,7 @@ class Trainer:
 
     def _global_counts(self, batches: list[Batch]) -> dict[str, Tensor]:
         """Targets of each loss term over these batches and every rank's (one small collective)."""
-        counts = _Sums()
+        counts = Sums()
         for batch in batches:
             for term, n in self.objective.num_targets(batch).items():
                 counts.add(term, n)
@@ -347,7 +254,7 @@ class Trainer:
         # DDP and FSDP average gradients over ranks; the loss is already divided by the global count.
         world = float(self.dist.world_size)
         step_loss = torch.zeros((), device=self.device)
-        step_metrics = _Sums()
+        step_metrics = Sums()
         tokens = 0
         for micro, batch in enumerate(batches):
             with self.dist.no_sync(self._wrapped, last=micro == s.grad_accum - 1):
@@ -398,7 +305,7 @@ class Trainer:
         self.model.eval()
         val: dict[str, float] = {}
         if self.val_batches is not None:
-            sums, counts = _Sums(), _Sums()
+            sums, counts = Sums(), Sums()
             for batch in self.val_batches():
                 batch = self._to_device(batch)
                 for term, n in self.objective.num_targets(batch).items():
@@ -414,7 +321,7 @@ class Trainer:
             terms = [k[len("count/"):] for k in total if k.startswith("count/")]
             val["val_loss"] = sum(total.get(f"loss/{t}", 0.0) / max(total[f"count/{t}"], 1.0) for t in terms)
             val["val_ppl"] = math.exp(min(val["val_loss"], 50.0))
-            val.update(_metric_values(total, prefix="val_"))
+            val.update(metric_values(total, prefix="val_"))
             self.state.best_val_loss = min(self.state.best_val_loss, val["val_loss"])
         if self.eval_fn is not None:
             with autocast(self.device, self.settings.precision):
