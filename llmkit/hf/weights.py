@@ -21,6 +21,8 @@ from torch import Tensor, nn
 from llmkit.hf.configs import config_from_hf, config_to_hf, export_family
 from llmkit.hf.files import CONFIG_FILE, SAFETENSORS_FILE, HFFormatError, load_hf_tensors, read_hf_config
 from llmkit.model.config import ModelConfig
+from llmkit.model.registry import model_class
+from llmkit.model.state_dict import few, key_problems, tied_groups, with_tied
 
 # ---------------------------------------------------------------------------- parameter-name tables
 
@@ -164,12 +166,6 @@ def _normalise_hf_keys(tensors: dict[str, Tensor], model_type: str) -> dict[str,
 # ---------------------------------------------------------------------------- import
 
 
-def _build(config: ModelConfig) -> nn.Module:
-    from llmkit.model.heads import CausalLM, MaskedLM
-
-    return CausalLM.from_config(config) if config.causal else MaskedLM.from_config(config)
-
-
 def load_hf(
     directory: str | os.PathLike,
     *,
@@ -226,20 +222,14 @@ def load_hf(
         converted[ours] = t
     for group, absent in missing_by_group.items():
         if group is None or present_by_group.get(group):  # the trunk, or half a head, is missing
-            problems.append(f"missing: {', '.join(absent[:8])}{' ...' if len(absent) > 8 else ''}")
+            problems.append(f"missing: {few(absent)}")
 
-    model = _build(config)
+    model = model_class("CausalLM" if config.causal else "MaskedLM").from_config(config)
     own = model.state_dict()
-    tied = {"lm_head.weight", "mlm_head.weight"} if config.tie_weights else set()
     # Heads the checkpoint has no weights for (BertModel: MLM + NSP; DistilBERT: pooler + NSP) keep their init.
-    initialized = sorted({n.split(".")[0] for n in own if n not in converted and n not in tied})
-    shapes = [
-        f"{k}: checkpoint {tuple(v.shape)} vs config {tuple(own[k].shape)}"
-        for k, v in converted.items()
-        if tuple(v.shape) != tuple(own[k].shape)
-    ]
-    if shapes:
-        problems.append("shape mismatch: " + "; ".join(shapes[:8]))
+    present = with_tied(converted, tied_groups(model))
+    initialized = sorted({n.split(".")[0] for n in own if n not in present})
+    problems += key_problems(own, converted, required=())  # shapes (and names) against the config
     if problems:
         raise HFFormatError(f"{directory} does not match its {CONFIG_FILE} ({' | '.join(problems)}).")
     unused = sorted(k for k in tensors if k not in used and not _DERIVED.search(k))
@@ -318,6 +308,7 @@ def export_hf(
             + ". No transformers architecture computes the same function."
         )
     state = _own_state(model)
+    tied = tied_groups(state)
     first = next(iter(state.values()), None)
     if first is None:
         raise HFFormatError("export_hf got an empty model.")
@@ -349,15 +340,13 @@ def export_hf(
                 out[name] = part
         else:
             out[theirs[0]] = t
-    tied = {"lm_head.weight", "mlm_head.weight"} if cfg.tie_weights else set()
-    unknown = sorted(k for k in state if k not in used and k not in tied)
+    unknown = sorted(k for k in state if k not in used and not any(a in used for a in tied.get(k, ())))
     if missing or unknown:
         parts = []
         if missing:
-            parts.append(f"missing {', '.join(missing[:8])}")
+            parts.append(f"missing {few(missing)}")
         if unknown:
-            more = " ..." if len(unknown) > 8 else ""
-            parts.append(f"parameters with no Hugging Face place: {', '.join(unknown[:8])}{more}")
+            parts.append(f"parameters with no Hugging Face place: {few(unknown)}")
         hint = " (merge LoRA adapters before exporting)" if any("lora" in k for k in unknown) else ""
         raise HFFormatError(f"Cannot export as {family}: {'; '.join(parts)}{hint}.")
     if family == "bert" and not cfg.tie_weights:
