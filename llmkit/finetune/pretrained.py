@@ -103,13 +103,13 @@ def task_model_from_checkpoint(meta: dict[str, Any], path: Path) -> nn.Module:
     task = meta["task"]
     labels = meta.get("labels", [])
     if "base" in meta:  # LoRA: rebuild the base, add the adapters, fold them in
-        from llmkit.finetune.lora import apply_lora, merge_lora
+        from llmkit.finetune.lora import apply_lora, load_adapters, merge_lora
 
         base = load_pretrained(meta["base"])
         model = build_task_model(task, base, num_labels=len(labels), dropout=cfg.dropout)
         lora = meta["lora"]
         apply_lora(model, rank=lora["rank"], alpha=lora["alpha"], dropout=0.0, targets=lora["targets"])
-        checkpoint.load_weights(model, path, partial=True)
+        load_adapters(model, load_file(str(path / "model.safetensors")), what=f"The adapters in {path}")
         merge_lora(model)
         return model
     model = new_task_model(task, cfg, num_labels=len(labels))
