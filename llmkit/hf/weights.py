@@ -297,7 +297,7 @@ def export_hf(
     from safetensors.torch import save_file
 
     from llmkit.io import atomic_dir, write_json
-    from llmkit.model.transformer import sinusoidal_table
+    from llmkit.model.positions import sinusoidal_table
 
     cfg = model_config
     family, problems = export_family(cfg)
