@@ -117,7 +117,8 @@ class LoRALinear(_LoRAAdapter):
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"LoRALinear replaces an nn.Linear, got {type(linear).__name__}")
         out_features, in_features = linear.weight.shape
-        super().__init__(linear.weight, (rank, in_features), (out_features, rank), rank=rank, alpha=alpha, dropout=dropout)
+        a_shape, b_shape = (rank, in_features), (out_features, rank)
+        super().__init__(linear.weight, a_shape, b_shape, rank=rank, alpha=alpha, dropout=dropout)
         self.in_features, self.out_features = in_features, out_features
         self.register_parameter("bias", linear.bias)
         if self.bias is not None:

@@ -92,7 +92,8 @@ def build_task_model(task: str, pre: Pretrained, *, num_labels: int = 0, dropout
     else:  # the trunk (and BERT's pooler, if both have one); the task head starts fresh
         wanted = {k: v for k, v in wanted.items() if k.startswith(("transformer.", "pooler."))}
         required = [k for k in own if k.startswith("transformer.")]
-    check_keys(own, wanted, what=f"{pre.source} does not fit a {task} model", required=required, tied=tied_groups(model))
+    what = f"{pre.source} does not fit a {task} model"
+    check_keys(own, wanted, what=what, required=required, tied=tied_groups(model))
     model.load_state_dict(wanted, strict=False)
     return model
 

@@ -21,7 +21,8 @@ tokenizer.json is switched off, as transformers does.
 
 ``save(dir)`` writes the Hugging Face files plus ``llmkit_tokenizer.json`` (kind "hf", checksum),
 so both ``llmkit.tokenizer.load(dir)`` and ``transformers.AutoTokenizer`` read the directory.
-``export_tokenizer`` writes any llmkit tokenizer in Hugging Face form where one exists.
+``export_tokenizer`` writes any llmkit tokenizer in Hugging Face form where one exists. The
+``tokenizers`` / ``sentencepiece`` engines behind ``HFTokenizer`` are in ``llmkit.tokenizer.hf_backends``.
 """
 
 from __future__ import annotations
