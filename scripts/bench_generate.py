@@ -2,7 +2,7 @@
 
 A GPT-2-small-shaped model (``conf/model/gpt2_small.yaml``: 12 layers x 12 heads x 768, 50257
 tokens, context 1024, tied head; 124M parameters) is built with random weights in fp32, no
-download, and exported to a Hugging Face directory with ``llmkit.model.hf.export_hf``, which
+download, and exported to a Hugging Face directory with ``llmkit.hf.export_hf``, which
 ``transformers.GPT2LMHeadModel.from_pretrained`` reads: both sides hold the same weights. Sides:
 
 * ``llmkit``: what ``llmkit generate`` runs on the CPU: the model in the decode layout
@@ -75,7 +75,7 @@ def build_models(tmp: Path, init_std: float) -> tuple[Any, Any, Any]:
     import transformers
 
     from llmkit.model import CausalLM, ModelConfig
-    from llmkit.model.hf import export_hf
+    from llmkit.hf import export_hf
 
     cfg = ModelConfig(name="gpt2_small", vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768,
                       mlp="gelu_tanh", norm="layernorm", pos="learned", bias=True, tie_weights=True, dropout=0.0)

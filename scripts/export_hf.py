@@ -37,8 +37,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from llmkit import checkpoint, hf
     from llmkit.errors import LlmkitError
+    from llmkit.hf import export_hf, load_hf
     from llmkit.model import ModelConfig
-    from llmkit.model.hf import export_hf, load_hf
 
     try:
         if hf.is_hf_ref(args.checkpoint):

@@ -183,36 +183,10 @@ def load_weights(model: nn.Module, path: str | Path, *, partial: bool = False) -
         tensors = load_file(str(path / "model.safetensors"))
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"Cannot read {path / 'model.safetensors'}: {e}") from None
-    own = model.state_dict()
     # Tied parameters are stored once by save_model; their aliases are filled from the stored name.
-    problems = []
-    missing = [k for k in own if k not in tensors]
-    unexpected = [k for k in tensors if k not in own]
-    shapes = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in tensors.items() if k in own and v.shape != own[k].shape]
-    tied = _tied_groups(model)
-    missing = [] if partial else [k for k in missing if not any(alias in tensors for alias in tied.get(k, ()))]
-    if missing:
-        problems.append(f"missing: {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
-    if unexpected:
-        problems.append(f"unexpected: {', '.join(unexpected[:8])}{' ...' if len(unexpected) > 8 else ''}")
-    if shapes:
-        problems.append("shape mismatch: " + "; ".join(shapes[:8]))
-    untied = sorted(
-        {tuple(sorted((k, alias))) for k in tensors for alias in tied.get(k, ()) if alias in tensors and not torch.equal(tensors[k], tensors[alias])}
-    )
-    if untied:
-        problems.append("tied in this model but different in the checkpoint: " + "; ".join(" / ".join(p) for p in untied))
-    if problems:
-        raise CheckpointError(f"{path} does not fit this model ({' | '.join(problems)}).")
-    model.load_state_dict(tensors, strict=False)
+    from llmkit.model.state_dict import load_strict
 
-
-def _tied_groups(model: nn.Module) -> dict[str, list[str]]:
-    """For each state-dict name, the other names sharing its storage (tied weights)."""
-    by_ptr: dict[int, list[str]] = {}
-    for name, t in model.state_dict(keep_vars=True).items():
-        by_ptr.setdefault(t.data_ptr(), []).append(name)
-    return {n: [m for m in names if m != n] for names in by_ptr.values() for n in names}
+    load_strict(model, tensors, what=f"{path} does not fit this model", required=() if partial else None)
 
 
 def load_state(path: str | Path) -> dict[str, Any]:
@@ -232,9 +206,9 @@ def load_model(path: str | Path, *, device: torch.device | str = "cpu") -> tuple
 
     if hf.is_hf_ref(path):
         return hf.load_model(path, device=device)
-    from llmkit.model import CausalLM, MaskedLM, ModelConfig
+    from llmkit.model import ModelConfig
+    from llmkit.model.registry import LANGUAGE_MODELS, model_class
 
-    builders = {"CausalLM": CausalLM.from_config, "MaskedLM": MaskedLM.from_config}
     path = resolve(path)
     meta = read_meta(path)
     if "task" in meta:  # a fine-tuned model
@@ -243,14 +217,13 @@ def load_model(path: str | Path, *, device: torch.device | str = "cpu") -> tuple
         meta["path"] = str(path)
         meta["tokenizer_dir"] = str(path / "tokenizer")
         return task_model_from_checkpoint(meta, path).to(device).eval(), meta
-    build = builders.get(meta.get("model_class", ""))
-    if build is None:
+    if meta.get("model_class") not in LANGUAGE_MODELS:
         raise CheckpointError(f"{path} holds a {meta.get('model_class')!r} model, which this command cannot load.")
     try:
         model_cfg = ModelConfig.from_dict(meta["model_config"])
     except (KeyError, ValueError, TypeError) as e:
         raise CheckpointError(f"{path}/checkpoint.json has an invalid model config: {e}") from None
-    model = build(model_cfg)
+    model = model_class(meta["model_class"]).from_config(model_cfg)
     load_weights(model, path)
     meta["path"] = str(path)
     meta["tokenizer_dir"] = str(path / "tokenizer")

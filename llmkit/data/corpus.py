@@ -13,7 +13,8 @@ empty one, so
 
     separator.join(documents) + separator == source text      (for a source ending in the separator)
 
-Files are read in 1 MiB chunks: memory holds one document at a time, never the corpus.
+Files are read in 1 MiB chunks: memory holds one document at a time, never the corpus (the
+readers of each format are in ``llmkit.data.readers``).
 Bad input fails with a DataError naming the file and, where it helps, the line and byte offset:
 a missing path, a binary file, invalid UTF-8 (or, with ``encoding_errors=replace``, U+FFFD and
 a count in meta.json), a malformed JSONL line, an empty corpus.
@@ -21,61 +22,18 @@ a count in meta.json), a malformed JSONL line, an empty corpus.
 
 from __future__ import annotations
 
-import codecs
 import glob as globlib
-import hashlib
-import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 from llmkit.data.config import DataConfig
+from llmkit.data.readers import CHUNK, Role, Source, read_source, split_document
 from llmkit.errors import ConfigError, DataError
 
-CHUNK = 1 << 20
 SNIFF = 8192
 BUILTIN_PYDOC = "pydoc_topics"
-
-Role = Literal["train", "val", "split"]  # split: the document goes through the train/val split
-
-# Invalid UTF-8 with encoding_errors=replace: U+FFFD, counted (the count goes into meta.json).
-_replaced = [0]
-
-
-def _count_and_replace(err: UnicodeDecodeError) -> tuple[str, int]:
-    _replaced[0] += 1
-    return "\ufffd", err.end
-
-
-codecs.register_error("llmkit.replace", _count_and_replace)
-
-
-@dataclass
-class Source:
-    """One input of the corpus, with what the last pass over it found."""
-
-    path: str
-    role: Role
-    format: Literal["text", "jsonl", "table", "builtin"]
-    size: int
-    sha256: str | None = None
-    documents: int = 0
-    characters: int = 0
-    replacements: int = 0
-
-    def record(self) -> dict:
-        return {
-            "path": self.path,
-            "split": self.role,
-            "format": self.format,
-            "bytes": self.size,
-            "sha256": self.sha256,
-            "documents": self.documents,
-            "characters": self.characters,
-            "encoding_replacements": self.replacements,
-        }
 
 
 @dataclass
@@ -98,18 +56,9 @@ class Corpus:
     def documents(self) -> Iterator[tuple[Source, str]]:
         """Every document of every source, in order. Resets and refills each source's counters."""
         self.bytes_read = 0
-        sep = self.cfg.doc_separator
         for src in self.sources:
             src.documents = src.characters = src.replacements = 0
-            if src.format == "builtin":
-                reader = _read_builtin(src, sep, self)
-            elif src.format == "jsonl":
-                reader = _read_jsonl(src, sep, self.cfg.jsonl_field, self.cfg.encoding_errors, self)
-            elif src.format == "table":
-                reader = _read_table(src, sep, self.cfg.text_column, self)
-            else:
-                reader = _read_text(src, sep, self.cfg.encoding_errors, self)
-            for doc in reader:
+            for doc in read_source(src, self.cfg, self):
                 src.documents += 1
                 src.characters += len(doc)
                 yield src, doc
@@ -260,151 +209,6 @@ def _sniff(src: Source, problems: list[str]) -> None:
     )
 
 
-# --- readers --------------------------------------------------------------------------------------
-def split_document(text: str, sep: str | None) -> list[str]:
-    """Cut ``text`` at ``sep``; a trailing separator ends the last document (no empty one after it)."""
-    if sep is None:
-        return [text]
-    parts = text.split(sep)
-    if len(parts) > 1 and parts[-1] == "":
-        parts.pop()
-    return parts
-
-
-def _utf8_error(src: Source, offset: int, line: int, e: UnicodeDecodeError) -> DataError:
-    bad = e.object[e.start : e.end]
-    return DataError(
-        f"{src.path}: invalid UTF-8 at byte offset {offset} (line {line}): {e.reason} "
-        f"(bytes {bad.hex(' ')}). Re-encode the file as UTF-8, or set data.encoding_errors=replace to "
-        "replace undecodable bytes with U+FFFD (they are counted in meta.json)."
-    )
-
-
-def _read_text(src: Source, sep: str | None, errors: str, corpus: Corpus) -> Iterator[str]:
-    """Stream a text file in chunks, decode incrementally, cut at ``sep``."""
-    decoder = codecs.getincrementaldecoder("utf-8")("strict" if errors == "fail" else "llmkit.replace")
-    digest = hashlib.sha256()
-    offset = lines = 0
-    carry: list[str] = []  # text after the last separator seen
-    tail = sep[:-1] if sep else ""
-    start_replaced = _replaced[0]
-
-    def pieces(text: str, final: bool) -> Iterator[str]:
-        nonlocal carry
-        if sep is None:
-            carry.append(text)
-            return
-        # only join when a separator can be in (end of carry + text): no quadratic re-scans
-        boundary = (carry[-1][-len(tail) :] if carry and tail else "") + text[: len(sep)]
-        if sep not in text and sep not in boundary and not final:
-            carry.append(text)
-            return
-        parts = ("".join(carry) + text).split(sep)
-        carry = [parts.pop()]
-        yield from parts
-
-    with open(src.path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-            pending = decoder.getstate()[0]
-            try:
-                text = decoder.decode(chunk)
-            except UnicodeDecodeError as e:
-                at = offset - len(pending) + e.start
-                raise _utf8_error(src, at, lines + (pending + chunk)[: e.start].count(b"\n") + 1, e) from None
-            offset += len(chunk)
-            lines += chunk.count(b"\n")
-            corpus.bytes_read += len(chunk)
-            yield from pieces(text, final=False)
-        pending = decoder.getstate()[0]
-        try:
-            text = decoder.decode(b"", final=True)
-        except UnicodeDecodeError as e:
-            raise _utf8_error(src, offset - len(pending) + e.start, lines + 1, e) from None
-        yield from pieces(text, final=True)
-    src.sha256 = digest.hexdigest()
-    src.replacements = _replaced[0] - start_replaced
-    last = "".join(carry)
-    if sep is None:
-        if offset:  # an empty file has no document
-            yield last
-    elif last:  # a trailing separator adds no empty document
-        yield last
-
-
-def _read_jsonl(src: Source, sep: str | None, field_name: str, errors: str, corpus: Corpus) -> Iterator[str]:
-    digest = hashlib.sha256()
-    offset = 0
-    start_replaced = _replaced[0]
-    handler = "strict" if errors == "fail" else "llmkit.replace"
-    with open(src.path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            digest.update(raw)
-            corpus.bytes_read += len(raw)
-            try:
-                line = raw.decode("utf-8", errors=handler)
-            except UnicodeDecodeError as e:
-                raise _utf8_error(src, offset + e.start, lineno, e) from None
-            offset += len(raw)
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(
-                    f"{src.path}:{lineno}: not valid JSON ({e.msg} at column {e.colno}). Each line of a JSONL "
-                    "file must be one JSON object."
-                ) from None
-            if not isinstance(record, dict):
-                raise DataError(
-                    f"{src.path}:{lineno}: a JSON {type(record).__name__}, not an object; each line "
-                    f"of a JSONL file must be an object with a {field_name!r} field."
-                )
-            if field_name not in record:
-                keys = ", ".join(map(repr, list(record)[:8])) or "none"
-                raise DataError(
-                    f"{src.path}:{lineno}: no field {field_name!r} in this record (its fields: {keys}). "
-                    "Set data.jsonl_field to the field that holds the text."
-                )
-            text = record[field_name]
-            if not isinstance(text, str):
-                raise DataError(f"{src.path}:{lineno}: field {field_name!r} is a {type(text).__name__}, not a string.")
-            yield from split_document(text, sep)
-    src.sha256 = digest.hexdigest()
-    src.replacements = _replaced[0] - start_replaced
-
-
-def _read_table(src: Source, sep: str | None, column: str, corpus: Corpus) -> Iterator[str]:
-    """The ``column`` of each row of a TSV/CSV file with a header (read as the fine-tuning tasks read
-    it, ``llmkit.data.tasks.read_rows``: strict UTF-8, the file and line of a malformed row)."""
-    from llmkit.data.tasks import read_rows
-    from llmkit.io import sha256_file
-
-    src.sha256 = sha256_file(src.path)
-    for lineno, row in read_rows(src.path):
-        if row.get(column) is None:
-            raise DataError(
-                f"{src.path}:{lineno}: no column {column!r} (columns: {', '.join(map(str, row))}). "
-                "Set data.text_column to the column that holds the text."
-            )
-        text = row[column]
-        corpus.bytes_read += len(text) + 1  # progress only: about the row's share of the file
-        yield from split_document(text, sep)
-
-
-def _read_builtin(src: Source, sep: str | None, corpus: Corpus) -> Iterator[str]:
-    from pydoc_data import topics
-
-    from llmkit.io import sha256_file
-
-    src.sha256 = sha256_file(src.path)
-    scale = src.size / max(1, sum(len(t) for t in topics.topics.values()))  # progress in file bytes
-    for key in sorted(topics.topics):
-        text = topics.topics[key]
-        corpus.bytes_read += int(len(text) * scale)
-        yield from split_document(text, sep)
-
-
 # --- splitting ------------------------------------------------------------------------------------
 _MASK64 = (1 << 64) - 1
 
@@ -496,3 +300,17 @@ def sample_for_training(corpus: Corpus, seed: int, budget: int) -> list[str]:
         sample.append(doc)
         used += len(doc)
     return sample
+
+
+__all__ = [
+    "BUILTIN_PYDOC",
+    "CHUNK",
+    "Corpus",
+    "Role",
+    "Source",
+    "assign_splits",
+    "check_config",
+    "sample_for_training",
+    "split_document",
+    "unit_hash",
+]

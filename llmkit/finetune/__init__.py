@@ -2,8 +2,8 @@
 
 ``apply_strategy(model, FinetuneConfig(...))`` decides what trains; ``param_groups`` /
 ``build_optimizer`` give the optimizer the trainable parameters, with layer-wise learning-rate
-decay when asked. ``llmkit.finetune.lora`` holds the LoRA layer, merging and adapter-only state
-dicts (see its docstring for how a base checkpoint and adapters are loaded together).
+decay when asked. ``llmkit.finetune.lora`` holds the LoRA layers, merging and loading
+adapter checkpoints (see its docstring for how a base checkpoint and adapters are loaded together).
 """
 
 from llmkit.finetune.lora import (
@@ -11,12 +11,9 @@ from llmkit.finetune.lora import (
     LoRALinear,
     adapter_keys,
     apply_lora,
-    base_state_dict_names,
-    load_base_state_dict,
-    load_lora_state_dict,
+    load_adapters,
     lora_modules,
     lora_spec,
-    lora_state_dict,
     merge_lora,
 )
 from llmkit.finetune.strategy import (
@@ -38,16 +35,13 @@ __all__ = [
     "adapter_keys",
     "apply_lora",
     "apply_strategy",
-    "base_state_dict_names",
     "build_optimizer",
     "find_trunk",
     "head_parameters",
     "layer_depths",
-    "load_base_state_dict",
-    "load_lora_state_dict",
+    "load_adapters",
     "lora_modules",
     "lora_spec",
-    "lora_state_dict",
     "merge_lora",
     "param_groups",
 ]

@@ -18,7 +18,9 @@ from torch import nn
 
 from llmkit import checkpoint
 from llmkit.errors import CheckpointError, LlmkitError
-from llmkit.model import CausalLM, ModelConfig, SequenceClassifier, TokenClassifier
+from llmkit.model import ModelConfig
+from llmkit.model.registry import LANGUAGE_MODELS, model_class
+from llmkit.model.state_dict import check_keys, tied_groups, with_tied
 
 
 @dataclass
@@ -54,46 +56,45 @@ def load_pretrained(spec: str) -> Pretrained:
     return Pretrained(cfg, tensors, load_tokenizer(path / "tokenizer"), meta.get("model_class", ""), str(path))
 
 
-def _trunk(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    trunk = {k: v for k, v in tensors.items() if k.startswith("transformer.") or k.startswith("pooler.")}
-    if "transformer.wte.weight" not in trunk:  # stored once under the tied head's name
-        for alias in ("lm_head.weight", "mlm_head.weight"):
-            if alias in tensors:
-                trunk["transformer.wte.weight"] = tensors[alias]
-                break
-    return trunk
+# The model class each fine-tuning task trains (names in llmkit.model.registry).
+TASK_MODELS = {"sft": "CausalLM", "seq_cls": "SequenceClassifier", "token_cls": "TokenClassifier"}
+
+
+def new_task_model(task: str, cfg: ModelConfig, *, num_labels: int = 0) -> nn.Module:
+    """A freshly initialised model for ``task`` (a decoder for sft, a classifier with ``num_labels`` else)."""
+    if task not in TASK_MODELS:
+        raise LlmkitError(f"unknown fine-tuning task {task!r}; llmkit fine-tunes {', '.join(TASK_MODELS)}")
+    cls: Any = model_class(TASK_MODELS[task])
+    return cls.from_config(cfg) if task == "sft" else cls.from_config(cfg, num_labels=num_labels)
+
+
+def _all_names(pre: Pretrained) -> dict[str, torch.Tensor]:
+    """The pretrained tensors under every name of a tied group (a file stores each group once, e.g.
+    a GPT's embedding as ``lm_head.weight``): the pretrained model's structure, built on the meta
+    device, says which names share a tensor."""
+    if pre.model_class not in LANGUAGE_MODELS:
+        return dict(pre.tensors)
+    with torch.device("meta"):
+        skeleton = model_class(pre.model_class).from_config(pre.config)
+    return with_tied(pre.tensors, tied_groups(skeleton))
 
 
 def build_task_model(task: str, pre: Pretrained, *, num_labels: int = 0, dropout: float | None = None) -> nn.Module:
     """The model for ``task`` with the pretrained trunk loaded; new heads keep their fresh init."""
     cfg = pre.config if dropout is None else dataclasses.replace(pre.config, dropout=dropout)
-    if task == "sft":
-        if not cfg.causal:
-            raise LlmkitError(f"objective=sft generates text and needs a decoder (GPT/Llama); {pre.source} is an encoder.")
-        model: nn.Module = CausalLM.from_config(cfg)
-        wanted = {**pre.tensors, **_trunk(pre.tensors)}
-    elif task == "seq_cls":
-        model = SequenceClassifier.from_config(cfg, num_labels=num_labels)
-        wanted = _trunk(pre.tensors)
-    elif task == "token_cls":
-        model = TokenClassifier.from_config(cfg, num_labels=num_labels)
-        wanted = _trunk(pre.tensors)
-    else:
-        raise LlmkitError(f"unknown fine-tuning task {task!r}")
+    if task == "sft" and not cfg.causal:
+        raise LlmkitError(f"objective=sft generates text and needs a decoder (GPT/Llama); {pre.source} is an encoder.")
+    model = new_task_model(task, cfg, num_labels=num_labels)
     own = model.state_dict()
-    problems = []
-    trunk_keys = [k for k in own if k.startswith("transformer.")]
-    missing = [k for k in trunk_keys if k not in wanted]
-    if task == "sft":
-        missing = [k for k in own if k not in wanted and not (k == "lm_head.weight" and cfg.tie_weights)]
-    shapes = [f"{k}: {tuple(wanted[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in wanted and wanted[k].shape != own[k].shape]
-    if missing:
-        problems.append("missing " + ", ".join(missing[:6]))
-    if shapes:
-        problems.append("shape mismatch " + "; ".join(shapes[:6]))
-    if problems:
-        raise CheckpointError(f"{pre.source} does not fit a {task} model: {' | '.join(problems)}.")
-    model.load_state_dict({k: v for k, v in wanted.items() if k in own}, strict=False)
+    wanted = {k: v for k, v in _all_names(pre).items() if k in own}
+    if task == "sft":  # the whole decoder, LM head included
+        required = None
+    else:  # the trunk (and BERT's pooler, if both have one); the task head starts fresh
+        wanted = {k: v for k, v in wanted.items() if k.startswith(("transformer.", "pooler."))}
+        required = [k for k in own if k.startswith("transformer.")]
+    what = f"{pre.source} does not fit a {task} model"
+    check_keys(own, wanted, what=what, required=required, tied=tied_groups(model))
+    model.load_state_dict(wanted, strict=False)
     return model
 
 
@@ -103,20 +104,15 @@ def task_model_from_checkpoint(meta: dict[str, Any], path: Path) -> nn.Module:
     task = meta["task"]
     labels = meta.get("labels", [])
     if "base" in meta:  # LoRA: rebuild the base, add the adapters, fold them in
-        from llmkit.finetune.lora import apply_lora, merge_lora
+        from llmkit.finetune.lora import apply_lora, load_adapters, merge_lora
 
         base = load_pretrained(meta["base"])
         model = build_task_model(task, base, num_labels=len(labels), dropout=cfg.dropout)
         lora = meta["lora"]
         apply_lora(model, rank=lora["rank"], alpha=lora["alpha"], dropout=0.0, targets=lora["targets"])
-        checkpoint.load_weights(model, path, partial=True)
+        load_adapters(model, load_file(str(path / "model.safetensors")), what=f"The adapters in {path}")
         merge_lora(model)
         return model
-    builders = {
-        "sft": lambda: CausalLM.from_config(cfg),
-        "seq_cls": lambda: SequenceClassifier.from_config(cfg, num_labels=len(labels)),
-        "token_cls": lambda: TokenClassifier.from_config(cfg, num_labels=len(labels)),
-    }
-    model = builders[task]()
+    model = new_task_model(task, cfg, num_labels=len(labels))
     checkpoint.load_weights(model, path)
     return model

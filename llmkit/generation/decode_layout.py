@@ -62,8 +62,8 @@ def to_decode_layout(model: nn.Module, chunks: int | None = None) -> nn.Module:
     """Replace, in place, every plain ``nn.Linear`` and ``LMHead`` of ``model`` by a ``DecodeLinear``
     with ``chunks`` column blocks (default: torch's thread count). Returns ``model``.
 
-    Only exact ``nn.Linear`` / ``LMHead`` modules are swapped (an unmerged LoRA layer keeps its
-    adapters and calls its swapped ``base``). A tied LM head gets its own copy of the embedding
+    Only exact ``nn.Linear`` / ``LMHead`` modules are swapped (an unmerged LoRA layer is kept as it
+    is, adapters and all: merge it first for the fast layout). A tied LM head gets its own copy of the embedding
     matrix in the new layout (GPT-2 small: 154 MB more); the embedding keeps its lookup table.
     """
     chunks = max(1, torch.get_num_threads() if chunks is None else chunks)

@@ -17,6 +17,9 @@ MODEL_CLASSES: dict[str, type[nn.Module]] = {
     "SequenceClassifier": SequenceClassifier,
     "TokenClassifier": TokenClassifier,
 }
+# The classes a ModelConfig alone builds (``cls.from_config(config)``: what pretraining and Hugging
+# Face imports give); task models need their number of labels too.
+LANGUAGE_MODELS = ("CausalLM", "MaskedLM")
 
 
 def model_class(name: str, *, where: str = "checkpoint") -> type[nn.Module]:

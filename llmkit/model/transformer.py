@@ -1,7 +1,8 @@
 """One Transformer trunk, many architectures: GPT-2, Llama-style and BERT-style, chosen by ``ModelConfig``.
 
-Reads top to bottom: norms and activations, position encodings, the KV cache, attention, MLPs,
-the block, the trunk. The trunk returns hidden states; heads (``llmkit.model.heads``) turn them
+Reads top to bottom: norms and activations, MLPs, the block, the trunk; position encodings are in
+``llmkit.model.positions``, attention and the KV cache in ``llmkit.model.attention`` (their names
+stay importable from here). The trunk returns hidden states; heads (``llmkit.model.heads``) turn them
 into logits and own weight tying.
 
 Parameter names are the checkpoint format; keep them stable. Weights use ``nn.Linear``'s
@@ -34,7 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from llmkit.model.attention import Attention, KVCache, math_attention
 from llmkit.model.config import ModelConfig
+from llmkit.model.positions import apply_rope, rope_cache, rotate_half, sinusoidal_table
 
 # ---------------------------------------------------------------------------- norms, activations
 
@@ -84,183 +87,6 @@ def init_weights(module: nn.Module, *, std: float) -> None:
             nn.init.zeros_(module.bias)
     elif isinstance(module, nn.Embedding):
         nn.init.normal_(module.weight, mean=0.0, std=std)
-
-
-# ---------------------------------------------------------------------------- position encodings
-
-
-def sinusoidal_table(length: int, dim: int) -> Tensor:
-    """Fixed encodings of Vaswani 2017 §3.5, (length, dim): PE[p, 2i] = sin(p / 10000^(2i/dim)),
-    PE[p, 2i+1] = cos(same angle). Computed in float64, stored in the default dtype."""
-    pos = torch.arange(length, dtype=torch.float64)[:, None]  # (length, 1)
-    inv_freq = 10000.0 ** (-torch.arange(0, dim, 2, dtype=torch.float64) / dim)  # (ceil(dim/2),)
-    angles = pos * inv_freq  # (length, ceil(dim/2))
-    table = torch.zeros(length, dim, dtype=torch.float64)
-    table[:, 0::2] = angles.sin()
-    table[:, 1::2] = angles.cos()[:, : dim // 2]
-    return table.to(torch.get_default_dtype())
-
-
-def rope_cache(length: int, head_dim: int, theta: float) -> tuple[Tensor, Tensor]:
-    """cos and sin tables, each (length, head_dim), for rotary embeddings (RoFormer, Su 2021).
-
-    HF-Llama layout: dimension i is paired with i + head_dim/2 (not with its neighbour), so both
-    halves of the table repeat the angles p * theta^(-2i/head_dim). Computed in float64, stored in
-    the default dtype.
-    """
-    inv_freq = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)  # (hd/2,)
-    angles = torch.outer(torch.arange(length, dtype=torch.float64), inv_freq)  # (length, hd/2)
-    angles = torch.cat([angles, angles], dim=-1)  # (length, hd)
-    dtype = torch.get_default_dtype()
-    return angles.cos().to(dtype), angles.sin().to(dtype)
-
-
-def rotate_half(x: Tensor) -> Tensor:
-    x1, x2 = x.chunk(2, dim=-1)  # (..., hd/2) each
-    return torch.cat([-x2, x1], dim=-1)  # (..., hd)
-
-
-def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate each pair (x_i, x_{i+hd/2}) by its position's angle. Since q_m·k_n then depends only
-    on m - n, attention sees relative positions although every token is encoded absolutely."""
-    return x * cos + rotate_half(x) * sin
-
-
-# ---------------------------------------------------------------------------- KV cache
-
-
-class KVCache:
-    """Keys and values of every layer, preallocated for incremental decoding.
-
-    ``k`` and ``v`` have shape (n_layer, batch_size, kv_heads, max_len, head_dim); slots
-    ``[0, length)`` are filled. A forward pass with ``T`` new tokens writes slots
-    ``[length, length + T)`` in every layer and then advances ``length`` by ``T``.
-    Keys are stored after RoPE, at the position each token was given.
-    """
-
-    def __init__(
-        self,
-        config: ModelConfig,
-        batch_size: int,
-        max_len: int,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        if batch_size <= 0 or max_len <= 0:
-            raise ValueError(f"KVCache needs batch_size > 0 and max_len > 0, got {batch_size} and {max_len}")
-        shape = (config.n_layer, batch_size, config.kv_heads, max_len, config.head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.length = 0
-
-    @property
-    def batch_size(self) -> int:
-        return self.k.shape[1]
-
-    @property
-    def max_len(self) -> int:
-        return self.k.shape[3]
-
-    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Store ``k``, ``v`` (B, kv_heads, T, hd) at slots [length, length + T) of ``layer``;
-        return that layer's keys and values for slots [0, length + T)."""
-        end = self.length + k.shape[2]
-        self.k[layer, :, :, self.length : end] = k
-        self.v[layer, :, :, self.length : end] = v
-        # .to: under autocast the new k/v can be in a lower precision than the cache.
-        return self.k[layer, :, :, :end].to(k.dtype), self.v[layer, :, :, :end].to(v.dtype)
-
-    def reorder(self, beam_indices: Tensor) -> None:
-        """Make batch row ``i`` a copy of row ``beam_indices[i]`` (beam search)."""
-        self.k = self.k.index_select(1, beam_indices)
-        self.v = self.v.index_select(1, beam_indices)
-
-    def reset(self) -> None:
-        self.length = 0
-
-
-# ---------------------------------------------------------------------------- attention
-
-
-_MATH_ATTENTION_MAX_SCORES = 512 * 512  # T x S per head: the score matrix it materialises stays small
-
-
-def _math_attention_pays(q: Tensor, k: Tensor) -> bool:
-    """On the CPU in bf16, PyTorch's flash-attention kernel is slow to differentiate (measured with
-    torch 2.13 on AVX-512 BF16: forward + backward 3.9x slower than ``math_attention`` at the
-    gpt_baby shape, 1.9x at gpt_mini's T=256; a whole gpt_baby bf16 training step 33 -> 18 ms);
-    short sequences there take the explicit path."""
-    return q.device.type == "cpu" and q.dtype == torch.bfloat16 and q.shape[-2] * k.shape[-2] <= _MATH_ATTENTION_MAX_SCORES
-
-
-def math_attention(
-    q: Tensor, k: Tensor, v: Tensor, *, mask: Tensor | None = None, dropout_p: float = 0.0, is_causal: bool = False
-) -> Tensor:
-    """``F.scaled_dot_product_attention`` written out (q, k, v: (B, H, T, hd), k/v with S positions;
-    a boolean ``mask`` keeps True, a float one is added; ``is_causal`` for T == S). A query whose
-    keys are all masked attends uniformly instead of producing NaN."""
-    scores = (q @ k.transpose(-2, -1)).float() * (1.0 / math.sqrt(q.shape[-1]))  # (B, H, T, S), softmax in fp32
-    fill = torch.finfo(scores.dtype).min
-    if is_causal:
-        T, S = scores.shape[-2:]
-        causal = torch.ones(T, S, dtype=torch.bool, device=q.device).tril()
-        scores = scores.masked_fill(~causal, fill)
-    if mask is not None:
-        scores = scores.masked_fill(~mask, fill) if mask.dtype == torch.bool else scores + mask
-    probs = scores.softmax(dim=-1)
-    if dropout_p > 0.0:
-        probs = F.dropout(probs, dropout_p)
-    return probs.to(v.dtype) @ v  # (B, H, T, hd)
-
-
-class Attention(nn.Module):
-    """Multi-head self-attention (Vaswani 2017) with grouped-query k/v heads (Ainslie 2023)."""
-
-    def __init__(self, *, config: ModelConfig, layer_idx: int) -> None:
-        super().__init__()
-        self.layer_idx = layer_idx
-        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.kv_heads, config.head_dim
-        # One fused matmul for q, k and v; k and v are smaller than q under GQA.
-        qkv_size = (self.n_head + 2 * self.n_kv_head) * self.head_dim
-        self.c_attn = nn.Linear(config.n_embd, qkv_size, bias=config.bias)
-        self.c_proj = nn.Linear(self.n_head * self.head_dim, config.n_embd, bias=config.bias)
-        self.attn_dropout = config.dropout
-        self.resid_dropout = nn.Dropout(config.dropout)
-
-    def forward(
-        self,
-        x: Tensor,
-        *,
-        rope: tuple[Tensor, Tensor] | None,
-        mask: Tensor | None,
-        is_causal: bool,
-        kv_cache: KVCache | None,
-    ) -> Tensor:
-        B, T, _ = x.shape
-        hd = self.head_dim
-        q, k, v = self.c_attn(x).split([self.n_head * hd, self.n_kv_head * hd, self.n_kv_head * hd], dim=-1)
-        q = q.view(B, T, self.n_head, hd).transpose(1, 2)  # (B, n_head, T, hd)
-        k = k.view(B, T, self.n_kv_head, hd).transpose(1, 2)  # (B, n_kv_head, T, hd)
-        v = v.view(B, T, self.n_kv_head, hd).transpose(1, 2)  # (B, n_kv_head, T, hd)
-        if rope is not None:
-            cos, sin = (t.to(q.dtype) for t in rope)
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if kv_cache is not None:
-            k, v = kv_cache.update(self.layer_idx, k, v)  # (B, n_kv_head, S, hd), S = cached + T
-        if self.n_kv_head != self.n_head:
-            # GQA: query head h reads k/v head h // group (the HF `repeat_kv` order).
-            group = self.n_head // self.n_kv_head
-            k = k.repeat_interleave(group, dim=1)  # (B, n_head, S, hd)
-            v = v.repeat_interleave(group, dim=1)  # (B, n_head, S, hd)
-        dropout_p = self.attn_dropout if self.training else 0.0
-        if kv_cache is None and _math_attention_pays(q, k):
-            y = math_attention(q, k, v, mask=mask, dropout_p=dropout_p, is_causal=is_causal)
-        else:
-            y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal
-            )  # softmax(q k^T / sqrt(hd) + mask) v: (B, n_head, T, hd)
-        y = y.transpose(1, 2).reshape(B, T, self.n_head * hd)  # (B, T, n_head * hd): heads side by side
-        return self.resid_dropout(self.c_proj(y))
 
 
 # ---------------------------------------------------------------------------- MLPs
@@ -475,3 +301,22 @@ class Transformer(nn.Module):
             # through 0 * NaN in later layers. Let such rows see every key; they are padding anyway.
             mask = mask | ~mask.any(dim=-1, keepdim=True)
         return mask, False
+
+
+__all__ = [
+    "MLP",
+    "Attention",
+    "Block",
+    "KVCache",
+    "RMSNorm",
+    "SwiGLU",
+    "Transformer",
+    "apply_rope",
+    "build_activation",
+    "build_norm",
+    "init_weights",
+    "math_attention",
+    "rope_cache",
+    "rotate_half",
+    "sinusoidal_table",
+]

@@ -198,8 +198,10 @@ class DistEnv:
             return None
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
+        from llmkit.model.state_dict import tied_aliases
+
         full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        return {k: v for k, v in full.items() if k not in _tied_aliases(model)}
+        return {k: v for k, v in full.items() if k not in tied_aliases(model)}  # as save_model stores them
 
     def optimizer_state_dict(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         """The optimizer state in the single-process format (integer parameter ids, full tensors).
@@ -330,15 +332,6 @@ def _full(t: torch.Tensor) -> torch.Tensor:
     return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
-def _tied_aliases(model: nn.Module) -> set[str]:
-    """Names of tied weights to leave out of a saved file: all but the first name (sorted) of each
-    parameter, the one safetensors' ``save_model`` keeps, so FSDP and single-process files match."""
-    names: dict[int, list[str]] = {}
-    for name, p in model.named_parameters(remove_duplicate=False):
-        names.setdefault(id(p), []).append(name)
-    return {n for group in names.values() for n in sorted(group)[1:]}
-
-
 def _param_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
     """The name of each optimizer parameter, in the optimizer's order (its integer ids)."""
     names = {id(p): n for n, p in model.named_parameters()}
@@ -424,13 +417,15 @@ def consolidate(path: str | Path) -> Path:
     meta = json.loads(meta_file.read_text(encoding="utf-8"))
     # Tied weights are stored once, under the name a single-process checkpoint uses: the model's
     # structure (built on the meta device, no memory) says which names share a parameter.
-    from llmkit.model import CausalLM, MaskedLM, ModelConfig
+    from llmkit.model import ModelConfig
+    from llmkit.model.registry import LANGUAGE_MODELS, model_class
+    from llmkit.model.state_dict import tied_aliases
 
     aliases: set[str] = set()
-    builder = {"CausalLM": CausalLM, "MaskedLM": MaskedLM}.get(meta.get("model_class", ""))
-    if builder is not None:
+    if meta.get("model_class") in LANGUAGE_MODELS:
         with torch.device("meta"):
-            aliases = _tied_aliases(builder.from_config(ModelConfig.from_dict(meta["model_config"])))
+            skeleton = model_class(meta["model_class"]).from_config(ModelConfig.from_dict(meta["model_config"]))
+        aliases = tied_aliases(skeleton)
     tensors = {k: v.detach().clone().contiguous() for k, v in full.items() if k not in aliases}
     save_file(tensors, str(path / "model.safetensors"))
     meta.setdefault("files", {})["model.safetensors"] = sha256_file(path / "model.safetensors")

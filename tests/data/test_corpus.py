@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from llmkit.data import corpus as corpus_mod
+from llmkit.data import readers as readers_mod
 from llmkit.data.config import DataConfig
 from llmkit.data.corpus import Corpus, sample_for_training, split_document, unit_hash
 from llmkit.errors import ConfigError, DataError
@@ -110,7 +110,7 @@ def test_streamed_documents_match_str_split(tmp_path, monkeypatch, pieces, sep, 
     text = "".join(pieces)
     path = tmp_path / "t.txt"
     path.write_text(text, encoding="utf-8")
-    monkeypatch.setattr(corpus_mod, "CHUNK", chunk)
+    monkeypatch.setattr(readers_mod, "CHUNK", chunk)
     if not text:
         return
     c = Corpus(files_cfg(path, doc_separator=sep))
@@ -124,7 +124,7 @@ def test_invalid_utf8_names_file_offset_and_line(tmp_path, monkeypatch):
     path.write_bytes(data)
     offset = data.index(b"\xff")
     for chunk in (1 << 20, 3):
-        monkeypatch.setattr(corpus_mod, "CHUNK", chunk)
+        monkeypatch.setattr(readers_mod, "CHUNK", chunk)
         with pytest.raises(DataError, match=rf"bad.txt: invalid UTF-8 at byte offset {offset} \(line 3\)"):
             docs_of(Corpus(files_cfg(path)))
     path.write_bytes(b"ok \xe4\xb8")  # a character cut off at the end of the file

@@ -1,4 +1,4 @@
-"""LoRA: exact start, only adapters train, merge == unmerged, adapter-only state dicts, loading."""
+"""LoRA: exact start, only adapters train, merge == unmerged, base keys unchanged, adapter checkpoints."""
 
 from __future__ import annotations
 
@@ -15,17 +15,16 @@ from llmkit.finetune import (
     FinetuneConfig,
     LoRAEmbedding,
     LoRALinear,
+    adapter_keys,
     apply_lora,
     apply_strategy,
-    base_state_dict_names,
-    load_base_state_dict,
-    load_lora_state_dict,
+    load_adapters,
     lora_spec,
-    lora_state_dict,
     merge_lora,
     param_groups,
 )
 from llmkit.model import CausalLM, ModelConfig, SequenceClassifier
+from llmkit.model.state_dict import load_strict
 
 TINY = ModelConfig(vocab_size=32, block_size=16, n_layer=2, n_head=2, n_embd=32)
 LLAMA = ModelConfig(
@@ -61,6 +60,11 @@ def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+def trainable(model: nn.Module) -> dict[str, torch.Tensor]:
+    """What the finetune recipe saves for LoRA: the adapters and whatever else trains (a task head)."""
+    return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+
+
 # ---------------------------------------------------------------------------- the layer
 
 
@@ -74,6 +78,8 @@ def test_lora_linear_starts_as_its_base_and_scales_by_alpha_over_rank():
     assert layer.lora_A.shape == (4, 16) and layer.lora_B.shape == (24, 4)
     assert not torch.all(layer.lora_A == 0) and torch.all(layer.lora_B == 0)
     assert not base.weight.requires_grad and not base.bias.requires_grad
+    assert layer.weight is base.weight and layer.bias is base.bias  # the layer owns the base Parameters
+    assert set(layer.state_dict()) == {"weight", "bias", "lora_A", "lora_B"}
     assert layer.scaling == 2.0
 
     with torch.no_grad():
@@ -88,7 +94,7 @@ def test_lora_dropout_acts_on_the_adapter_path_only():
     layer = LoRALinear(nn.Linear(16, 16), rank=2, alpha=2, dropout=0.5)
     x = torch.randn(4, 16)
     layer.train()
-    assert torch.equal(layer(x), layer.base(x))  # B = 0: dropout cannot show on the base path
+    assert torch.equal(layer(x), F.linear(x, layer.weight, layer.bias))  # B = 0: dropout cannot show on the base path
     with torch.no_grad():
         layer.lora_B.normal_()
     assert not torch.equal(layer(x), layer(x))  # training: random masks on the adapter input
@@ -157,8 +163,9 @@ def test_embedding_adapters_on_a_classifier_train_merge_and_round_trip():
 
     rebuilt = copy.deepcopy(base)
     apply_lora(rebuilt, **lora_spec(model))
-    load_lora_state_dict(rebuilt, lora_state_dict(model))
-    rebuilt.head.load_state_dict(model.head.state_dict())  # the trained task head travels with the adapters
+    stored = trainable(model)
+    assert any(k.startswith("head.") for k in stored)  # the trained task head travels with the adapters
+    load_adapters(rebuilt, stored)
     idx = batch(seed=7)
     with torch.no_grad():
         unmerged = model(idx)
@@ -261,7 +268,7 @@ def test_merged_model_equals_unmerged_and_has_the_base_keys():
     idx = batch(seed=9)
     with torch.no_grad():
         unmerged = model(idx)
-        expected_w = model.transformer.h[0].attn.c_attn.base.weight + model.transformer.h[0].attn.c_attn.delta_weight()
+        expected_w = model.transformer.h[0].attn.c_attn.weight + model.transformer.h[0].attn.c_attn.delta_weight()
     merged_names = merge_lora(model)
     assert len(merged_names) == 8
     assert not any(isinstance(m, LoRALinear) for m in model.modules())
@@ -282,13 +289,14 @@ def test_merged_model_equals_unmerged_and_has_the_base_keys():
 # ---------------------------------------------------------------------------- adapter checkpoints
 
 
-def test_adapter_state_dict_round_trip(tmp_path):
+def test_adapter_checkpoint_round_trip(tmp_path):
     base = tiny()
     model = copy.deepcopy(base)
     apply_strategy(model, FinetuneConfig(strategy="lora", lora_rank=4, lora_targets=TARGETS))
     train_steps(model)
-    adapters = lora_state_dict(model)
+    adapters = trainable(model)  # a causal LM's head is not a task head: adapters only
     assert list(adapters) == [f"transformer.h.{i}.attn.{n}.lora_{ab}" for i in range(2) for n in ("c_attn", "c_proj") for ab in "AB"]
+    assert list(adapters) == adapter_keys(model)
     save_file({k: v.contiguous() for k, v in adapters.items()}, str(tmp_path / "adapter.safetensors"))
     spec = lora_spec(model)
     assert spec == {"rank": 4, "alpha": 16.0, "dropout": 0.05, "targets": [k.rsplit(".", 1)[0] for k in adapters][::2]}
@@ -296,7 +304,7 @@ def test_adapter_state_dict_round_trip(tmp_path):
     # base checkpoint + spec + adapters rebuild the fine-tuned model
     rebuilt = copy.deepcopy(base)
     apply_lora(rebuilt, **spec)
-    load_lora_state_dict(rebuilt, load_file(str(tmp_path / "adapter.safetensors")))
+    load_adapters(rebuilt, load_file(str(tmp_path / "adapter.safetensors")))
     idx = batch(seed=5)
     with torch.no_grad():
         assert torch.equal(rebuilt.eval()(idx), model.eval()(idx))
@@ -305,48 +313,52 @@ def test_adapter_state_dict_round_trip(tmp_path):
 def test_loading_adapters_is_strict_and_reports_everything():
     model = tiny()
     with pytest.raises(CheckpointError, match="no LoRA adapters"):
-        load_lora_state_dict(model, {})
+        load_adapters(model, {})
     apply_lora(model, rank=4, alpha=8, targets=TARGETS)
     other = tiny()
     apply_lora(other, rank=2, alpha=8, targets=["attn.c_attn", "mlp.c_fc"])
-    sd = lora_state_dict(other)
-    sd["transformer.wte.weight"] = model.transformer.wte.weight
+    sd = trainable(other)
+    sd["transformer.wte.weight"] = torch.zeros(3, 3)
     before = snapshot(model)
     with pytest.raises(CheckpointError) as e:
-        load_lora_state_dict(model, sd)
+        load_adapters(model, sd)
     msg = str(e.value)
-    assert "missing adapters: transformer.h.0.attn.c_proj.lora_A" in msg
-    assert "transformer.h.0.mlp.c_fc.lora_A" in msg and "transformer.wte.weight" in msg
+    assert msg.startswith("LoRA adapters do not fit this model (")
+    assert "missing: transformer.h.0.attn.c_proj.lora_A" in msg
+    assert "unexpected: transformer.h.0.mlp.c_fc.lora_A" in msg
     assert "transformer.h.0.attn.c_attn.lora_A: given (2, 32) vs model (4, 32)" in msg
+    assert "transformer.wte.weight: given (3, 3) vs model (32, 32)" in msg
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # nothing half-loaded
 
 
-def test_base_weights_load_into_a_wrapped_model():
+def test_a_base_checkpoint_loads_into_a_lora_model_unchanged(tmp_path):
+    from safetensors.torch import save_model
+
+    from llmkit import checkpoint
+
     trained_base = tiny(seed=3)
     model = tiny(seed=0)
+    base_keys = list(model.state_dict())
     apply_lora(model, rank=4, alpha=8, targets=TARGETS)
-    names = base_state_dict_names(model)
-    assert names["transformer.h.0.attn.c_attn.base.weight"] == "transformer.h.0.attn.c_attn.weight"
-    assert names["transformer.wte.weight"] == "transformer.wte.weight"
-    assert not any("lora_" in k for k in names)
-    assert sorted(names.values()) == sorted(trained_base.state_dict())
+    assert [k for k in model.state_dict() if "lora_" not in k] == base_keys  # same keys, same order
+    assert sorted(set(model.state_dict()) - set(base_keys)) == sorted(adapter_keys(model))
 
     adapters = snapshot(model)
-    base_sd = trained_base.state_dict()
-    del base_sd["lm_head.weight"]  # tied alias, stored once by safetensors' save_model
-    load_base_state_dict(model, base_sd)
-    for k in lora_state_dict(model):
+    (tmp_path / "base").mkdir()
+    save_model(trained_base, str(tmp_path / "base" / "model.safetensors"))  # tied lm_head stored once
+    checkpoint.load_weights(model, tmp_path / "base", partial=True)
+    for k in adapter_keys(model):
         assert torch.equal(model.state_dict()[k], adapters[k])
     idx = batch()
     with torch.no_grad():
         assert torch.equal(model.eval()(idx), trained_base.eval()(idx))  # B = 0: the loaded base
 
-    bad = dict(base_sd)
+    bad = trained_base.state_dict()
     del bad["transformer.h.1.attn.c_attn.weight"]
     bad["transformer.h.0.attn.c_attn.weight"] = torch.zeros(3, 3)
     bad["extra.weight"] = torch.zeros(1)
     with pytest.raises(CheckpointError) as e:
-        load_base_state_dict(model, bad)
+        load_strict(model, bad, what="Base weights", required=base_keys)
     msg = str(e.value)
     assert "missing: transformer.h.1.attn.c_attn.weight" in msg
     assert "unexpected: extra.weight" in msg

@@ -21,8 +21,8 @@ import torch
 from _cli import REPO, run_llmkit
 from llmkit import hf
 from llmkit.errors import CheckpointError
+from llmkit.hf import export_hf
 from llmkit.model import MaskedLM, ModelConfig
-from llmkit.model.hf import export_hf
 
 WORDS = ["good", "great", "fine", "bad", "awful", "poor", "the", "film", "was", "plot", "and", "very"]
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]

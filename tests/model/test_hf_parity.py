@@ -18,8 +18,8 @@ from safetensors.torch import load_file
 
 from llmkit.errors import CheckpointError
 from llmkit.generation import generate
+from llmkit.hf import HFFormatError, config_from_hf, export_hf, load_hf
 from llmkit.model import CausalLM, MaskedLM, ModelConfig
-from llmkit.model.hf import HFFormatError, config_from_hf, export_hf, load_hf
 
 transformers.logging.set_verbosity_error()
 ATOL = 1e-5

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from llmkit.model import CausalLM, ModelConfig
-from llmkit.model import transformer as tr
+from llmkit.model import attention as tr
 
 
 def _qkv(T: int = 7, S: int = 7, dtype: torch.dtype = torch.float64):

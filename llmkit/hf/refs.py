@@ -13,7 +13,7 @@ else the package directory itself or its one sub-directory holding a ``config.js
 
 ``load_model`` returns the same ``(model, meta)`` shape as ``llmkit.checkpoint.load_model`` (meta
 has ``model_class``, ``model_config``, ``path`` and, for HF directories, ``tokenizer_dir`` and
-``hf``: the import report), so recipes can treat both alike. See ``llmkit.model.hf`` for what
+``hf``: the import report), so recipes can treat both alike. See ``llmkit.hf.weights`` for what
 is imported and ``llmkit.tokenizer.hf`` for the tokenizer.
 """
 
@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from llmkit.errors import CheckpointError
+from llmkit.hf.files import CONFIG_FILE
 
 PREFIX = "hf:"
 PKG_PREFIX = "pkg:"  # hf:pkg:PACKAGE[/SUBDIR]
@@ -53,8 +54,6 @@ def _install_hint(name: str) -> str:
 def package_model_dir(spec: str) -> Path:
     """The model directory of ``PACKAGE[/SUBDIR]`` (the part after ``hf:pkg:``) in the installed package."""
     import importlib.util
-
-    from llmkit.model.hf import CONFIG_FILE
 
     name, _, sub = spec.strip().partition("/")
     if not name.isidentifier():
@@ -86,8 +85,6 @@ def package_model_dir(spec: str) -> Path:
 
 def hf_dir(ref: str | os.PathLike) -> Path:
     """The directory of an ``hf:DIR`` / ``hf:pkg:PACKAGE`` reference (or of a plain path), checked to hold a model."""
-    from llmkit.model.hf import CONFIG_FILE
-
     spec = str(ref)[len(PREFIX) :] if is_hf_ref(ref) else str(ref)
     if is_hf_ref(ref) and spec.startswith(PKG_PREFIX):
         path = package_model_dir(spec[len(PKG_PREFIX) :])
@@ -117,11 +114,11 @@ def resolve_init(
     """Model, tokenizer and import report of ``hf:DIR``.
 
     The tokenizer is None when the directory has no tokenizer files (``info["tokenizer"]`` says
-    so). ``info`` is ``llmkit.model.hf.load_hf``'s report plus ``model_config`` (the
+    so). ``info`` is ``llmkit.hf.weights.load_hf``'s report plus ``model_config`` (the
     ``ModelConfig``), ``tokenizer_dir`` and ``tokenizer``. Raises ``CheckpointError`` (an
     ``LlmkitError``) with a message for the user on anything unsupported.
     """
-    from llmkit.model.hf import load_hf
+    from llmkit.hf.weights import load_hf
     from llmkit.tokenizer.hf import is_hf_tokenizer_dir, load_hf_tokenizer
 
     path = hf_dir(ref)
@@ -144,7 +141,7 @@ def resolve_init(
 
 def load_model(ref: str | os.PathLike, *, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """``checkpoint.load_model`` for ``hf:DIR``: the model in eval mode and a checkpoint-like meta dict."""
-    from llmkit.model.hf import load_hf
+    from llmkit.hf.weights import load_hf
     from llmkit.tokenizer.hf import is_hf_tokenizer_dir
 
     path = hf_dir(ref)
