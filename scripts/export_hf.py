@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
     args = parser.parse_args(argv)
 
-    from llmkit import checkpoint, hf
+    from llmkit import hf, loading
     from llmkit.errors import LlmkitError
     from llmkit.hf import export_hf, load_hf
     from llmkit.model import ModelConfig
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         if hf.is_hf_ref(args.checkpoint):
             model, meta = hf.load_model(args.checkpoint)
         else:
-            model, meta = checkpoint.load_model(args.checkpoint)
+            model, meta = loading.load_model(args.checkpoint)
         config = ModelConfig.from_dict(meta["model_config"])
         tokenizer = None
         if not args.no_tokenizer:

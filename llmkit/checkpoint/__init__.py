@@ -59,7 +59,7 @@ def save(
     ``tensors`` saves only those weights (LoRA adapters and the head, with ``extra['base']`` naming
     the checkpoint they apply to) instead of the whole model; ``name`` replaces ``step_NNNNNNN``.
     ``sharded_dir``: a ``torch.distributed.checkpoint`` folder (FSDP, sharded) moved in as ``sharded/``
-    in place of ``model.safetensors`` (see ``llmkit.trainer.distributed``).
+    in place of ``model.safetensors`` (see ``llmkit.checkpoint.consolidate``).
     """
     target = Path(root) / name if name else step_dir(root, step)
     with atomic_dir(target, overwrite=True) as tmp:
@@ -177,7 +177,7 @@ def load_weights(model: nn.Module, path: str | Path, *, partial: bool = False) -
         raise CheckpointError(
             f"{path} is a sharded FSDP checkpoint (trainer.fsdp_state_dict=sharded): it resumes a run "
             f"(resume=auto), but reading its weights here needs them gathered first: "
-            f"python -m llmkit.trainer.distributed consolidate {path}"
+            f"python -m llmkit.checkpoint.consolidate {path}"
         )
     try:
         tensors = load_file(str(path / "model.safetensors"))
@@ -195,36 +195,3 @@ def load_state(path: str | Path) -> dict[str, Any]:
         return torch.load(Path(path) / "state.pt", map_location="cpu", weights_only=True)
     except Exception as e:
         raise CheckpointError(f"Cannot read {Path(path) / 'state.pt'}: {e}") from None
-
-
-def load_model(path: str | Path, *, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model of checkpoint ``path`` (or a run directory's newest one) from the directory alone.
-
-    ``hf:DIR`` imports a Hugging Face model directory instead (see ``llmkit.hf``).
-    """
-    from llmkit import hf
-
-    if hf.is_hf_ref(path):
-        return hf.load_model(path, device=device)
-    from llmkit.model import ModelConfig
-    from llmkit.model.registry import LANGUAGE_MODELS, model_class
-
-    path = resolve(path)
-    meta = read_meta(path)
-    if "task" in meta:  # a fine-tuned model
-        from llmkit.finetune.pretrained import task_model_from_checkpoint
-
-        meta["path"] = str(path)
-        meta["tokenizer_dir"] = str(path / "tokenizer")
-        return task_model_from_checkpoint(meta, path).to(device).eval(), meta
-    if meta.get("model_class") not in LANGUAGE_MODELS:
-        raise CheckpointError(f"{path} holds a {meta.get('model_class')!r} model, which this command cannot load.")
-    try:
-        model_cfg = ModelConfig.from_dict(meta["model_config"])
-    except (KeyError, ValueError, TypeError) as e:
-        raise CheckpointError(f"{path}/checkpoint.json has an invalid model config: {e}") from None
-    model = model_class(meta["model_class"]).from_config(model_cfg)
-    load_weights(model, path)
-    meta["path"] = str(path)
-    meta["tokenizer_dir"] = str(path / "tokenizer")
-    return model.to(device).eval(), meta

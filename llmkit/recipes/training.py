@@ -33,6 +33,7 @@ from llmkit import checkpoint
 from llmkit.errors import LlmkitError
 from llmkit.logger import LoggerConfig, build_loggers
 from llmkit.model import ModelConfig
+from llmkit.model.state_dict import tied_groups
 from llmkit.recipes._common import config_yaml, resolve_device, seed_everything, set_threads
 from llmkit.trainer import cpu, distributed
 from llmkit.trainer.config import TrainerConfig
@@ -163,7 +164,8 @@ class Checkpointer:
         self.sharded = d.enabled and d.kind == "fsdp" and t.fsdp_state_dict == "sharded"
         layout = {"kind": d.kind, "world_size": d.world_size, "batch_size": t.batch_size,
                   "global_batch": t.batch_size * d.world_size, "state_dict": "sharded" if self.sharded else "full"}
-        self.extra = {**extra, "distributed": layout}
+        tied = {tuple(sorted([n, *others])) for n, others in tied_groups(model).items()}
+        self.extra = {**extra, "distributed": layout, "tied": [list(g) for g in sorted(tied)]}
 
     def save(self, trainer: Trainer, name: str | None = None) -> None:
         """Checkpoint ``step_N`` (full state, pruned to keep_last) or ``name`` (weights + trainer state)."""

@@ -21,8 +21,8 @@ parameters are DTensors, so the optimizer must be built *after* :meth:`DistEnv.w
 model. FSDP checkpoints are either a full state dict gathered to rank 0 (``model.safetensors`` +
 ``state.pt``, the same files as a single-process checkpoint, loadable at any world size) or sharded
 with ``torch.distributed.checkpoint`` (each rank writes its own shard into ``<checkpoint>/sharded``,
-no gather; resumable under trainer=fsdp at any world size; :func:`consolidate` turns it into
-a full checkpoint for evaluate/generate).
+no gather; resumable under trainer=fsdp at any world size; ``python -m
+llmkit.checkpoint.consolidate`` turns it into a full checkpoint for evaluate/generate).
 """
 
 from __future__ import annotations
@@ -40,10 +40,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from llmkit.checkpoint.consolidate import SHARDED_DIR
 from llmkit.errors import LlmkitError
 
 KINDS = ("none", "ddp", "fsdp")
-SHARDED_DIR = "sharded"  # inside a checkpoint directory: the torch.distributed.checkpoint files
 
 
 @dataclass(frozen=True)
@@ -393,55 +393,3 @@ def check_resume(saved: Mapping[str, Any] | None, *, batch_size: int, world_size
         f"{old_world} rank(s)); this run has {new_global} (trainer.batch_size={batch_size} x {world_size} rank(s)). "
         f"Batches are drawn per global batch, so a resumed run must keep it: {hint}."
     )
-
-
-def consolidate(path: str | Path) -> Path:
-    """Write ``model.safetensors`` for a sharded FSDP checkpoint (single process), so that evaluate,
-    generate and finetune can read it. Returns the checkpoint directory."""
-    import json
-
-    from safetensors.torch import save_file
-    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
-
-    from llmkit.io import sha256_file
-
-    path = Path(path)
-    sharded = path / SHARDED_DIR
-    if not sharded.is_dir():
-        raise LlmkitError(f"{path} has no {SHARDED_DIR}/ folder: it is not a sharded checkpoint.")
-    tmp = path / "full.pt.tmp"
-    dcp_to_torch_save(str(sharded), str(tmp))
-    full = torch.load(tmp, map_location="cpu", weights_only=True)["model"]
-    tmp.unlink()
-    meta_file = path / "checkpoint.json"
-    meta = json.loads(meta_file.read_text(encoding="utf-8"))
-    # Tied weights are stored once, under the name a single-process checkpoint uses: the model's
-    # structure (built on the meta device, no memory) says which names share a parameter.
-    from llmkit.model import ModelConfig
-    from llmkit.model.registry import LANGUAGE_MODELS, model_class
-    from llmkit.model.state_dict import tied_aliases
-
-    aliases: set[str] = set()
-    if meta.get("model_class") in LANGUAGE_MODELS:
-        with torch.device("meta"):
-            skeleton = model_class(meta["model_class"]).from_config(ModelConfig.from_dict(meta["model_config"]))
-        aliases = tied_aliases(skeleton)
-    tensors = {k: v.detach().clone().contiguous() for k, v in full.items() if k not in aliases}
-    save_file(tensors, str(path / "model.safetensors"))
-    meta.setdefault("files", {})["model.safetensors"] = sha256_file(path / "model.safetensors")
-    meta_file.write_text(json.dumps(meta, indent=2), encoding="utf-8")
-    return path
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m llmkit.trainer.distributed consolidate CHECKPOINT``"""
-    import sys
-
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 2 or args[0] != "consolidate":
-        raise SystemExit("usage: python -m llmkit.trainer.distributed consolidate CHECKPOINT_DIR")
-    print(f"wrote {consolidate(args[1]) / 'model.safetensors'}")
-
-
-if __name__ == "__main__":
-    main()

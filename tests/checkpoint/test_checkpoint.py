@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from llmkit import checkpoint
+from llmkit import checkpoint, loading
 from llmkit.errors import CheckpointError
 from llmkit.model import CausalLM, ModelConfig
 
@@ -209,7 +209,7 @@ def test_directory_without_meta_is_not_a_checkpoint(tmp_path):
     with pytest.raises(CheckpointError, match="not an llmkit checkpoint .no checkpoint.json. nor a run directory"):
         checkpoint.resolve(plain)
     with pytest.raises(CheckpointError):
-        checkpoint.load_model(plain)
+        loading.load_model(plain)
     with pytest.raises(CheckpointError, match="does not exist"):
         checkpoint.resolve(tmp_path / "nowhere")
 
@@ -338,7 +338,7 @@ def test_load_model_rebuilds_from_the_directory_alone(tmp_path):
     save(tmp_path / "run" / "checkpoints", 8, source)
     del source
 
-    model, meta = checkpoint.load_model(tmp_path / "run")
+    model, meta = loading.load_model(tmp_path / "run")
     assert isinstance(model, CausalLM)
     assert model.config == config
     assert not model.training
@@ -352,7 +352,7 @@ def test_load_model_refuses_unknown_classes_and_bad_configs(tmp_path):
     meta = json.loads((path / "checkpoint.json").read_text())
     (path / "checkpoint.json").write_text(json.dumps({**meta, "model_class": "EvilModel"}))
     with pytest.raises(CheckpointError, match="EvilModel"):
-        checkpoint.load_model(path)
+        loading.load_model(path)
     (path / "checkpoint.json").write_text(json.dumps({**meta, "model_config": {**meta["model_config"], "n_head": 5}}))
     with pytest.raises(CheckpointError, match="invalid model config"):
-        checkpoint.load_model(path)
+        loading.load_model(path)

@@ -9,7 +9,7 @@ import dataclasses
 import pytest
 import torch
 
-from llmkit import checkpoint
+from llmkit import checkpoint, loading
 from llmkit.model import MaskedLM, ModelConfig
 from llmkit.objective.mlm import MaskedLMNSPObjective
 
@@ -117,7 +117,7 @@ def test_checkpoint_round_trip_rebuilds_the_masked_lm(tmp_path) -> None:
     model = MaskedLM.from_config(BERT).eval()
     path = checkpoint.save(tmp_path / "ckpts", 3, model=model, model_class="MaskedLM", model_config=BERT.to_dict(),
                            state={}, config_yaml="", tokenizer_dir=None)
-    loaded, meta = checkpoint.load_model(path)
+    loaded, meta = loading.load_model(path)
     assert isinstance(loaded, MaskedLM) and meta["model_class"] == "MaskedLM"
     assert loaded.mlm_head.weight is loaded.transformer.wte.weight  # still tied after loading
     ids, types = _pair()

@@ -418,7 +418,7 @@ def test_export_script_writes_a_checkpoint_transformers_generates_the_same_text_
 
 
 def test_llmkit_checkpoint_meta_shape_is_what_recipes_expect(tmp_path: Path) -> None:
-    """hf.load_model's meta carries the keys recipes read from checkpoint.load_model's."""
+    """hf.load_model's meta carries the keys recipes read from loading.load_model's."""
     from llmkit import hf
 
     d = _save(transformers.BertForPreTraining(bert_config()), tmp_path / "bert")

@@ -300,9 +300,9 @@ def test_fsdp_full_and_sharded_checkpoints_resume(char_dataset, one_process, tmp
     assert sorted(p.name for p in (sharded / STEP10 / "sharded").iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
     assert not (sharded / STEP10 / "model.safetensors").exists()
     with pytest.raises(Exception, match="consolidate"):  # evaluate/generate need the full weights
-        from llmkit import checkpoint
+        from llmkit import loading
 
-        checkpoint.load_model(sharded / STEP10)
+        loading.load_model(sharded / STEP10)
 
     # Full state dict: gathered on rank 0, re-sharded on load; the resumed run continues bit for bit.
     a = _interrupted_copy(full, tmp_path / "full_resumed")
@@ -320,9 +320,13 @@ def test_fsdp_full_and_sharded_checkpoints_resume(char_dataset, one_process, tmp
     _assert_close_weights(_weights(full), _weights(c))
 
     # A sharded checkpoint consolidated for single-process readers.
-    distributed.consolidate(sharded / STEP20)
-    _assert_equal_weights(_weights(full), _weights(sharded))
-    from llmkit import checkpoint
+    from llmkit.checkpoint.consolidate import consolidate
 
-    model, meta = checkpoint.load_model(sharded / STEP20)
+    meta = json.loads((sharded / STEP20 / "checkpoint.json").read_text())
+    assert meta["tied"] == [["lm_head.weight", "transformer.wte.weight"]]  # what consolidate keeps once
+    consolidate(sharded / STEP20)
+    _assert_equal_weights(_weights(full), _weights(sharded))
+    from llmkit import loading
+
+    model, meta = loading.load_model(sharded / STEP20)
     assert meta["step"] == 20 and model.lm_head.weight.shape[1] == 32
