@@ -20,7 +20,7 @@ from typing import Any
 
 from omegaconf import DictConfig, open_dict
 
-from llmkit import config, paths
+from llmkit import config, lock, paths
 from llmkit.errors import ConfigError, LlmkitError
 from llmkit.recipes import RECIPES
 
@@ -386,6 +386,27 @@ def hydra_main(
                 return recipe.run(cfg)
             except LlmkitError as err:
                 _fail(err)
+        try:
+            took = lock.acquire(out_dir, command=command, argv=typed)
+        except LlmkitError as err:
+            _fail(err)
+        try:
+            return _owned_job(out_dir, resolved, control, hc, num, multirun, cfg)
+        finally:
+            if took:
+                lock.release(out_dir)
+
+    def _owned_job(out_dir: Path, resolved: Any, control: RunControl, hc: Any, num: Any, multirun: bool,
+                   cfg: DictConfig) -> Any:
+        """The job, while this process holds ``out_dir``'s lock."""
+        from llmkit import checkpoint
+
+        for root in (out_dir, out_dir / "checkpoints"):
+            checkpoint.remove_orphans(root)  # a killed save's temp folders: nobody else writes here
+        done = _completed_note(out_dir, resolved)
+        if done is not None:
+            _console().print(done)
+            return _job_value((runs.read(out_dir) or {}).get("metrics") or {}, control, out_dir)
         record = runs.RunRecord.start(
             out_dir,
             command=command,
@@ -410,7 +431,55 @@ def hydra_main(
         return _job_value(result, control, out_dir)
 
     sys.argv = [f"llmkit {command}", *argv]
-    _job()
+    early = _single_run_dir(argv)  # lock before Hydra writes .hydra/ into a folder another run owns
+    took = False
+    if early is not None and _rank() == 0:
+        try:
+            took = lock.acquire(early, command=command, argv=typed)
+        except LlmkitError as err:
+            _fail(err)
+    try:
+        _job()
+    finally:
+        if took:
+            lock.release(early)
+
+
+def _single_run_dir(argv: list[str]) -> Path | None:
+    """The ``out_dir=`` of a single run (not ``-m``, not ``--cfg``/``--help``), as Hydra will use it."""
+    if any(a in ("-m", "--multirun", "-h", "--help") or a in _INSPECT_FLAGS for a in argv):
+        return None
+    if any(a.startswith("hydra.mode=") and a != "hydra.mode=RUN" for a in argv):
+        return None
+    found = [a.split("=", 1)[1] for a in argv if a.lstrip("+").split("=", 1)[0] == "out_dir" and "=" in a]
+    if not found or "$" in found[-1] or "," in found[-1]:
+        return None
+    return Path(found[-1])
+
+
+def _completed_note(out_dir: Path, resolved: Any) -> str | None:
+    """``resume=auto`` on a run that completed its ``trainer.max_steps``: what to say instead of running it
+    again (which would rewrite its records with an empty result); None when there is work to do."""
+    from llmkit import checkpoint, runs
+
+    if not isinstance(resolved, dict) or resolved.get("resume") != "auto":
+        return None
+    record = runs.read(out_dir)
+    if not record or record.get("status") != "completed":
+        return None
+    max_steps = (resolved.get("trainer") or {}).get("max_steps")
+    latest = checkpoint.latest_valid(out_dir / "checkpoints")
+    if latest is None or not isinstance(max_steps, int):
+        return None
+    step = checkpoint.read_meta(latest, verify=False).get("step")
+    if not isinstance(step, int) or step < max_steps:
+        return None  # trainer.max_steps was raised: continue
+    metrics = record.get("metrics") or {}
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k in ("val_loss", "train_loss")
+                      and isinstance(v, (int, float)))
+    return (f"resume=auto: {out_dir} holds a completed run (step {step} of trainer.max_steps={max_steps}"
+            f"{'; ' + shown if shown else ''}); nothing to do, its records are unchanged. "
+            f"Raise trainer.max_steps to train further.")
 
 
 def _rank() -> int:
