@@ -20,7 +20,7 @@ from typing import Any
 
 from omegaconf import DictConfig, open_dict
 
-from llmkit import config, lock, paths
+from llmkit import checks, config, lock, paths
 from llmkit.errors import ConfigError, LlmkitError
 from llmkit.recipes import RECIPES
 
@@ -140,10 +140,18 @@ def check_overrides(command: str, argv: list[str]) -> list[str]:
         pop_control(cfg)  # set by a config file (conf/sweep/optuna.yaml sets optimize_metric)
     except ConfigError as e:
         problems.extend(e.problems)
+    loaded: list[str] = []
     try:
         config.load(cfg, RECIPES[command].schema())
     except ConfigError as e:
-        problems.extend(e.problems)
+        loaded = e.problems
+    try:
+        ranges = checks.problems(command, config.to_container(cfg))
+    except Exception:  # an interpolation that does not resolve: config.load has said so
+        ranges = []
+    keys = {p.split(":", 1)[0] for p in ranges}  # a schema's own range check says the same once
+    problems.extend(p for p in loaded if p.split(" ", 1)[0].rstrip(":") not in keys)
+    problems.extend(ranges)
     problems.extend(_missing_packages(cfg))
     if problems:
         raise ConfigError(problems)

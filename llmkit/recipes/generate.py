@@ -11,7 +11,7 @@ from typing import Any, Literal
 import torch
 from rich.console import Console
 
-from llmkit import checkpoint, config
+from llmkit import checkpoint, checks, config
 from llmkit.errors import DataError, LlmkitError
 from llmkit.generation import generate
 from llmkit.generation.decode_layout import to_decode_layout
@@ -94,6 +94,7 @@ def complete(model: Any, tokenizer: Any, prompt: str, c: Config, seed: int, writ
 
 def run(cfg: Any) -> list[dict[str, Any]]:
     c = config.load(cfg, Config)
+    checks.require("generate", c)  # every value out of range, before the prompt is echoed
     from llmkit.tokenizer import load as load_tokenizer
 
     if c.num_samples < 1 or c.max_new_tokens < 0:
