@@ -28,7 +28,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file, save_model
 from torch import nn
 
-from llmkit.errors import CheckpointError
+from llmkit import io
+from llmkit.errors import CheckpointError, DiskFullError
 from llmkit.io import atomic_dir, sha256_file, write_json
 
 FORMAT_VERSION = 1
@@ -63,6 +64,27 @@ def save(
     in place of ``model.safetensors`` (see ``llmkit.trainer.distributed``).
     """
     target = Path(root) / name if name else step_dir(root, step)
+    try:
+        _write(target, step, model=model, model_class=model_class, model_config=model_config, state=state,
+               config_yaml=config_yaml, tokenizer_dir=tokenizer_dir, extra=extra, tensors=tensors,
+               sharded_dir=sharded_dir)
+    except (OSError, RuntimeError, SafetensorError) as e:
+        if not io.is_disk_full(e):
+            raise
+        need = _estimate_bytes(model if tensors is None else None, tensors, state, tokenizer_dir)
+        raise DiskFullError(io.disk_full_message(f"Saving checkpoint {target.name}", Path(root), need) + (
+            " The checkpoint was not written (no partial folder is left); earlier checkpoints are intact. "
+            "Free some space, or lower trainer.keep_last, then continue with resume=auto."
+        )) from None
+    if keep_last > 0:
+        prune(root, keep_last)
+    return target
+
+
+def _write(target: Path, step: int, *, model: nn.Module, model_class: str, model_config: dict[str, Any],
+           state: dict[str, Any], config_yaml: str, tokenizer_dir: str | Path | None, extra: dict[str, Any] | None,
+           tensors: dict[str, torch.Tensor] | None, sharded_dir: str | Path | None) -> None:
+    """The files of one checkpoint, in a temporary folder renamed to ``target`` when complete."""
     with atomic_dir(target, overwrite=True) as tmp:
         if sharded_dir is not None:
             shutil.move(str(sharded_dir), str(tmp / "sharded"))
@@ -88,9 +110,26 @@ def save(
                 **(extra or {}),
             },
         )
-    if keep_last > 0:
-        prune(root, keep_last)
-    return target
+
+
+def _estimate_bytes(model: nn.Module | None, tensors: dict[str, torch.Tensor] | None, state: Any,
+                    tokenizer_dir: str | Path | None) -> int:
+    """About what one checkpoint takes on disk: its tensors (weights, optimizer state) and tokenizer."""
+    def size(obj: Any) -> int:
+        if isinstance(obj, torch.Tensor):
+            return obj.numel() * obj.element_size()
+        if isinstance(obj, dict):
+            return sum(size(v) for v in obj.values())
+        if isinstance(obj, (list, tuple)):
+            return sum(size(v) for v in obj)
+        return 0
+
+    total = size(state) + size(tensors or {})
+    if model is not None:
+        total += sum(t.numel() * t.element_size() for t in {t.data_ptr(): t for t in model.state_dict().values()}.values())
+    if tokenizer_dir is not None and Path(tokenizer_dir).is_dir():
+        total += sum(f.stat().st_size for f in Path(tokenizer_dir).rglob("*") if f.is_file())
+    return total
 
 
 def prune(root: str | Path, keep_last: int) -> list[Path]:

@@ -124,3 +124,39 @@ def test_verification_is_cached_but_sees_later_damage(tmp_path):
     os.utime(path / "model.safetensors")
     with pytest.raises(checkpoint.CheckpointError, match="damaged"):
         checkpoint.read_meta(path)
+
+
+@pytest.mark.parametrize("failure", ["enospc", "unexpected_pos"])
+def test_disk_full_while_saving_is_a_clear_message_and_loses_nothing(tmp_path, monkeypatch, failure):
+    import errno
+
+    from llmkit.errors import DiskFullError
+
+    root = tmp_path / "checkpoints"
+    earlier = _save(root, 5)
+    before = sorted(p.name for p in earlier.iterdir())
+
+    def full(*args, **kwargs):
+        if failure == "enospc":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed; unexpected pos 4096 vs 2048")
+
+    monkeypatch.setattr(checkpoint.torch, "save", full)
+    with pytest.raises(DiskFullError) as err:
+        _save(root, 10, keep_last=1)
+    text = str(err.value)
+    assert str(root) in text and "ran out of disk space" in text
+    assert "needs about" in text and "are free" in text and "earlier checkpoints are intact" in text
+    assert sorted(p.name for p in root.iterdir()) == ["step_0000005"]  # no temp folder, no pruning
+    assert sorted(p.name for p in earlier.iterdir()) == before
+    checkpoint.read_meta(earlier)
+
+
+def test_other_write_errors_are_not_called_disk_full(tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("something else")
+
+    monkeypatch.setattr(checkpoint.torch, "save", broken)
+    with pytest.raises(RuntimeError, match="something else"):
+        _save(tmp_path / "checkpoints", 1)
