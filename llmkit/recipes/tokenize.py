@@ -37,6 +37,7 @@ class Config:
     workers: int = 0  # encoding workers; 0 = one per CPU core, or in-process for a small corpus
     encode_backend: Literal["processes", "threads"] = "processes"
     progress: bool = True
+    verify: str | None = None  # a dataset directory: check its shards' sha256 and every token id, write nothing
 
 
 SMALL_CORPUS_BYTES = 16 * 2**20
@@ -57,9 +58,23 @@ def encode_workers(workers: int, corpus_bytes: int, backend: str = "processes") 
 
 def run(cfg: Any) -> dict:
     c = config.load(cfg, Config)
+    if c.verify:
+        return verify(c.verify)
     summary = tokenize_corpus(c)
     print_summary(summary)
     return summary
+
+
+def verify(path: str) -> dict:
+    """``llmkit tokenize verify=DIR``: the full check of a dataset (checksums and ids), as a short report."""
+    from rich.console import Console
+
+    from llmkit.data.dataset import verify_dataset
+
+    report = verify_dataset(path)
+    for split, r in report.items():
+        Console().print(f"{path} {split}: {r['tokens']:,} tokens, ids in the vocabulary, sha256 {r['sha256']}")
+    return {"verified": str(path), **{f"{s}_tokens": r["tokens"] for s, r in report.items()}}
 
 
 def tokenize_corpus(c: Config) -> dict:
