@@ -20,7 +20,7 @@ from typing import Any
 
 from omegaconf import DictConfig, open_dict
 
-from llmkit import checks, config, lock, paths
+from llmkit import checks, config, display, lock, paths
 from llmkit.errors import ConfigError, LlmkitError
 from llmkit.recipes import RECIPES
 
@@ -376,28 +376,28 @@ def hydra_main(
             control = pop_control(cfg)
             resolved = config.to_container(cfg)
         except Exception as err:  # a ConfigError, or an interpolation that does not resolve
-            _fail(err if isinstance(err, LlmkitError) else ConfigError([str(err).splitlines()[0]]))
+            display.fail(err if isinstance(err, LlmkitError) else ConfigError([str(err).splitlines()[0]]))
         if multirun and control.skip_completed:
             done = runs.read(out_dir)
             why = runs.completed_differences(done, resolved, list(hc.overrides.task))
             if why == []:
-                _console().print(
+                display.console().print(
                     f"job {num}: skipped, {out_dir} holds a completed run of this config "
                     f"({_metric_note(done.get('metrics') or {}, control)}); skip_completed=false runs it again"
                 )
                 return _job_value(done.get("metrics") or {}, control, out_dir)
             if why:
-                _console().print(f"job {num}: not skipped, {out_dir} holds a completed run of another config: "
+                display.console().print(f"job {num}: not skipped, {out_dir} holds a completed run of another config: "
                                  + "; ".join(why[:5]) + (" ..." if len(why) > 5 else ""))
         if _rank() > 0:  # under torchrun rank 0 keeps the run record (and Hydra's files, see torchrun_argv)
             try:
                 return recipe.run(cfg)
             except LlmkitError as err:
-                _fail(err)
+                display.fail(err)
         try:
             took = lock.acquire(out_dir, command=command, argv=typed)
         except LlmkitError as err:
-            _fail(err)
+            display.fail(err)
         try:
             return _owned_job(out_dir, resolved, control, hc, num, multirun, cfg)
         finally:
@@ -413,7 +413,7 @@ def hydra_main(
             checkpoint.remove_orphans(root)  # a killed save's temp folders: nobody else writes here
         done = _completed_note(out_dir, resolved)
         if done is not None:
-            _console().print(done)
+            display.console().print(done)
             return _job_value((runs.read(out_dir) or {}).get("metrics") or {}, control, out_dir)
         record = runs.RunRecord.start(
             out_dir,
@@ -430,7 +430,7 @@ def hydra_main(
             result = recipe.run(cfg)
         except LlmkitError as err:
             record.finish("failed", error=err)
-            _fail(err)
+            display.fail(err)
         except BaseException as exc:
             status = runs.exit_status(exc)
             record.finish(status, error=None if status == "completed" else exc)
@@ -445,7 +445,7 @@ def hydra_main(
         try:
             took = lock.acquire(early, command=command, argv=typed)
         except LlmkitError as err:
-            _fail(err)
+            display.fail(err)
     try:
         _job()
     finally:
@@ -519,7 +519,7 @@ def torchrun_argv(argv: list[str], environ: Any = None) -> list[str]:
     if not has_out_dir:
         run_id = env.get("TORCHELASTIC_RUN_ID", "")
         if not run_id or run_id == "none":
-            _fail(LlmkitError(
+            display.fail(LlmkitError(
                 f"This is rank {rank} of {world} (torchrun) and no out_dir= was given: the default, a timestamped "
                 "folder, would differ between ranks. Give every rank the same folder: out_dir=runs/NAME "
                 "(or launch with torchrun --standalone / --rdzv_id ID for outputs/torchrun/ID)."
@@ -532,22 +532,6 @@ def torchrun_argv(argv: list[str], environ: Any = None) -> list[str]:
     # Hydra wants the overrides together: put these before the first one (or at the end).
     at = next((i for i, a in enumerate(argv) if "=" in a and not a.startswith("-")), len(argv))
     return argv[:at] + extra + argv[at:]
-
-
-def _console() -> Any:
-    from rich.console import Console
-
-    return Console(stderr=True, highlight=False)
-
-
-def _fail(err: LlmkitError) -> None:
-    """Report a user error without a traceback (unless debugging) and exit with status 2."""
-    if os.environ.get("LLMKIT_DEBUG", "") not in ("", "0", "false"):
-        raise err
-    from llmkit.cli import _report
-
-    _report(err)
-    raise SystemExit(2) from None
 
 
 def _metric_note(metrics: dict[str, Any], control: RunControl) -> str:
@@ -564,7 +548,7 @@ def _job_value(result: Any, control: RunControl, out_dir: Path) -> Any:
     metrics = runs.numeric_metrics(result)
     value = metrics.get(control.optimize_metric)
     if value is None:
-        _fail(LlmkitError(
+        display.fail(LlmkitError(
             f"optimize_metric={control.optimize_metric}: the run in {out_dir} returned no such metric; "
             f"it returned: {', '.join(sorted(metrics)) or 'nothing'}"
         ))
@@ -576,7 +560,7 @@ def _show_drift(from_run: Path, resolved: dict[str, Any], own_argv: list[str]) -
     from llmkit import runs
 
     record = runs.read(from_run)
-    console = _console()
+    console = display.console()
     if not record or not isinstance(record.get("config"), dict):
         console.print(f"--from-run {from_run}: no run.json there; its overrides were replayed on today's configs")
         return

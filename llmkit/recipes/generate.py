@@ -16,6 +16,7 @@ from llmkit.errors import DataError, LlmkitError
 from llmkit.generation import generate
 from llmkit.generation.decode_layout import to_decode_layout
 from llmkit.recipes._common import resolve_device, set_threads
+from llmkit.tokenizer.char import unknown_characters_warning
 
 
 @dataclass
@@ -108,6 +109,8 @@ def run(cfg: Any) -> list[dict[str, Any]]:
         raise LlmkitError(f"{meta['path']} has no tokenizer files; this command needs one.")
     tokenizer = load_tokenizer(meta["tokenizer_dir"])
     console = Console(stderr=True)
+    if note := unknown_characters_warning(tokenizer, _prompts(c)):  # silently <unk> otherwise
+        console.print(f"[yellow]warning:[/yellow] {note}", markup=True, highlight=False)
     out = sys.stdout
 
     def write(piece: str) -> None:

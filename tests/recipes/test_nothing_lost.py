@@ -94,3 +94,41 @@ def test_orphan_temp_folders_are_removed_at_start(dataset, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert not orphan.exists()
     assert (run_dir / "checkpoints" / "step_0000005").is_dir()
+
+
+def test_generate_checks_values_before_the_prompt_and_names_unknown_characters(dataset, tmp_path):
+    run_dir = tmp_path / "run"
+    assert _pretrain(run_dir, dataset, "trainer.max_steps=2").returncode == 0
+    bad = run_llmkit("generate", f"checkpoint={run_dir}", f"out_dir={tmp_path / 'g'}", "prompt=HELLO_PROMPT",
+                     "repetition_penalty=0", "top_k=0", cwd=tmp_path)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "repetition_penalty" in bad.stderr and "top_k" in bad.stderr
+    assert "HELLO_PROMPT" not in bad.stdout  # refused before the prompt is echoed
+    ok = run_llmkit("generate", f"checkpoint={run_dir}", f"out_dir={tmp_path / 'g2'}", "prompt='the ☃✓'",
+                    "max_new_tokens=3", cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    assert "2 characters of the prompt are not in the char tokenizer's vocabulary" in ok.stderr
+    assert "'☃', '✓'" in ok.stderr
+
+
+def test_evaluate_batch_size_0_is_a_message(dataset, tmp_path):
+    proc = run_llmkit("evaluate", f"checkpoint={tmp_path}", "batch_size=0", f"out_dir={tmp_path / 'e'}", cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "batch_size: must be >= 1, got 0" in proc.stderr
+
+
+def test_corrupted_shard_id_is_a_message_not_an_index_error(dataset, tmp_path):
+    import shutil
+
+    import numpy as np
+
+    copy = tmp_path / "ds"
+    shutil.copytree(dataset, copy)
+    meta = json.loads((copy / "meta.json").read_text())
+    arr = np.memmap(copy / "train.bin", dtype=np.dtype(meta["dtype"]), mode="r+")
+    arr[777] = meta["vocab_size"] + 10
+    arr.flush()
+    del arr
+    proc = _pretrain(tmp_path / "run", copy, "trainer.max_steps=2")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "IndexError" not in proc.stderr
+    assert "train.bin: token id" in proc.stderr and "at offset 777" in proc.stderr
