@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 from llmkit.errors import LlmkitError
 
 # PyTorch's weights-only refusal: its facts stay (what was refused), its advice goes.
-_TORCH_ADVICE = [re.compile(p, re.S) for p in (
+_TORCH_ADVICE = [re.compile(p, re.DOTALL) for p in (
     r"This file can still be loaded, to do so you have two options,.*?from a trusted source\.",
     r"\(2\) Alternatively, to load with `weights_only=True`.*?in the following error message\.",
     r"Please use `torch\.serialization\.add_safe_globals.*?if you trust this class/function\.",

@@ -39,3 +39,20 @@ def test_fail_exits_2_without_traceback(monkeypatch, capsys):
     with pytest.raises(SystemExit) as stop:
         display.fail(CheckpointError("gone"))
     assert stop.value.code == 2 and "gone" in capsys.readouterr().err
+
+
+def test_the_job_runner_does_not_import_the_cli():
+    """cli -> preflight -> display: the error box left cli, so preflight no longer imports it (a cycle)."""
+    import ast
+    from pathlib import Path
+
+    import llmkit
+
+    root = Path(llmkit.__file__).parent
+    for name in ("preflight.py", "overrides.py", "display.py", "checks.py", "lock.py"):
+        tree = ast.parse((root / name).read_text(encoding="utf-8"))
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        imported |= {f"llmkit.{a.name}" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module == "llmkit"
+                     for a in n.names}
+        assert "llmkit.cli" not in imported, name

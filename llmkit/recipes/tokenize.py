@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from llmkit import config
+from llmkit.data.config import DataConfig
 from llmkit.errors import DiskFullError
 from llmkit.io import disk_full_message, free_bytes, human_bytes, is_disk_full
-from llmkit.data.config import DataConfig
 from llmkit.tokenizer.config import TokenizerConfig
 
 log = logging.getLogger(__name__)
