@@ -49,7 +49,7 @@ _BETAS = (
 _TOP_P = (lambda v: v is None or (_number(v) and 0 < v <= 1)), "must be a number in (0, 1], or null (no nucleus filter)"
 
 _TRAINING = {
-    "optim.lr": _above(0),
+    "optim.lr": _at_least(0),  # 0 is torch's own lower bound (a frozen run: tests and probes use it)
     "optim.betas": _BETAS,
     "optim.eps": _above(0),
     "optim.weight_decay": _at_least(0),

@@ -28,7 +28,7 @@ def test_optimizer_scheduler_and_trainer_problems_come_together(tmp_path):
 
 
 def test_lr_that_is_not_a_number():
-    assert _problems("pretrain", "optim.lr=fast") == ["optim.lr: must be a number > 0, got 'fast'"]
+    assert _problems("pretrain", "optim.lr=fast") == ["optim.lr: must be a number >= 0, got 'fast'"]
 
 
 def test_generation_settings():
