@@ -132,3 +132,20 @@ def test_corrupted_shard_id_is_a_message_not_an_index_error(dataset, tmp_path):
     proc = _pretrain(tmp_path / "run", copy, "trainer.max_steps=2")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "IndexError" not in proc.stderr
     assert "train.bin: token id" in proc.stderr and "at offset 777" in proc.stderr
+
+
+def test_damaged_newest_checkpoint_and_keep_last_1_keep_the_good_state(dataset, tmp_path):
+    """The issue's data-loss case end to end: pruning by step number used to delete every good
+    checkpoint and keep only the damaged newest one, which generate then refused."""
+    run_dir = tmp_path / "run"
+    assert _pretrain(run_dir, dataset, "trainer.max_steps=20", "trainer.save_every=5", "trainer.keep_last=0").returncode == 0
+    damaged = run_dir / "checkpoints" / "step_0000020" / "model.safetensors"
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    proc = _pretrain(run_dir, dataset, "trainer.max_steps=18", "trainer.save_every=5", "trainer.keep_last=1",
+                     "resume=auto")
+    assert proc.returncode == 0, proc.stderr
+    assert "resumed from" in proc.stderr and "step_0000015" in proc.stderr
+    names = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert names == ["step_0000018", "step_0000020"]  # the good one kept; the damaged one left, not counted
+    gen = run_llmkit("generate", f"checkpoint={run_dir}", f"out_dir={tmp_path / 'g'}", "max_new_tokens=2", cwd=tmp_path)
+    assert gen.returncode == 0, gen.stderr
