@@ -55,6 +55,7 @@ def save(
     tensors: dict[str, torch.Tensor] | None = None,
     name: str | None = None,
     sharded_dir: str | Path | None = None,
+    tokenizer: Any = None,
 ) -> Path:
     """Write checkpoint ``step`` under ``root`` atomically; prune to ``keep_last`` (0 = keep all).
 
@@ -62,12 +63,14 @@ def save(
     the checkpoint they apply to) instead of the whole model; ``name`` replaces ``step_NNNNNNN``.
     ``sharded_dir``: a ``torch.distributed.checkpoint`` folder (FSDP, sharded) moved in as ``sharded/``
     in place of ``model.safetensors`` (see ``llmkit.trainer.distributed``).
+    ``tokenizer``: a tokenizer object saved as ``tokenizer/`` inside the checkpoint before it becomes
+    visible (instead of ``tokenizer_dir``, a folder copied in), so no reader sees it without one.
     """
     target = Path(root) / name if name else step_dir(root, step)
     try:
         _write(target, step, model=model, model_class=model_class, model_config=model_config, state=state,
                config_yaml=config_yaml, tokenizer_dir=tokenizer_dir, extra=extra, tensors=tensors,
-               sharded_dir=sharded_dir)
+               sharded_dir=sharded_dir, tokenizer=tokenizer)
     except (OSError, RuntimeError, SafetensorError) as e:
         if not io.is_disk_full(e):
             raise
@@ -83,7 +86,7 @@ def save(
 
 def _write(target: Path, step: int, *, model: nn.Module, model_class: str, model_config: dict[str, Any],
            state: dict[str, Any], config_yaml: str, tokenizer_dir: str | Path | None, extra: dict[str, Any] | None,
-           tensors: dict[str, torch.Tensor] | None, sharded_dir: str | Path | None) -> None:
+           tensors: dict[str, torch.Tensor] | None, sharded_dir: str | Path | None, tokenizer: Any = None) -> None:
     """The files of one checkpoint, in a temporary folder renamed to ``target`` when complete."""
     with atomic_dir(target, overwrite=True) as tmp:
         if sharded_dir is not None:
@@ -96,6 +99,8 @@ def _write(target: Path, step: int, *, model: nn.Module, model_class: str, model
         (tmp / "config.yaml").write_text(config_yaml, encoding="utf-8")
         if tokenizer_dir is not None:
             shutil.copytree(tokenizer_dir, tmp / "tokenizer")
+        elif tokenizer is not None:
+            tokenizer.save(tmp / "tokenizer")
         files = ["model.safetensors", "state.pt", "config.yaml"]
         if sharded_dir is not None:
             files[0:1] = sorted(p.relative_to(tmp).as_posix() for p in (tmp / "sharded").rglob("*") if p.is_file())

@@ -160,3 +160,17 @@ def test_other_write_errors_are_not_called_disk_full(tmp_path, monkeypatch):
     monkeypatch.setattr(checkpoint.torch, "save", broken)
     with pytest.raises(RuntimeError, match="something else"):
         _save(tmp_path / "checkpoints", 1)
+
+
+def test_a_tokenizer_object_is_saved_inside_before_the_checkpoint_appears(tmp_path):
+    """finetune saved its tokenizer after the rename: a reader could find a checkpoint without one."""
+    from llmkit.tokenizer.char import CharTokenizer
+
+    tok = CharTokenizer(list("abc"), user_special_tokens=[], byte_fallback=False)
+    model = CausalLM.from_config(TINY)
+    path = checkpoint.save(tmp_path / "checkpoints", 1, model=model, model_class="CausalLM",
+                           model_config=model.config.to_dict(), state={}, config_yaml="", tokenizer_dir=None,
+                           tokenizer=tok)
+    from llmkit.tokenizer import load
+
+    assert load(path / "tokenizer").checksum() == tok.checksum()
