@@ -40,6 +40,10 @@ def hydra_main(
     (``skip_completed=false`` runs every job again). A single run is never skipped: running it
     again is what the user asked for. With ``optimize_metric=NAME`` each job returns that metric
     as a float, which is what sweepers such as Optuna minimise or maximise.
+    A job holds its folder's lock (:mod:`llmkit.lock`; a single run with ``out_dir=`` takes it before
+    Hydra writes there): a second run on the same folder is refused with the holder's PID and command.
+    ``resume=auto`` on a run that completed its ``trainer.max_steps`` says so, exits 0 and leaves its
+    records as they are.
     ``own_argv``: the arguments as the user typed them (``argv`` is what Hydra gets: with ``from_run``,
     the replayed overrides of the run being reproduced come first).
     """
@@ -81,7 +85,7 @@ def hydra_main(
                 return _job_value(done.get("metrics") or {}, control, out_dir)
             if why:
                 display.console().print(f"job {num}: not skipped, {out_dir} holds a completed run of another config: "
-                                 + "; ".join(why[:5]) + (" ..." if len(why) > 5 else ""))
+                                        + "; ".join(why[:5]) + (" ..." if len(why) > 5 else ""))
         if _rank() > 0:  # under torchrun rank 0 keeps the run record (and Hydra's files, see torchrun_argv)
             try:
                 return recipe.run(cfg)
