@@ -60,7 +60,8 @@ def truncate_metrics(run_dir: str | Path, step: int) -> int:
     """Drop the rows of ``run_dir/metrics.jsonl`` logged after ``step`` (a run resumed from the checkpoint
     of ``step`` logs those steps again); return how many were dropped. Rewritten atomically; a file
     that is missing, or whose rows are all at or before ``step``, is left as it is. A torn last line
-    (a run killed while it wrote) is dropped too.
+    (a run killed while it wrote) is dropped too. Call it before :func:`build_loggers` opens the file:
+    the rewrite is a new file, and a logger already holding the old one would write into the void.
     """
     from llmkit.io import atomic_file
 
