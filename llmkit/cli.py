@@ -14,7 +14,7 @@ from pathlib import Path
 
 import typer
 
-from llmkit import paths
+from llmkit import display, paths
 from llmkit.errors import LlmkitError
 from llmkit.recipes import RECIPES
 
@@ -29,20 +29,6 @@ app = typer.Typer(
 )
 
 _PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": ["-h", "--help"]}
-
-
-def _debug_enabled() -> bool:
-    return os.environ.get("LLMKIT_DEBUG", "") not in ("", "0", "false")
-
-
-def _report(err: BaseException) -> None:
-    from rich.console import Console
-    from rich.panel import Panel
-
-    Console(stderr=True).print(
-        Panel(str(err), title=f"llmkit: {type(err).__name__}", border_style="red", expand=False),
-        markup=False,
-    )
 
 
 def _epilog(command: str) -> str:
@@ -74,9 +60,9 @@ def dispatch(command: str, argv: list[str], *, from_run: Path | None = None) -> 
             print(f"--from-run {from_run}: llmkit {command} {shlex.join(argv)}", file=sys.stderr)
         argv = preflight.check_overrides(command, argv)
     except LlmkitError as err:
-        if _debug_enabled():
+        if display.debug_enabled():
             raise
-        _report(err)
+        display.report(err)
         raise typer.Exit(2) from None
     preflight.hydra_main(command, argv, from_run=from_run, own_argv=own)
 
@@ -151,9 +137,9 @@ def report(
             paths_, metric=metric, sort=sort, csv=csv, markdown=markdown, html=html, plot=not no_plot, out_dir=out
         )
     except LlmkitError as err:
-        if _debug_enabled():
+        if display.debug_enabled():
             raise
-        _report(err)
+        display.report(err)
         raise typer.Exit(2) from None
 
 

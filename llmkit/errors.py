@@ -28,3 +28,7 @@ class DataError(LlmkitError):
 
 class CheckpointError(LlmkitError):
     """A checkpoint that is missing, truncated or belongs to another model."""
+
+
+class DiskFullError(LlmkitError):
+    """A write that ran out of space: names the folder, the bytes it needed and those free."""

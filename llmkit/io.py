@@ -88,3 +88,43 @@ def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+_FULL_ERRNOS = {28, 122}  # ENOSPC, EDQUOT (Linux)
+_FULL_TEXT = ("no space left", "unexpected pos", "disk quota exceeded", "file write failed")
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """Whether ``err`` is a write that ran out of space: ENOSPC/EDQUOT, or PyTorch's and safetensors'
+    wordings of it (``torch.save`` says "unexpected pos" when a write comes up short)."""
+    if isinstance(err, OSError) and err.errno in _FULL_ERRNOS:
+        return True
+    text = str(err).lower()
+    return any(t in text for t in _FULL_TEXT)
+
+
+def free_bytes(path: str | os.PathLike) -> int | None:
+    """Free bytes on the file system of ``path`` (its nearest existing parent); None when unknown."""
+    p = Path(path).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return shutil.disk_usage(p).free
+    except OSError:
+        return None
+
+
+def human_bytes(n: int | None) -> str:
+    if n is None:
+        return "unknown"
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:,} bytes" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def disk_full_message(what: str, folder: Path, need: int) -> str:
+    """'<what> in <folder> ran out of disk space: it needs about N, M are free.'"""
+    return (f"{what} in {folder} ran out of disk space: it needs about {human_bytes(need)}, "
+            f"{human_bytes(free_bytes(folder))} are free.")

@@ -16,7 +16,7 @@ removed, the new files renamed into place and meta.json written, last of all. me
 from __future__ import annotations
 
 import contextlib
-import json
+import hashlib
 import multiprocessing as mp
 import os
 import shutil
@@ -30,15 +30,14 @@ from typing import Any, Literal
 
 import numpy as np
 
-from llmkit.errors import LlmkitError
+# The format and the reading side (Dataset, open_dataset, verify_dataset) live in llmkit.data.dataset;
+# re-exported here, where callers look for them.
+from llmkit.data.dataset import (  # noqa: F401
+    FORMAT, FORMAT_VERSION, META_FILE, SPLITS, TOKENIZER_DIR, Dataset, iter_documents, open_dataset, verify_dataset,
+)
 from llmkit.io import write_json
 from llmkit.tokenizer.base import Tokenizer
 
-FORMAT = "llmkit.dataset"
-FORMAT_VERSION = 1
-META_FILE = "meta.json"
-TOKENIZER_DIR = "tokenizer"
-SPLITS = ("train", "val")
 _SPLIT_CODE = {"train": 0, "val": 1}
 
 Backend = Literal["processes", "threads"]
@@ -70,6 +69,7 @@ class DatasetWriter:
         self.tokenizer_tmp: Path | None = None
         self._files: dict[str, Any] = {}
         self._tmp: dict[str, str] = {}
+        self._sha = {s: hashlib.sha256() for s in SPLITS}  # of each shard's bytes, for meta.json
         self.committed = False
 
     def __enter__(self) -> DatasetWriter:
@@ -84,7 +84,9 @@ class DatasetWriter:
 
     def append(self, split: str, tokens: np.ndarray, n_docs: int) -> None:
         if tokens.size:
-            self._files[split].write(np.ascontiguousarray(tokens, dtype=self.dtype).data)
+            data = np.ascontiguousarray(tokens, dtype=self.dtype).data
+            self._files[split].write(data)
+            self._sha[split].update(data)
         self.tokens[split] += int(tokens.size)
         self.documents[split] += n_docs
 
@@ -140,7 +142,9 @@ class DatasetWriter:
             "special_tokens": dict(tok.special_tokens),
             "document_separator": {"token": "eos", "id": tok.eos_id},
             "splits": {
-                s: {"file": f"{s}.bin", "tokens": self.tokens[s], "documents": self.documents[s]} for s in SPLITS
+                s: {"file": f"{s}.bin", "tokens": self.tokens[s], "documents": self.documents[s],
+                    "bytes": self.tokens[s] * self.dtype.itemsize, "sha256": self._sha[s].hexdigest()}
+                for s in SPLITS
             },
             **extra,
         }
@@ -383,88 +387,3 @@ class ShardEncoder:
             "backend": self.backend,
             "start_method": self.start_method if self.pool is not None else None,
         }
-
-
-# --- reading ------------------------------------------------------------------------------------
-@dataclass
-class Dataset:
-    """A complete dataset directory: ``meta``, memory-mapped ``train``/``val`` arrays, the tokenizer."""
-
-    path: Path
-    meta: dict
-    train: np.ndarray
-    val: np.ndarray
-    tokenizer: Tokenizer
-
-    @property
-    def eos_id(self) -> int:
-        return int(self.meta["document_separator"]["id"])
-
-    def split(self, name: str) -> np.ndarray:
-        if name not in SPLITS:
-            raise KeyError(f"no split {name!r}; a dataset has {', '.join(SPLITS)}")
-        return self.train if name == "train" else self.val
-
-    def documents(self, name: str) -> Iterator[np.ndarray]:
-        """The token arrays of the documents of split ``name`` (without their eos)."""
-        return iter_documents(self.split(name), self.eos_id)
-
-
-def iter_documents(tokens: np.ndarray, eos_id: int, *, window: int = 1 << 24) -> Iterator[np.ndarray]:
-    """Split a flat shard at ``eos_id``; scans ``window`` tokens at a time (bounded memory)."""
-    start = 0
-    n = len(tokens)
-    for lo in range(0, n, window):
-        ends = np.flatnonzero(np.asarray(tokens[lo : lo + window]) == eos_id) + lo
-        for e in ends.tolist():
-            yield np.asarray(tokens[start:e])
-            start = e + 1
-    if start < n:  # a shard always ends with eos; anything after it is a truncated document
-        yield np.asarray(tokens[start:n])
-
-
-def open_dataset(path: str | os.PathLike) -> Dataset:
-    """Open a dataset directory written by ``llmkit tokenize``; check it is complete and consistent."""
-    from llmkit.tokenizer import load
-
-    path = Path(path)
-    meta_path = path / META_FILE
-    if not path.is_dir():
-        raise LlmkitError(f"{path}: no such dataset directory.")
-    if not meta_path.is_file():
-        raise LlmkitError(
-            f"{path} is not a complete llmkit dataset: {META_FILE} is missing (an interrupted or still running "
-            f"`llmkit tokenize`?). Run `llmkit tokenize out_dir={path}` to build it."
-        )
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise LlmkitError(f"{meta_path}: not valid JSON ({e}).") from None
-    if meta.get("format") != FORMAT:
-        raise LlmkitError(f'{meta_path} is not llmkit dataset metadata (no "format": "{FORMAT}").')
-    if meta.get("format_version", 0) > FORMAT_VERSION:
-        raise LlmkitError(
-            f"{meta_path}: format_version {meta['format_version']} is newer than this llmkit reads "
-            f"({FORMAT_VERSION}); upgrade llmkit."
-        )
-    dtype = np.dtype(meta["dtype"])
-    arrays = {}
-    for split in SPLITS:
-        info = meta["splits"][split]
-        file = path / info["file"]
-        if not file.is_file():
-            raise LlmkitError(f"{file}: missing; {META_FILE} lists {info['tokens']} {split} tokens.")
-        size, want = file.stat().st_size, info["tokens"] * dtype.itemsize
-        if size != want:
-            raise LlmkitError(
-                f"{file}: {size} bytes, but {META_FILE} says {info['tokens']} tokens x {dtype.itemsize} bytes = {want}; "
-                "the shard is truncated or from another run. Re-run `llmkit tokenize`."
-            )
-        arrays[split] = np.memmap(file, dtype=dtype, mode="r") if size else np.zeros(0, dtype=dtype)
-    tokenizer = load(path / meta["tokenizer"]["dir"])
-    if tokenizer.checksum() != meta["tokenizer"]["checksum"]:
-        raise LlmkitError(
-            f"{path / meta['tokenizer']['dir']}: the tokenizer's checksum does not match {meta_path}; the shards "
-            "were encoded with another tokenizer. Re-run `llmkit tokenize`."
-        )
-    return Dataset(path=path, meta=meta, train=arrays["train"], val=arrays["val"], tokenizer=tokenizer)

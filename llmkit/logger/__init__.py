@@ -56,6 +56,38 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def truncate_metrics(run_dir: str | Path, step: int) -> int:
+    """Drop the rows of ``run_dir/metrics.jsonl`` logged after ``step`` (a run resumed from the checkpoint
+    of ``step`` logs those steps again); return how many were dropped. Rewritten atomically; a file
+    that is missing, or whose rows are all at or before ``step``, is left as it is. A torn last line
+    (a run killed while it wrote) is dropped too. Call it before :func:`build_loggers` opens the file:
+    the rewrite is a new file, and a logger already holding the old one would write into the void.
+    """
+    from llmkit.io import atomic_file
+
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                row_step = json.loads(line).get("step")
+            except (ValueError, AttributeError):
+                dropped += 1
+                continue
+            if isinstance(row_step, (int, float)) and row_step > step:
+                dropped += 1
+            else:
+                kept.append(line if line.endswith("\n") else line + "\n")
+    if dropped:
+        with atomic_file(path, "w", encoding="utf-8") as f:
+            f.writelines(kept)
+    return dropped
+
+
 class TensorBoardLogger:
     """Scalars to TensorBoard event files (the ``tensorboard`` package must be installed)."""
 

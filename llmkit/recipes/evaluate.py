@@ -18,7 +18,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from llmkit import checkpoint, config, loading
+from llmkit import checkpoint, checks, config, loading
 from llmkit.data.config import DataConfig
 from llmkit.data.loader import sequential_windows
 from llmkit.errors import DataError, LlmkitError
@@ -177,6 +177,7 @@ def _objective_arg(meta: dict[str, Any], name: str, default: Any) -> Any:
 
 def run(cfg: Any) -> dict[str, float]:
     c = config.load(cfg, Config)
+    checks.require("evaluate", c)  # every value out of range, before the model is loaded
     from llmkit.tokenizer import load as load_tokenizer
 
     set_threads(c.threads)

@@ -15,7 +15,7 @@ from typing import Any
 from hydra.utils import instantiate
 from rich.console import Console
 
-from llmkit import config
+from llmkit import checks, config
 from llmkit.data.config import DataConfig
 from llmkit.data.task_batches import ExampleBatches, epochs_to_steps, eval_batches
 from llmkit.finetune.config import GenerationEvalConfig
@@ -69,6 +69,7 @@ class Config:
 
 def run(cfg: Any) -> dict[str, float]:
     c = config.load(cfg, Config)
+    checks.require("finetune", c)  # value ranges (the CLI checks them before Hydra; Python callers here)
     with training.session(c.trainer, seed=c.seed, out_dir=c.out_dir, cfg=cfg) as job:
         return _run(c, job)
 
@@ -100,8 +101,7 @@ def _run(c: Config, job: training.Run) -> dict[str, float]:
     if lora:  # adapters + head only; the base is referenced, not copied
         extra["base"] = str(Path(pre.source).resolve()) if not pre.source.startswith("hf:") else pre.source
         extra["lora"] = {"rank": c.finetune.lora_rank, "alpha": c.finetune.lora_alpha, "targets": c.finetune.lora_targets}
-    ckpt = job.checkpointer(model, model_class=type(model).__name__, extra=extra, save_tokenizer=tokenizer.save,
-                            adapter_only=lora)
+    ckpt = job.checkpointer(model, model_class=type(model).__name__, extra=extra, tokenizer=tokenizer, adapter_only=lora)
     resume_from = ckpt.resume_weights(c.resume, batch_size=t.batch_size)
     if dist.kind == "fsdp":
         dist.wrap(model)  # shards in place: the optimizer must see the sharded (DTensor) parameters

@@ -11,11 +11,12 @@ from typing import Any, Literal
 import torch
 from rich.console import Console
 
-from llmkit import config, loading
+from llmkit import checks, config, loading
 from llmkit.errors import DataError, LlmkitError
 from llmkit.generation import generate
 from llmkit.generation.decode_layout import to_decode_layout
 from llmkit.recipes._common import resolve_device, set_threads
+from llmkit.tokenizer.char import unknown_characters_warning
 
 
 @dataclass
@@ -94,6 +95,7 @@ def complete(model: Any, tokenizer: Any, prompt: str, c: Config, seed: int, writ
 
 def run(cfg: Any) -> list[dict[str, Any]]:
     c = config.load(cfg, Config)
+    checks.require("generate", c)  # every value out of range, before the prompt is echoed
     from llmkit.tokenizer import load as load_tokenizer
 
     if c.num_samples < 1 or c.max_new_tokens < 0:
@@ -107,6 +109,8 @@ def run(cfg: Any) -> list[dict[str, Any]]:
         raise LlmkitError(f"{meta['path']} has no tokenizer files; this command needs one.")
     tokenizer = load_tokenizer(meta["tokenizer_dir"])
     console = Console(stderr=True)
+    if note := unknown_characters_warning(tokenizer, _prompts(c)):  # silently <unk> otherwise
+        console.print(f"[yellow]warning:[/yellow] {note}", markup=True, highlight=False)
     out = sys.stdout
 
     def write(piece: str) -> None:

@@ -19,7 +19,7 @@ import torch
 from hydra.utils import instantiate
 from rich.console import Console
 
-from llmkit import checkpoint, config
+from llmkit import checkpoint, checks, config
 from llmkit.data.config import DataConfig
 from llmkit.data.loader import RandomWindows
 from llmkit.data.pairs import MLMBatches, NSPPairBatches
@@ -134,6 +134,7 @@ def build_model(model_cfg: ModelConfig, vocab_size: int, model_class: str = "Cau
 
 def run(cfg: Any) -> dict[str, float]:
     c = config.load(cfg, Config)
+    checks.require("pretrain", c)  # value ranges (the CLI checks them before Hydra; Python callers here)
     with training.session(c.trainer, seed=c.seed, out_dir=c.out_dir, cfg=cfg) as job:
         return _run(c, job)
 

@@ -20,6 +20,8 @@ from typing import Any, Literal
 
 from llmkit import config
 from llmkit.data.config import DataConfig
+from llmkit.errors import DiskFullError
+from llmkit.io import disk_full_message, free_bytes, human_bytes, is_disk_full
 from llmkit.tokenizer.config import TokenizerConfig
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,7 @@ class Config:
     workers: int = 0  # encoding workers; 0 = one per CPU core, or in-process for a small corpus
     encode_backend: Literal["processes", "threads"] = "processes"
     progress: bool = True
+    verify: str | None = None  # a dataset directory: check its shards' sha256 and every token id, write nothing
 
 
 SMALL_CORPUS_BYTES = 16 * 2**20
@@ -55,24 +58,36 @@ def encode_workers(workers: int, corpus_bytes: int, backend: str = "processes") 
 
 def run(cfg: Any) -> dict:
     c = config.load(cfg, Config)
+    if c.verify:
+        return verify(c.verify)
     summary = tokenize_corpus(c)
     print_summary(summary)
     return summary
 
 
+def verify(path: str) -> dict:
+    """``llmkit tokenize verify=DIR``: the full check of a dataset (checksums and ids), as a short report."""
+    from rich.console import Console
+
+    from llmkit.data.dataset import verify_dataset
+
+    report = verify_dataset(path)
+    for split, r in report.items():
+        Console().print(f"{path} {split}: {r['tokens']:,} tokens, ids in the vocabulary, sha256 {r['sha256']}")
+    return {"verified": str(path), **{f"{s}_tokens": r["tokens"] for s, r in report.items()}}
+
+
 def tokenize_corpus(c: Config) -> dict:
     """Build the dataset directory ``c.out_dir``; return a summary (tokens, documents, MB/s, paths)."""
-    import llmkit
     import llmkit.tokenizer
     from llmkit.data.corpus import Corpus, sample_for_training
-    from llmkit.data.shards import DatasetWriter, ShardEncoder
     from llmkit.errors import DataError
-    from llmkit.progress import progress
 
     t0 = time.perf_counter()
     corpus = Corpus(c.data, data_root=c.data_root)  # missing paths, binary files, empty files: fail now
     log.info("corpus: %d source(s), %.1f MB", len(corpus.sources), corpus.total_bytes / 1e6)
 
+    tokens_per_byte = 1.0  # at most one token per byte (+ separators) for char and byte-fallback tokenizers
     if c.tokenizer.path:
         tok = llmkit.tokenizer.load(c.tokenizer.path)
         log.info("reusing %s tokenizer from %s (vocab %d)", tok.kind, c.tokenizer.path, tok.vocab_size)
@@ -92,10 +107,73 @@ def tokenize_corpus(c: Config) -> dict:
             len(sample),
         )
         tok = llmkit.tokenizer.train(c.tokenizer, sample, seed=c.seed)
-        del sample
+        probe = "".join(sample)[: 1 << 18]  # tokens per byte, for the expected size of the shards
+        tokens_per_byte = len(tok.encode(probe)) / max(1, len(probe.encode("utf-8"))) if probe else 1.0
+        del sample, probe
     t_tok = time.perf_counter() - t0
 
     out = Path(c.out_dir)
+    need = int(corpus.total_bytes * tokens_per_byte * tok.dtype.itemsize * 1.05) + (1 << 20)
+    free = free_bytes(out)
+    if free is not None and free < need:
+        raise DiskFullError(
+            f"Tokenizing into {out} needs about {human_bytes(need)} for its shards ({human_bytes(corpus.total_bytes)} "
+            f"of text, {tokens_per_byte:.2f} tokens per byte, {tok.dtype.itemsize} bytes per token), but only "
+            f"{human_bytes(free)} are free there. Free some space or choose another out_dir. Nothing was written."
+        )
+    try:
+        meta = _encode(c, tok, corpus, out)
+    except OSError as e:
+        if not is_disk_full(e):
+            raise
+        raise DiskFullError(disk_full_message("Tokenizing", out, need) + (
+            " The partial shards were removed; an earlier dataset there is unchanged."
+        )) from None
+    splits, stats = meta["splits"], meta["encode"]
+    if splits["val"]["tokens"] == 0:
+        _warn(empty_val_warning(c.data, splits["train"]["documents"]))
+    return {
+        "out_dir": str(out),
+        "tokenizer_dir": str(out / "tokenizer"),
+        "meta": str(out / "meta.json"),
+        "tokenizer": {"kind": tok.kind, "vocab_size": tok.vocab_size, "checksum": tok.checksum()},
+        "dtype": meta["dtype"],
+        "train_tokens": splits["train"]["tokens"],
+        "val_tokens": splits["val"]["tokens"],
+        "train_documents": splits["train"]["documents"],
+        "val_documents": splits["val"]["documents"],
+        "corpus_bytes": corpus.total_bytes,
+        "encoding_replacements": meta["encoding_replacements"],
+        "encode_mb_per_s": stats["mb_per_s"],
+        "seconds": {
+            "tokenizer": round(t_tok, 3),
+            "encode": round(stats["seconds"], 3),
+            "total": round(time.perf_counter() - t0, 3),
+        },
+    }
+
+
+def empty_val_warning(data: Any, n_documents: int) -> str:
+    """What to say when the validation split came out empty: why, and the settings that fix it."""
+    why = (f"{n_documents} document{'s' if n_documents != 1 else ''} and data.val_fraction={data.val_fraction}"
+           if data.split == "documents" else f"data.split={data.split}, data.val_fraction={data.val_fraction}")
+    return ("the validation split is empty (" + why + "), so training will measure no validation loss. "
+            "Fix: give more documents (data.split=documents sends whole documents to validation), or "
+            "data.split=tail (the last data.val_fraction of the text validates), or data.val_paths=[FILE].")
+
+
+def _warn(text: str) -> None:
+    from rich.console import Console
+
+    Console(stderr=True, highlight=False).print(f"[yellow]warning:[/yellow] {text}", markup=True)
+
+
+def _encode(c: Config, tok: Any, corpus: Any, out: Path) -> dict:
+    """Encode ``corpus`` into shards under ``out`` (temporary names until the commit); return the meta."""
+    import llmkit
+    from llmkit.data.shards import DatasetWriter, ShardEncoder
+    from llmkit.progress import progress
+
     workers = encode_workers(c.workers, corpus.total_bytes, c.encode_backend)
     t_enc = time.perf_counter()
     with (
@@ -108,7 +186,7 @@ def tokenize_corpus(c: Config) -> dict:
         )
         stats["seconds"] = time.perf_counter() - t_enc  # with the pool's start-up
         mb_per_s = corpus.total_bytes / 1e6 / max(stats["seconds"], 1e-9)
-        meta = writer.commit(
+        return writer.commit(
             {
                 "document_separator": {"token": "eos", "id": tok.eos_id, "text": c.data.doc_separator},
                 "sources": [s.record() for s in corpus.sources],
@@ -127,26 +205,6 @@ def tokenize_corpus(c: Config) -> dict:
                 "llmkit_version": llmkit.__version__,
             }
         )
-    splits = meta["splits"]
-    return {
-        "out_dir": str(out),
-        "tokenizer_dir": str(out / "tokenizer"),
-        "meta": str(out / "meta.json"),
-        "tokenizer": {"kind": tok.kind, "vocab_size": tok.vocab_size, "checksum": tok.checksum()},
-        "dtype": meta["dtype"],
-        "train_tokens": splits["train"]["tokens"],
-        "val_tokens": splits["val"]["tokens"],
-        "train_documents": splits["train"]["documents"],
-        "val_documents": splits["val"]["documents"],
-        "corpus_bytes": corpus.total_bytes,
-        "encoding_replacements": meta["encoding_replacements"],
-        "encode_mb_per_s": round(mb_per_s, 3),
-        "seconds": {
-            "tokenizer": round(t_tok, 3),
-            "encode": round(stats["seconds"], 3),
-            "total": round(time.perf_counter() - t0, 3),
-        },
-    }
 
 
 def print_summary(s: dict) -> None:

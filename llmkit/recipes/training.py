@@ -31,7 +31,7 @@ from torch import nn
 
 from llmkit import checkpoint
 from llmkit.errors import LlmkitError
-from llmkit.logger import LoggerConfig, build_loggers
+from llmkit.logger import LoggerConfig, build_loggers, truncate_metrics
 from llmkit.model import ModelConfig
 from llmkit.model.state_dict import tied_groups
 from llmkit.recipes._common import config_yaml, resolve_device, seed_everything, set_threads
@@ -142,10 +142,10 @@ class Run:
                 logger.close()
 
     def checkpointer(self, model: nn.Module, *, model_class: str, extra: dict[str, Any],
-                     tokenizer_dir: Path | None = None, save_tokenizer: Callable[[Path], None] | None = None,
+                     tokenizer_dir: Path | None = None, tokenizer: Any = None,
                      adapter_only: bool = False) -> Checkpointer:
         return Checkpointer(self, model, model_class=model_class, extra=extra, tokenizer_dir=tokenizer_dir,
-                            save_tokenizer=save_tokenizer, adapter_only=adapter_only)
+                            tokenizer=tokenizer, adapter_only=adapter_only)
 
 
 class Checkpointer:
@@ -153,12 +153,12 @@ class Checkpointer:
     collectives); rank 0 writes, then every rank waits."""
 
     def __init__(self, run: Run, model: nn.Module, *, model_class: str, extra: dict[str, Any], tokenizer_dir: Path | None,
-                 save_tokenizer: Callable[[Path], None] | None, adapter_only: bool) -> None:
+                 tokenizer: Any, adapter_only: bool) -> None:
         self.run = run
         self.model = model
         self.model_class = model_class
         self.tokenizer_dir = tokenizer_dir
-        self.save_tokenizer = save_tokenizer
+        self.tokenizer = tokenizer  # saved inside each checkpoint before it becomes visible (or tokenizer_dir copied)
         self.adapter_only = adapter_only  # LoRA: adapters + head only; the base is referenced, not copied
         d, t = run.dist, run.t
         self.sharded = d.enabled and d.kind == "fsdp" and t.fsdp_state_dict == "sharded"
@@ -189,14 +189,12 @@ class Checkpointer:
             tensors = {n: p for n, p in (tensors or dict(self.model.named_parameters())).items()
                        if n in self._trainable_names()}
         if dist.is_main:
-            target = checkpoint.save(
+            checkpoint.save(
                 root, step, model=self.model, model_class=self.model_class, model_config=ModelConfig.of(self.model).to_dict(),
-                state=state, config_yaml=run.resolved_yaml, tokenizer_dir=self.tokenizer_dir, extra=self.extra,
-                keep_last=0 if name else run.t.keep_last, tensors=tensors, name=name,
+                state=state, config_yaml=run.resolved_yaml, tokenizer_dir=self.tokenizer_dir, tokenizer=self.tokenizer,
+                extra=self.extra, keep_last=0 if name else run.t.keep_last, tensors=tensors, name=name,
                 sharded_dir=shard_tmp if sharded else None,
             )
-            if self.save_tokenizer is not None:
-                self.save_tokenizer(target / "tokenizer")
         dist.barrier()
 
     def _trainable_names(self) -> set[str]:
@@ -215,6 +213,8 @@ class Checkpointer:
             run.say(f"resume=auto: no checkpoint in {where}; starting from step 0")
             return None
         meta = checkpoint.read_meta(path)
+        if run.dist.is_main:  # the steps after the checkpoint are trained (and logged) again; before loggers open
+            truncate_metrics(run.out_dir, int(meta["step"]))
         if meta["model_config"] != ModelConfig.of(self.model).to_dict() or meta.get("model_class", self.model_class) != self.model_class:
             raise LlmkitError(f"{path} was trained with another model config; it cannot be resumed with this one.")
         distributed.check_resume(meta.get("distributed") or _single_process_layout(path), batch_size=batch_size,

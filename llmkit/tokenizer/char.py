@@ -64,6 +64,13 @@ class CharTokenizer(Tokenizer):
                 out.append(self.unk_id)
         return out
 
+    def unknown_characters(self, text: str) -> list[str]:
+        """The distinct characters of ``text`` outside the vocabulary, in order of appearance."""
+        if not text:
+            return []
+        ids = self._lookup(text)
+        return list(dict.fromkeys(ch for ch, i in zip(text, ids.tolist()) if i < 0))
+
     def _encode_many(self, texts: list[str], *, num_threads: int = 1) -> list[list[int]]:
         out = []
         for text in texts:
@@ -179,3 +186,16 @@ def train_char(cfg: TokenizerConfig, texts: Iterable[str], *, seed: int) -> Char
             )
         ranked = ranked[: cfg.vocab_size - fixed]
     return CharTokenizer(ranked, user_special_tokens=cfg.user_special_tokens, byte_fallback=cfg.byte_fallback)
+
+
+def unknown_characters_warning(tokenizer: Tokenizer, texts: Iterable[str], *, show: int = 5) -> str | None:
+    """What to tell the user when a char tokenizer without byte fallback turns characters of ``texts``
+    (prompts) into ``<unk>``: how many there are and the first few; None when there are none."""
+    if not isinstance(tokenizer, CharTokenizer) or tokenizer.byte_fallback:
+        return None
+    found = list(dict.fromkeys(ch for text in texts for ch in tokenizer.unknown_characters(text)))
+    if not found:
+        return None
+    first = ", ".join(repr(ch) for ch in found[:show]) + (" ..." if len(found) > show else "")
+    return (f"{len(found)} character{'s' if len(found) != 1 else ''} of the prompt "
+            f"{'are' if len(found) != 1 else 'is'} not in the char tokenizer's vocabulary and become <unk>: {first}")

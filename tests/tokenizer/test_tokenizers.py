@@ -243,3 +243,17 @@ def test_dtype_follows_vocab_size():
     assert big.vocab_size > 65536 and big.dtype == np.uint32
     flat, _ = big.encode_documents([chars[-1] * 3])
     assert flat.dtype == np.uint32 and flat.tolist() == [big.vocab_size - 1] * 3 + [3]
+
+
+def test_char_tokenizer_names_unknown_prompt_characters():
+    """Issue 17: prompt characters outside a char vocabulary used to become <unk> silently."""
+    from llmkit.tokenizer.char import CharTokenizer, unknown_characters_warning
+
+    tok = CharTokenizer(list("abc "), user_special_tokens=[], byte_fallback=False)
+    assert tok.unknown_characters("abxc yx") == ["x", "y"]
+    note = unknown_characters_warning(tok, ["ab é", "ü1234567"])
+    assert note.startswith("9 characters of the prompt are not in the char tokenizer's vocabulary")
+    assert "'é', 'ü', '1', '2', '3' ..." in note
+    assert unknown_characters_warning(tok, ["abc"]) is None
+    with_bytes = CharTokenizer(list("abc"), user_special_tokens=[], byte_fallback=True)
+    assert unknown_characters_warning(with_bytes, ["é"]) is None  # encoded as bytes, not lost

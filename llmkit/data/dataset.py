@@ -1,0 +1,166 @@
+"""A tokenized dataset, read back: the format, ``open_dataset`` and its checks, ``verify_dataset``.
+
+``open_dataset`` checks what is cheap: meta.json, each shard's size against its token count, the
+tokenizer's checksum, and that token ids are inside the vocabulary (every id of a shard up to
+``FULL_SCAN_TOKENS``, evenly spread windows of a larger one). ``verify_dataset`` (``llmkit tokenize
+verify=DIR``) checks everything: the sha256 of each shard against meta.json and every id.
+Datasets written before shards had checksums still open (and verify their ids).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from llmkit.errors import DataError, LlmkitError
+from llmkit.tokenizer.base import Tokenizer
+
+FORMAT = "llmkit.dataset"
+FORMAT_VERSION = 1
+META_FILE = "meta.json"
+TOKENIZER_DIR = "tokenizer"
+SPLITS = ("train", "val")
+
+FULL_SCAN_TOKENS = 1 << 27  # below this many tokens (256 MB of uint16) open_dataset checks every id
+_WINDOW = 1 << 22  # tokens per scanned window
+_SAMPLE_WINDOWS = 32  # windows checked in a larger shard
+
+
+@dataclass
+class Dataset:
+    """A complete dataset directory: ``meta``, memory-mapped ``train``/``val`` arrays, the tokenizer."""
+
+    path: Path
+    meta: dict
+    train: np.ndarray
+    val: np.ndarray
+    tokenizer: Tokenizer
+
+    @property
+    def eos_id(self) -> int:
+        return int(self.meta["document_separator"]["id"])
+
+    def split(self, name: str) -> np.ndarray:
+        if name not in SPLITS:
+            raise KeyError(f"no split {name!r}; a dataset has {', '.join(SPLITS)}")
+        return self.train if name == "train" else self.val
+
+    def documents(self, name: str) -> Iterator[np.ndarray]:
+        """The token arrays of the documents of split ``name`` (without their eos)."""
+        return iter_documents(self.split(name), self.eos_id)
+
+
+def iter_documents(tokens: np.ndarray, eos_id: int, *, window: int = 1 << 24) -> Iterator[np.ndarray]:
+    """Split a flat shard at ``eos_id``; scans ``window`` tokens at a time (bounded memory)."""
+    start = 0
+    n = len(tokens)
+    for lo in range(0, n, window):
+        ends = np.flatnonzero(np.asarray(tokens[lo : lo + window]) == eos_id) + lo
+        for e in ends.tolist():
+            yield np.asarray(tokens[start:e])
+            start = e + 1
+    if start < n:  # a shard always ends with eos; anything after it is a truncated document
+        yield np.asarray(tokens[start:n])
+
+
+def open_dataset(path: str | os.PathLike) -> Dataset:
+    """Open a dataset directory written by ``llmkit tokenize``; check it is complete and consistent."""
+    from llmkit.tokenizer import load
+
+    path = Path(path)
+    meta_path = path / META_FILE
+    if not path.is_dir():
+        raise LlmkitError(f"{path}: no such dataset directory.")
+    if not meta_path.is_file():
+        raise LlmkitError(
+            f"{path} is not a complete llmkit dataset: {META_FILE} is missing (an interrupted or still running "
+            f"`llmkit tokenize`?). Run `llmkit tokenize out_dir={path}` to build it."
+        )
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise LlmkitError(f"{meta_path}: not valid JSON ({e}).") from None
+    if meta.get("format") != FORMAT:
+        raise LlmkitError(f'{meta_path} is not llmkit dataset metadata (no "format": "{FORMAT}").')
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise LlmkitError(
+            f"{meta_path}: format_version {meta['format_version']} is newer than this llmkit reads "
+            f"({FORMAT_VERSION}); upgrade llmkit."
+        )
+    dtype = np.dtype(meta["dtype"])
+    arrays = {}
+    for split in SPLITS:
+        info = meta["splits"][split]
+        file = path / info["file"]
+        if not file.is_file():
+            raise LlmkitError(f"{file}: missing; {META_FILE} lists {info['tokens']} {split} tokens.")
+        size, want = file.stat().st_size, info["tokens"] * dtype.itemsize
+        if size != want:
+            raise LlmkitError(
+                f"{file}: {size} bytes, but {META_FILE} says {info['tokens']} tokens x {dtype.itemsize} bytes = {want}; "
+                "the shard is truncated or from another run. Re-run `llmkit tokenize`."
+            )
+        arrays[split] = np.memmap(file, dtype=dtype, mode="r") if size else np.zeros(0, dtype=dtype)
+    tokenizer = load(path / meta["tokenizer"]["dir"])
+    vocab = int(meta.get("vocab_size") or tokenizer.vocab_size)
+    for split in SPLITS:  # a cheap look at the ids: all of a small shard, spread windows of a large one
+        check_ids(arrays[split], vocab, path / meta["splits"][split]["file"], dataset=path, full=False)
+    if tokenizer.checksum() != meta["tokenizer"]["checksum"]:
+        raise LlmkitError(
+            f"{path / meta['tokenizer']['dir']}: the tokenizer's checksum does not match {meta_path}; the shards "
+            "were encoded with another tokenizer. Re-run `llmkit tokenize`."
+        )
+    return Dataset(path=path, meta=meta, train=arrays["train"], val=arrays["val"], tokenizer=tokenizer)
+
+
+def check_ids(tokens: np.ndarray, vocab_size: int, file: Path, *, dataset: Path, full: bool = True) -> None:
+    """Raise a DataError naming ``file`` and the offset of the first id >= ``vocab_size``.
+
+    ``full=False`` reads all of a shard up to ``FULL_SCAN_TOKENS`` and evenly spread windows of a larger one.
+    """
+    n = len(tokens)
+    if n == 0:
+        return
+    if full or n <= FULL_SCAN_TOKENS:
+        starts = range(0, n, _WINDOW)
+    else:
+        starts = sorted({int(x) for x in np.linspace(0, n - _WINDOW, _SAMPLE_WINDOWS)})
+    for lo in starts:
+        window = np.asarray(tokens[lo : lo + _WINDOW])
+        if window.size and int(window.max()) >= vocab_size:
+            at = lo + int(np.argmax(window >= vocab_size))
+            raise DataError(
+                f"{file}: token id {int(tokens[at])} at offset {at} (byte {at * tokens.dtype.itemsize}) is outside the "
+                f"vocabulary ({vocab_size} ids): the shard is corrupted. Check it all with "
+                f"`llmkit tokenize verify={dataset}`; re-run `llmkit tokenize` to rebuild it."
+            )
+
+
+def verify_dataset(path: str | os.PathLike) -> dict[str, Any]:
+    """Check all of a dataset: each shard's sha256 against meta.json (when recorded) and every token id.
+
+    Raises a DataError naming the shard; returns ``{split: {"tokens", "sha256": "ok" | "not recorded"}}``.
+    """
+    from llmkit.io import sha256_file
+
+    ds = open_dataset(path)
+    vocab = int(ds.meta.get("vocab_size") or ds.tokenizer.vocab_size)
+    report = {}
+    for split in SPLITS:
+        info = ds.meta["splits"][split]
+        file = ds.path / info["file"]
+        want = info.get("sha256")
+        if want is not None and sha256_file(file) != want:
+            raise DataError(
+                f"{file} does not match its sha256 in {ds.path / META_FILE}: the shard was modified or damaged "
+                "after it was written. Re-run `llmkit tokenize` to rebuild it."
+            )
+        check_ids(ds.split(split), vocab, file, dataset=ds.path, full=True)
+        report[split] = {"tokens": int(info["tokens"]), "sha256": "ok" if want is not None else "not recorded"}
+    return report
