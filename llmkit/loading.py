@@ -23,11 +23,23 @@ from llmkit.model.registry import LANGUAGE_MODELS, model_class
 def load_model(path: str | Path, *, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model of checkpoint ``path`` (or a run directory's newest one) from the directory alone.
 
-    ``hf:DIR`` imports a Hugging Face model directory instead (see ``llmkit.hf``).
+    ``hf:DIR`` imports a Hugging Face model directory instead (see ``llmkit.hf``). A run directory
+    whose newest checkpoint is pruned while it is read (a training run keeps the last N) is read
+    again: the next newest complete one is taken.
     """
     if hf.is_hf_ref(path):
         return hf.load_model(path, device=device)
-    path = checkpoint.resolve(path)
+    for attempt in range(3):
+        found = checkpoint.resolve(path)
+        try:
+            return _load(found, device)
+        except CheckpointError:
+            if found.exists() or Path(path).resolve() == found.resolve() or attempt == 2:
+                raise  # damaged, or the very checkpoint that was named: nothing newer to fall back to
+    raise AssertionError("unreachable")
+
+
+def _load(path: Path, device: torch.device | str) -> tuple[nn.Module, dict[str, Any]]:
     meta = checkpoint.read_meta(path)
     if "task" in meta:  # a fine-tuned model
         meta["path"] = str(path)

@@ -174,3 +174,26 @@ def test_a_tokenizer_object_is_saved_inside_before_the_checkpoint_appears(tmp_pa
     from llmkit.tokenizer import load
 
     assert load(path / "tokenizer").checksum() == tok.checksum()
+
+
+def test_load_model_takes_the_next_checkpoint_when_the_newest_is_pruned_while_it_loads(tmp_path, monkeypatch):
+    from llmkit import loading
+
+    root = tmp_path / "checkpoints"
+    for step in (1, 2):
+        _save(root, step)
+    real = checkpoint.load_weights
+
+    def load_weights(model, path, **kw):
+        if Path(path).name == "step_0000002" and Path(path).exists():  # the writer prunes it mid-read
+            shutil.rmtree(path)
+        return real(model, path, **kw)
+
+    monkeypatch.setattr(checkpoint, "load_weights", load_weights)
+    model, meta = loading.load_model(tmp_path)
+    assert meta["step"] == 1 and Path(meta["path"]).name == "step_0000001"
+    # a checkpoint named directly and gone is an error, not a silent fallback to another one
+    gone = _save(root, 3)
+    shutil.rmtree(gone)
+    with pytest.raises(Exception, match="step_0000003"):
+        loading.load_model(gone)
