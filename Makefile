@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 LLMKIT_DATA ?= $(abspath ../shared/data)
 export LLMKIT_DATA
 
-.PHONY: install demo test test-slow test-all bench clean
+.PHONY: install demo test test-slow test-all lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow" --durations=15
+
+# ruff (lint + format check) and mypy on llmkit/ (configured in pyproject.toml); CI runs it
+lint: $(STAMP)
+	$(VENV)/bin/ruff check llmkit
+	$(VENV)/bin/ruff format --check llmkit
+	$(VENV)/bin/mypy
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow || [ $$? -eq 5 ]
