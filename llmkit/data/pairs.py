@@ -45,12 +45,12 @@ def _row_rng(*words: int) -> np.random.Generator:
 def _mask_example(
     ex: dict[str, np.ndarray], rng: np.random.Generator, *, vocab: EncoderVocab, eos_id: int, masking: Masking
 ) -> dict[str, np.ndarray | torch.Tensor]:
-    """Replace ``ex["input_ids"]`` by its masked version and add ``labels``; the mask is drawn from
-    a torch generator seeded by ``rng`` (so from the example's own seed). Special tokens, eos and
-    padding are never selected."""
+    """``ex`` with its ``input_ids`` masked and ``labels`` added; the mask is drawn from a torch
+    generator seeded by ``rng`` (so from the example's own seed). Special tokens, eos and padding
+    are never selected."""
     ids = ex["input_ids"]
     generator = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
-    ex["input_ids"], ex["labels"] = mask_tokens(
+    masked, labels = mask_tokens(
         torch.from_numpy(ids),
         mask_id=vocab.mask_id,
         vocab_size=vocab.vocab_size,
@@ -62,7 +62,7 @@ def _mask_example(
         random_ratio=masking.random_ratio,
         word_starts=torch.from_numpy(vocab.word_starts(ids)) if masking.whole_word else None,
     )
-    return ex
+    return {**ex, "input_ids": masked, "labels": labels}
 
 
 def _collate(rows: list[dict]) -> dict[str, torch.Tensor]:
