@@ -95,8 +95,9 @@ class EncoderVocab:
 
     @classmethod
     def from_tokenizer(cls, tok: Tokenizer, *, word_boundaries: bool = False) -> EncoderVocab:
-        missing = [name for name, i in (("[CLS]", tok.cls_id), ("[SEP]", tok.sep_id), ("[MASK]", tok.mask_id)) if i is None]
-        if missing:
+        cls_id, sep_id, mask_id = tok.cls_id, tok.sep_id, tok.mask_id
+        if cls_id is None or sep_id is None or mask_id is None:
+            missing = [name for name, i in (("[CLS]", cls_id), ("[SEP]", sep_id), ("[MASK]", mask_id)) if i is None]
             have = list(getattr(tok, "user_special_tokens", []))
             raise LlmkitError(
                 f"Encoder pretraining needs the special tokens [CLS], [SEP] and [MASK]; this tokenizer lacks "
@@ -117,9 +118,9 @@ class EncoderVocab:
         return cls(
             vocab_size=tok.vocab_size,
             pad_id=tok.pad_id,
-            cls_id=int(tok.cls_id),  # type: ignore[arg-type]
-            sep_id=int(tok.sep_id),  # type: ignore[arg-type]
-            mask_id=int(tok.mask_id),  # type: ignore[arg-type]
+            cls_id=int(cls_id),
+            sep_id=int(sep_id),
+            mask_id=int(mask_id),
             special_ids=tuple(sorted(tok.special_ids)),
             word_start=start,
             word_end=end,
