@@ -34,16 +34,18 @@ def read_windows(tokens: np.ndarray, starts: np.ndarray, length: int) -> np.ndar
     ``pread`` copies just the bytes asked for (``scripts/bench_memory.py`` measures both).
     """
     # only a whole-file map (its base is the mmap itself): a slice of one keeps the parent's offset
-    whole_map = isinstance(tokens, np.memmap) and isinstance(tokens.base, mmap.mmap) and tokens.ndim == 1
-    path = tokens.filename if whole_map else None
-    if path is None or not hasattr(os, "pread"):
+    whole_map = None
+    if isinstance(tokens, np.memmap) and isinstance(tokens.base, mmap.mmap) and tokens.ndim == 1:
+        whole_map = tokens
+    path = whole_map.filename if whole_map is not None else None
+    if whole_map is None or path is None or not hasattr(os, "pread"):
         return np.stack([np.asarray(tokens[s : s + length]) for s in starts]).astype(np.int64)
     item = tokens.dtype.itemsize
     rows = np.empty((len(starts), length), dtype=tokens.dtype)
     fd = os.open(path, os.O_RDONLY)
     try:
         for row, s in enumerate(starts):
-            data = os.pread(fd, length * item, tokens.offset + int(s) * item)
+            data = os.pread(fd, length * item, whole_map.offset + int(s) * item)
             if len(data) != length * item:
                 raise DataError(f"{path}: expected {length} tokens at token {int(s)}, the file ends first (truncated?).")
             rows[row] = np.frombuffer(data, dtype=tokens.dtype)

@@ -45,12 +45,12 @@ def _row_rng(*words: int) -> np.random.Generator:
 def _mask_example(
     ex: dict[str, np.ndarray], rng: np.random.Generator, *, vocab: EncoderVocab, eos_id: int, masking: Masking
 ) -> dict[str, np.ndarray | torch.Tensor]:
-    """Replace ``ex["input_ids"]`` by its masked version and add ``labels``; the mask is drawn from
-    a torch generator seeded by ``rng`` (so from the example's own seed). Special tokens, eos and
-    padding are never selected."""
+    """``ex`` with its ``input_ids`` masked and ``labels`` added; the mask is drawn from a torch
+    generator seeded by ``rng`` (so from the example's own seed). Special tokens, eos and padding
+    are never selected."""
     ids = ex["input_ids"]
     generator = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
-    ex["input_ids"], ex["labels"] = mask_tokens(
+    masked, labels = mask_tokens(
         torch.from_numpy(ids),
         mask_id=vocab.mask_id,
         vocab_size=vocab.vocab_size,
@@ -62,7 +62,7 @@ def _mask_example(
         random_ratio=masking.random_ratio,
         word_starts=torch.from_numpy(vocab.word_starts(ids)) if masking.whole_word else None,
     )
-    return ex
+    return {**ex, "input_ids": masked, "labels": labels}
 
 
 def _collate(rows: list[dict]) -> dict[str, torch.Tensor]:
@@ -95,8 +95,9 @@ class EncoderVocab:
 
     @classmethod
     def from_tokenizer(cls, tok: Tokenizer, *, word_boundaries: bool = False) -> EncoderVocab:
-        missing = [name for name, i in (("[CLS]", tok.cls_id), ("[SEP]", tok.sep_id), ("[MASK]", tok.mask_id)) if i is None]
-        if missing:
+        cls_id, sep_id, mask_id = tok.cls_id, tok.sep_id, tok.mask_id
+        if cls_id is None or sep_id is None or mask_id is None:
+            missing = [name for name, i in (("[CLS]", cls_id), ("[SEP]", sep_id), ("[MASK]", mask_id)) if i is None]
             have = list(getattr(tok, "user_special_tokens", []))
             raise LlmkitError(
                 f"Encoder pretraining needs the special tokens [CLS], [SEP] and [MASK]; this tokenizer lacks "
@@ -117,9 +118,9 @@ class EncoderVocab:
         return cls(
             vocab_size=tok.vocab_size,
             pad_id=tok.pad_id,
-            cls_id=int(tok.cls_id),  # type: ignore[arg-type]
-            sep_id=int(tok.sep_id),  # type: ignore[arg-type]
-            mask_id=int(tok.mask_id),  # type: ignore[arg-type]
+            cls_id=int(cls_id),
+            sep_id=int(sep_id),
+            mask_id=int(mask_id),
             special_ids=tuple(sorted(tok.special_ids)),
             word_start=start,
             word_end=end,

@@ -26,7 +26,9 @@ Role = Literal["train", "val", "split"]  # split: the document goes through the 
 _replaced = [0]
 
 
-def _count_and_replace(err: UnicodeDecodeError) -> tuple[str, int]:
+def _count_and_replace(err: UnicodeError) -> tuple[str, int]:
+    if not isinstance(err, UnicodeDecodeError):  # only the decoders use this handler
+        raise err
     _replaced[0] += 1
     return "\ufffd", err.end
 

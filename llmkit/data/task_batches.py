@@ -18,6 +18,7 @@ import torch
 
 from llmkit.data.tasks import LabelledText, TaggedSentence, TextPair
 from llmkit.errors import DataError, LlmkitError
+from llmkit.tokenizer.base import Tokenizer
 
 IGNORE = -100
 
@@ -37,13 +38,16 @@ def _label_id(label: str, label_to_id: dict[str, int], where: str) -> int:
     return label_to_id[label]
 
 
-def _need(tokenizer: object, *names: str) -> None:
-    missing = [n for n in names if getattr(tokenizer, n, None) is None]
-    if missing:
+def _encoder_ids(tokenizer: Tokenizer) -> tuple[int, int]:
+    """The tokenizer's ``(cls_id, sep_id)``, which an encoder task needs; a clear error if one is missing."""
+    cls_id, sep_id = tokenizer.cls_id, tokenizer.sep_id
+    if cls_id is None or sep_id is None:
+        missing = [n for n, i in (("cls_id", cls_id), ("sep_id", sep_id)) if i is None]
         raise LlmkitError(
             f"This encoder task needs the tokenizer's {', '.join(missing)}; train the tokenizer with "
             "tokenizer.user_special_tokens=[[CLS],[SEP],[MASK]]."
         )
+    return cls_id, sep_id
 
 
 def _truncate_pair(a: list[int], b: list[int], budget: int) -> tuple[list[int], list[int]]:
@@ -55,7 +59,7 @@ def _truncate_pair(a: list[int], b: list[int], budget: int) -> tuple[list[int], 
 
 
 def encode_labelled(
-    examples: Iterable[LabelledText], tokenizer: object, label_to_id: dict[str, int], *, max_len: int, encoder: bool,
+    examples: Iterable[LabelledText], tokenizer: Tokenizer, label_to_id: dict[str, int], *, max_len: int, encoder: bool,
     source: str = "data",
 ) -> list[Example]:
     out = []
@@ -64,13 +68,13 @@ def encode_labelled(
         b = tokenizer.encode(ex.text_pair) if ex.text_pair is not None else []
         label = np.asarray(_label_id(ex.label, label_to_id, f"{source} example {i + 1}"), dtype=np.int64)
         if encoder:
-            _need(tokenizer, "cls_id", "sep_id")
+            cls_id, sep_id = _encoder_ids(tokenizer)
             extra = 3 if ex.text_pair is not None else 2
             a, b = _truncate_pair(a, b, max_len - extra)
-            ids = [tokenizer.cls_id, *a, tokenizer.sep_id]
+            ids = [cls_id, *a, sep_id]
             types = [0] * len(ids)
             if ex.text_pair is not None:
-                ids += [*b, tokenizer.sep_id]
+                ids += [*b, sep_id]
                 types += [1] * (len(b) + 1)
             out.append(Example(np.asarray(ids, np.int64), label, np.asarray(types, np.int64)))
         else:
@@ -82,14 +86,13 @@ def encode_labelled(
 
 
 def encode_tagged(
-    sentences: Iterable[TaggedSentence], tokenizer: object, label_to_id: dict[str, int], *, max_len: int,
+    sentences: Iterable[TaggedSentence], tokenizer: Tokenizer, label_to_id: dict[str, int], *, max_len: int,
     encoder: bool, source: str = "data",
 ) -> list[Example]:
     out = []
     for i, sent in enumerate(sentences):
-        ids: list[int] = [tokenizer.cls_id] if encoder else []
-        if encoder:
-            _need(tokenizer, "cls_id", "sep_id")
+        cls_id, sep_id = _encoder_ids(tokenizer) if encoder else (None, None)
+        ids: list[int] = [] if cls_id is None else [cls_id]
         labels: list[int] = [IGNORE] * len(ids)
         starts = []
         truncated = False
@@ -104,8 +107,8 @@ def encode_tagged(
             starts.append(len(ids))
             ids += pieces
             labels += [tag_id] + [IGNORE] * (len(pieces) - 1)
-        if encoder:
-            ids.append(tokenizer.sep_id)
+        if sep_id is not None:
+            ids.append(sep_id)
             labels.append(IGNORE)
         out.append(Example(np.asarray(ids, np.int64), np.asarray(labels, np.int64), word_starts=np.asarray(starts, np.int64)))
     return out
@@ -115,7 +118,7 @@ def render_prompt(template: str, source: str) -> str:
     return template.format(source=source)
 
 
-def encode_pairs(pairs: Iterable[TextPair], tokenizer: object, *, template: str, max_len: int) -> list[Example]:
+def encode_pairs(pairs: Iterable[TextPair], tokenizer: Tokenizer, *, template: str, max_len: int) -> list[Example]:
     """``prompt + response + eos``; labels are the next tokens of the response only."""
     out = []
     for pair in pairs:

@@ -69,8 +69,8 @@ def read_rows(path: str | Path, *, fmt: str = "auto") -> Iterator[tuple[int, dic
                     yield lineno, row
             else:
                 # GLUE TSVs are not quoted: a quote character is text, not a delimiter.
-                quoting = csv.QUOTE_NONE if kind == "tsv" else csv.QUOTE_MINIMAL
-                reader = csv.DictReader(f, delimiter="\t" if kind == "tsv" else ",", quoting=quoting)
+                tsv = kind == "tsv"
+                reader = csv.DictReader(f, delimiter="\t" if tsv else ",", quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL)
                 for row in reader:
                     if None in row:  # more fields than the header
                         raise DataError(f"{path}:{reader.line_num}: more fields than the header has ({len(reader.fieldnames or [])}).")

@@ -15,6 +15,7 @@ from torch import nn
 from llmkit.data.task_batches import Example, eval_batches, render_prompt
 from llmkit.data.tasks import TaggedSentence, TextPair
 from llmkit.generation import beam_search, generate
+from llmkit.model.heads import CausalLM
 
 
 def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -66,6 +67,7 @@ def evaluate_token_cls(
         pred_tags, gold_tags = [], []
         for row, ex in enumerate(examples[start : start + len(preds)]):
             sent = sentences[start + row]
+            assert ex.word_starts is not None  # encode_tagged gives every example its word starts
             tags = [labels[int(preds[row, s])] if s >= 0 else "O" for s in ex.word_starts.tolist()]
             pred_tags.append(tags)
             gold_tags.append(sent.tags)
@@ -80,7 +82,7 @@ def evaluate_token_cls(
 
 @torch.no_grad()
 def evaluate_sft(
-    model: nn.Module, tokenizer: Any, pairs: Sequence[TextPair], *, template: str, max_new_tokens: int,
+    model: CausalLM, tokenizer: Any, pairs: Sequence[TextPair], *, template: str, max_new_tokens: int,
     num_beams: int = 1, length_penalty: float = 1.0, writer: Any = None,
 ) -> tuple[dict[str, float], Any]:
     from llmkit.metric.generation import GenerationMetrics
@@ -103,5 +105,5 @@ def evaluate_sft(
         if writer is not None:
             writer.write({"index": i, "source": pair.source, "prediction": hypothesis, "reference": pair.target})
     result = metrics.compute()
-    flat = {k: result[k] for k in ("bleu", "chrf", "rouge1", "rouge2", "rougeL") if k in result}
+    flat: dict[str, float] = {k: result[k] for k in ("bleu", "chrf", "rouge1", "rouge2", "rougeL") if k in result}
     return flat, metrics

@@ -63,7 +63,7 @@ class _LoRAAdapter(nn.Module):
     into it."""
 
     def __init__(
-        self, weight: nn.Parameter, a_shape: tuple[int, int], b_shape: tuple[int, int], *, rank: int, alpha: float,
+        self, weight: Tensor, a_shape: tuple[int, int], b_shape: tuple[int, int], *, rank: int, alpha: float,
         dropout: float,
     ) -> None:  # fmt: skip
         super().__init__()
@@ -113,6 +113,8 @@ class LoRALinear(_LoRAAdapter):
     base model. ``delta_weight()`` is ``scaling * B A``, (out, in).
     """
 
+    bias: nn.Parameter | None  # the replaced layer's bias Parameter (registered in __init__), or None
+
     def __init__(self, linear: nn.Linear, *, rank: int, alpha: float, dropout: float = 0.0) -> None:
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"LoRALinear replaces an nn.Linear, got {type(linear).__name__}")
@@ -138,7 +140,9 @@ class LoRALinear(_LoRAAdapter):
 
     def _plain(self) -> nn.Linear:
         linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
-        linear.weight, linear.bias = self.weight, self.bias
+        linear.weight = self.weight
+        if self.bias is not None:  # else the layer was built with bias=False: its bias is None already
+            linear.bias = self.bias
         return linear
 
 
@@ -262,14 +266,13 @@ def merge_lora(model: nn.Module) -> list[str]:
     the LoRA one did (up to rounding), without the adapter matmuls. Parameters keep their
     ``requires_grad`` (the merged weights stay frozen).
     """
-    names = [name for name, m in model.named_modules() if isinstance(m, LoRALayer)]
-    if "" in names:
+    layers = lora_modules(model)
+    if "" in layers:
         raise ValueError("merge_lora: the model itself is a LoRA layer; use its .merged()")
-    for name in names:
-        lora = model.get_submodule(name)
+    for name, lora in layers.items():
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name), child, lora.merged())
-    return names
+    return list(layers)
 
 
 def lora_modules(model: nn.Module) -> dict[str, LoRALinear | LoRAEmbedding]:

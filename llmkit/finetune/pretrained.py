@@ -19,7 +19,7 @@ from torch import nn
 from llmkit import checkpoint
 from llmkit.errors import CheckpointError, LlmkitError
 from llmkit.model import ModelConfig
-from llmkit.model.registry import LANGUAGE_MODELS, model_class
+from llmkit.model.registry import LANGUAGE_MODELS, model_class, task_model_class
 from llmkit.model.state_dict import check_keys, tied_groups, with_tied
 
 
@@ -64,8 +64,9 @@ def new_task_model(task: str, cfg: ModelConfig, *, num_labels: int = 0) -> nn.Mo
     """A freshly initialised model for ``task`` (a decoder for sft, a classifier with ``num_labels`` else)."""
     if task not in TASK_MODELS:
         raise LlmkitError(f"unknown fine-tuning task {task!r}; llmkit fine-tunes {', '.join(TASK_MODELS)}")
-    cls: Any = model_class(TASK_MODELS[task])
-    return cls.from_config(cfg) if task == "sft" else cls.from_config(cfg, num_labels=num_labels)
+    if task == "sft":
+        return model_class(TASK_MODELS[task]).from_config(cfg)
+    return task_model_class(TASK_MODELS[task]).from_config(cfg, num_labels=num_labels)
 
 
 def _all_names(pre: Pretrained) -> dict[str, torch.Tensor]:

@@ -198,11 +198,11 @@ def param_groups(
     if not any(p.requires_grad for p in model.parameters()):
         raise ValueError("the model has no trainable parameters (check the fine-tuning strategy)")
     if decay == 1.0:
-        groups = optim.param_groups(model, weight_decay)
+        flat = optim.param_groups(model, weight_decay)
         if base_lr is not None:
-            for g in groups:
+            for g in flat:
                 g["lr"] = float(base_lr)
-        return groups
+        return flat
     if base_lr is None:
         raise ValueError("layerwise_lr_decay < 1 needs base_lr (the top layer's learning rate)")
 

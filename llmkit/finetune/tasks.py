@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ from rich.console import Console
 
 from llmkit.data.config import DataConfig
 from llmkit.data.task_batches import encode_labelled, encode_pairs, encode_tagged
-from llmkit.data.tasks import read_conll, read_labelled, read_text_pairs
+from llmkit.data.tasks import LabelledText, TaggedSentence, TextPair, read_conll, read_labelled, read_text_pairs
 from llmkit.errors import LlmkitError
 from llmkit.finetune.config import GenerationEvalConfig
 from llmkit.finetune.evaluation import evaluate_seq_cls, evaluate_sft, evaluate_token_cls
@@ -27,6 +28,7 @@ def load_task_data(task: str, data: DataConfig, split: str) -> list:
     if not path:
         raise LlmkitError(f"data.{split}_path is not set; data={data.name} has no {split} file for fine-tuning.")
     limit = data.max_train_examples if split == "train" else data.max_eval_examples
+    rows: Iterator[LabelledText | TaggedSentence | TextPair]
     if task == "seq_cls":
         rows = read_labelled(path, text_column=data.text_column, label_column=data.label_column,
                              text_pair_column=data.text_pair_column, fmt=data.format)

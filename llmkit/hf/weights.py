@@ -36,14 +36,14 @@ _Row = tuple[str, tuple[str, ...], str, str | None]
 
 
 def _linear(ours: str, theirs: str, *, bias: bool, how: str = "copy", group: str | None = None) -> list[_Row]:
-    rows = [(f"{ours}.weight", (f"{theirs}.weight",), how, group)]
+    rows: list[_Row] = [(f"{ours}.weight", (f"{theirs}.weight",), how, group)]
     if bias:
         rows.append((f"{ours}.bias", (f"{theirs}.bias",), "copy", group))
     return rows
 
 
 def _qkv(ours: str, q: str, k: str, v: str, *, bias: bool) -> list[_Row]:
-    rows = [(f"{ours}.weight", (f"{q}.weight", f"{k}.weight", f"{v}.weight"), "cat", None)]
+    rows: list[_Row] = [(f"{ours}.weight", (f"{q}.weight", f"{k}.weight", f"{v}.weight"), "cat", None)]
     if bias:
         rows.append((f"{ours}.bias", (f"{q}.bias", f"{k}.bias", f"{v}.bias"), "cat", None))
     return rows

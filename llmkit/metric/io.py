@@ -20,6 +20,7 @@ import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from llmkit.io import atomic_file
@@ -58,10 +59,12 @@ class PredictionWriter:
         self._stack = stack
         return self
 
-    def __exit__(self, *exc: object) -> bool:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
         stack, self._stack, self._f = self._stack, None, None
         assert stack is not None
-        return stack.__exit__(*exc)  # type: ignore[arg-type]
+        return stack.__exit__(exc_type, exc, tb)
 
     def write(self, record: Any) -> None:
         """Write one prediction: a JSON-serialisable value (jsonl) or a string (txt)."""

@@ -86,15 +86,15 @@ class EntityMetrics:
     """Running entity-level micro/macro/weighted P/R/F1 and per-type scores (seqeval default mode)."""
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
         self._tp: Counter[str] = Counter()
         self._pred: Counter[str] = Counter()
         self._gold: Counter[str] = Counter()
         self._sentences = 0
         self._tokens = 0
         self._tokens_correct = 0
-
-    def reset(self) -> None:
-        self.__init__()
 
     def update(self, pred_tags: Sequence[Sequence[str]], gold_tags: Sequence[Sequence[str]]) -> None:
         """Add a batch of sentences: predicted and gold tag sequences, aligned token by token."""

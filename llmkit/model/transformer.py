@@ -160,6 +160,11 @@ class Block(nn.Module):
 class Transformer(nn.Module):
     """Embeddings -> n_layer blocks -> optional final norm. Returns hidden states (B, T, n_embd)."""
 
+    # non-persistent buffers (registered in __init__; None when the config does not use them)
+    pos_table: Tensor | None
+    rope_cos: Tensor | None
+    rope_sin: Tensor | None
+
     def __init__(self, *, config: ModelConfig) -> None:
         super().__init__()
         config.validate()
@@ -187,6 +192,7 @@ class Transformer(nn.Module):
         # GPT-2 §2.3: scale the residual projections by 1/sqrt(2 * n_layer). Each block adds two
         # branches to the residual stream, whose variance would otherwise grow with depth.
         for block in self.h:
+            assert isinstance(block, Block)
             for proj in (block.attn.c_proj, block.mlp.c_proj):
                 nn.init.normal_(proj.weight, mean=0.0, std=config.init_std / math.sqrt(2 * config.n_layer))
 
@@ -231,7 +237,7 @@ class Transformer(nn.Module):
 
         x = self.embed(idx, token_type_ids=token_type_ids, input_pos=input_pos)  # (B, T, C)
         rope = None
-        if self.rope_cos is not None:
+        if self.rope_cos is not None and self.rope_sin is not None:  # both or neither (rope)
             # (T, hd) or (B, T, hd) -> (1|B, 1, T, hd): broadcast over heads
             rope = (self.rope_cos[input_pos].unsqueeze(-3), self.rope_sin[input_pos].unsqueeze(-3))
         mask, is_causal = self._attention_mask(attention_mask, batch=B, T=T, start=start, device=idx.device)

@@ -15,7 +15,8 @@ from torch import nn
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Two groups over the trainable parameters: ``>= 2-D`` decayed, the rest not."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for p in model.parameters():  # tied weights appear once
         if not p.requires_grad:
             continue

@@ -129,7 +129,7 @@ def build_model(model_cfg: ModelConfig, vocab_size: int, model_class: str = "Cau
             "an encoder (causal=false), e.g. model=bert_mini")
         raise LlmkitError(f"This objective trains a {model_class}, which needs {want}; model={model_cfg.name} has "
                           f"causal={str(model_cfg.causal).lower()}.")
-    return registry.model_class(model_class).from_config(model_cfg)  # type: ignore[attr-defined]
+    return registry.model_class(model_class).from_config(model_cfg)
 
 
 def run(cfg: Any) -> dict[str, float]:

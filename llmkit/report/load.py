@@ -14,7 +14,7 @@ import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from llmkit.errors import LlmkitError
 
@@ -123,7 +123,7 @@ def lower_is_better(metric: str) -> bool:
     return any(s in m for s in ("loss", "ppl", "perplexity", "bpb", "bits_per", "error", "ms_per", "wer", "cer"))
 
 
-def _is_number(v: Any) -> bool:
+def _is_number(v: object) -> TypeGuard[int | float]:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
@@ -163,7 +163,7 @@ def find_run_dirs(path: Path, depth: int = 0) -> list[Path]:
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
     """metrics.jsonl; a torn last line (a run killed mid-write) is skipped."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     try:
         text = path.read_text(encoding="utf-8")
     except OSError:

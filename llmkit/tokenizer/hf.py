@@ -168,7 +168,7 @@ class HFTokenizer(Tokenizer):
                     named[role] = named[role] or content
         # role -> token, as transformers has them
         self.hf_special_tokens = {r: t for r, t in named.items() if t is not None}
-        ids: dict[str, int | None] = {}
+        ids: dict[str, int] = {}
         for role, token in self.hf_special_tokens.items():
             i = self.backend.token_to_id(token)
             if i is None:
@@ -179,7 +179,7 @@ class HFTokenizer(Tokenizer):
         self.cls_id, self.sep_id, self.mask_id = ids.get("cls"), ids.get("sep"), ids.get("mask")
         self.bos_id = ids.get("bos", self.cls_id)  # type: ignore[assignment]
         self.eos_id = ids.get("eos", self.sep_id)  # type: ignore[assignment]
-        self.pad_id = next((i for i in (ids.get("pad"), self.eos_id, 0) if i is not None))  # type: ignore[assignment]
+        self.pad_id = next(i for i in (ids.get("pad"), self.eos_id, 0) if i is not None)
         self.special_tokens = {t: ids[r] for r, t in self.hf_special_tokens.items()}
         for t in self._additional_special_tokens():
             if (i := self.backend.token_to_id(t)) is not None:

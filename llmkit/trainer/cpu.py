@@ -42,7 +42,8 @@ def detect(cpuinfo: str | None = None) -> CpuFeatures:
             cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
         except OSError:
             cpuinfo = ""
-    model, flags = "unknown", set()
+    model = "unknown"
+    flags: set[str] = set()
     for line in cpuinfo.splitlines():
         key, _, value = line.partition(":")
         key = key.strip()

@@ -35,13 +35,16 @@ import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
 
 from llmkit.checkpoint.consolidate import SHARDED_DIR
 from llmkit.errors import LlmkitError
+
+if TYPE_CHECKING:
+    from torch.nn.parallel import DistributedDataParallel
 
 KINDS = ("none", "ddp", "fsdp")
 
@@ -101,7 +104,7 @@ class DistEnv:
             ids = [self.device.index] if self.device.type == "cuda" else None
             # llmkit's buffers are constant tables (rope, sinusoids): the per-forward buffer broadcast
             # would be pure overhead (and a collective in evaluation). Newer torch renames the switch.
-            no_sync_bufs = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters
+            no_sync_bufs: dict[str, Any] = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters
                             else {"broadcast_buffers": False})
             return DDP(model, device_ids=ids, **no_sync_bufs)
         return shard(model, self.device)
@@ -112,7 +115,7 @@ class DistEnv:
         FSDP keeps reducing every micro-step: it keeps gradients sharded, which is what it is for.
         """
         if not last and self.enabled and self.kind == "ddp" and hasattr(forward_model, "no_sync"):
-            return forward_model.no_sync()
+            return cast("DistributedDataParallel", forward_model).no_sync()  # what wrap() made it
         return contextlib.nullcontext()
 
     def reshard(self, model: nn.Module) -> None:
@@ -200,7 +203,9 @@ class DistEnv:
 
         from llmkit.model.state_dict import tied_aliases
 
-        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        # a full state dict holds plain tensors (the stub's value type covers sharded ones and nesting)
+        full = cast(dict[str, torch.Tensor],
+                    get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)))
         return {k: v for k, v in full.items() if k not in tied_aliases(model)}  # as save_model stores them
 
     def optimizer_state_dict(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
@@ -240,7 +245,7 @@ class DistEnv:
         from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
         model_sd, optim_sd = get_state_dict(model, optimizer)
-        state = {"model": model_sd, "optim": optim_sd}
+        state: dict[str, Any] = {"model": model_sd, "optim": optim_sd}  # what dcp.load fills in place
         dcp.load(state, checkpoint_id=str(directory))
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
 
