@@ -56,8 +56,10 @@ _TRAINING = {
     "optim.momentum": _at_least(0),
     "scheduler.warmup_steps": _at_least(0, integer=True),
     "scheduler.min_lr_ratio": _UNIT,
-    **{f"trainer.{k}": _at_least(1, integer=True) for k in
-       ("max_steps", "batch_size", "grad_accum", "eval_batches", "log_every", "max_nonfinite")},
+    **{
+        f"trainer.{k}": _at_least(1, integer=True)
+        for k in ("max_steps", "batch_size", "grad_accum", "eval_batches", "log_every", "max_nonfinite")
+    },
     **{f"trainer.{k}": _at_least(0, integer=True) for k in ("eval_every", "save_every", "keep_last", "threads")},
     "trainer.grad_clip": _at_least(0),
     "trainer.mfu_peak_flops": _at_least(0),
@@ -78,11 +80,20 @@ _GENERATION_EVAL = {
 
 RULES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
     "pretrain": _TRAINING,
-    "finetune": {**_TRAINING, **_GENERATION_EVAL, "epochs": _at_least(0), "max_len": _at_least(1, integer=True),
-                 "early_stopping.patience": _at_least(1, integer=True)},
+    "finetune": {
+        **_TRAINING,
+        **_GENERATION_EVAL,
+        "epochs": _at_least(0),
+        "max_len": _at_least(1, integer=True),
+        "early_stopping.patience": _at_least(1, integer=True),
+    },
     "generate": _DECODING,
-    "evaluate": {"batch_size": _at_least(1, integer=True), "max_tokens": _at_least(0, integer=True),
-                 "nsp_pairs": _at_least(0, integer=True), **_GENERATION_EVAL},
+    "evaluate": {
+        "batch_size": _at_least(1, integer=True),
+        "max_tokens": _at_least(0, integer=True),
+        "nsp_pairs": _at_least(0, integer=True),
+        **_GENERATION_EVAL,
+    },
     "tokenize": {},
 }
 
@@ -107,8 +118,12 @@ def problems(command: str, cfg: Mapping[str, Any]) -> list[str]:
         if not test(value):
             out.append(f"{key}: {text}, got {value!r}")
     out_dir = cfg.get("out_dir")
-    if isinstance(out_dir, str) and out_dir and Path(os.path.expanduser(out_dir)).exists() \
-            and not Path(os.path.expanduser(out_dir)).is_dir():
+    if (
+        isinstance(out_dir, str)
+        and out_dir
+        and Path(os.path.expanduser(out_dir)).exists()
+        and not Path(os.path.expanduser(out_dir)).is_dir()
+    ):
         out.append(f"out_dir: {out_dir} exists and is a file, not a folder; choose another out_dir")
     return out
 
@@ -117,7 +132,7 @@ def require(command: str, cfg: Any) -> None:
     """Raise one :class:`ConfigError` listing every value of ``cfg`` (a dataclass or mapping) out of range."""
     import dataclasses
 
-    node = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else cfg
+    node = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type) else cfg
     found = problems(command, node)
     if found:
         raise ConfigError(found)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import typer
@@ -72,7 +73,8 @@ def _make_command(command: str) -> None:
 
     @app.command(
         name=command,
-        help=recipe.help, epilog=_epilog(command),
+        help=recipe.help,
+        epilog=_epilog(command),
         context_settings=_PASSTHROUGH,
         options_metavar="[--debug] [OVERRIDES]...",
     )
@@ -80,7 +82,9 @@ def _make_command(command: str) -> None:
         ctx: typer.Context,
         debug: bool = typer.Option(False, "--debug", help="Show full tracebacks (also: LLMKIT_DEBUG=1)."),
         from_run: Path | None = typer.Option(
-            None, "--from-run", metavar="RUN_DIR",
+            None,
+            "--from-run",
+            metavar="RUN_DIR",
             help="Re-run a recorded run with its exact overrides (RUN_DIR/.hydra/overrides.yaml); overrides given "
             "here replace its own; a new out_dir unless given.",
         ),
@@ -105,17 +109,23 @@ _REPORT_EPILOG = """[bold]Examples[/bold]
 A run folder holds run.json and metrics.jsonl; a sweep folder (llmkit ... -m out_dir=DIR) holds run folders."""
 
 
-@app.command(name="report", help="Summarise one run, or compare several (a sweep folder, or several paths): "
-             "tables, curve plots (PNG), CSV/Markdown, a self-contained HTML page.", epilog=_REPORT_EPILOG,
-             context_settings={"help_option_names": ["-h", "--help"]})
+@app.command(
+    name="report",
+    help="Summarise one run, or compare several (a sweep folder, or several paths): "
+    "tables, curve plots (PNG), CSV/Markdown, a self-contained HTML page.",
+    epilog=_REPORT_EPILOG,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 def report(
     paths_: list[Path] = typer.Argument(..., metavar="PATH", help="Run folders or sweep folders."),
     metric: str | None = typer.Option(
         None, "--metric", "-M", help="The metric to compare and plot (default: val_loss when logged, else train_loss)."
     ),
     sort: str = typer.Option(
-        "best", "--sort", help="Order of the table: best | final (of --metric, best first) | name | time | steps | "
-        "a swept parameter or a metric."
+        "best",
+        "--sort",
+        help="Order of the table: best | final (of --metric, best first) | name | time | steps | "
+        "a swept parameter or a metric.",
     ),
     csv: Path | None = typer.Option(None, "--csv", metavar="FILE", help="Also write the table as CSV ('-': stdout)."),
     markdown: Path | None = typer.Option(
@@ -124,7 +134,11 @@ def report(
     html: Path | None = typer.Option(None, "--html", metavar="FILE", help="Write a self-contained HTML report."),
     no_plot: bool = typer.Option(False, "--no-plot", help="Write no PNG files (the terminal shows sparklines)."),
     out: Path | None = typer.Option(
-        None, "--out", "-o", metavar="DIR", help="Folder for the PNG plots (default: PATH/report for one PATH, else ./report)."
+        None,
+        "--out",
+        "-o",
+        metavar="DIR",
+        help="Folder for the PNG plots (default: PATH/report for one PATH, else ./report).",
     ),
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks (also: LLMKIT_DEBUG=1)."),
 ) -> None:
@@ -151,6 +165,15 @@ def _root(
         os.environ["LLMKIT_DEBUG"] = "1"
 
 
+def _short_warning(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None
+) -> str:
+    """Warnings as one line for the user (the source line and location only with --debug)."""
+    return f"warning: {message}\n"
+
+
 def main() -> None:
+    if not display.debug_enabled():
+        warnings.formatwarning = _short_warning
     prog = Path(sys.argv[0]).name
     app(prog_name="llmkit" if prog in ("__main__.py", "-m") else prog)

@@ -105,7 +105,7 @@ def _check_value(value: Any, tp: Any, path: str, problems: list[str]) -> None:
         if not isinstance(value, Mapping):
             problems.append(f"{path}: expected a mapping, got {value!r}")
             return
-        problems.extend(check(value, tp, path=path))
+        problems.extend(check(value, typing.cast(type, tp), path=path))
         return
     if origin in (list, tuple, Sequence) or tp in (list, tuple):
         if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
@@ -204,7 +204,7 @@ def build(node: Mapping, schema: type[T]) -> T:
     """Instantiate the dataclass tree ``schema`` from validated plain containers."""
     hints = typing.get_type_hints(schema)
     kwargs = {}
-    for f in dataclasses.fields(schema):
+    for f in dataclasses.fields(typing.cast(Any, schema)):
         if f.name not in node:
             continue
         kwargs[f.name] = _build_value(node[f.name], hints[f.name])
@@ -215,7 +215,7 @@ def _build_value(value: Any, tp: Any) -> Any:
     if value is None:
         return None
     if dataclasses.is_dataclass(tp):
-        return build(value, tp)
+        return build(value, typing.cast(type, tp))
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):

@@ -15,12 +15,15 @@ from typing import Any, NoReturn
 from llmkit.errors import LlmkitError
 
 # PyTorch's weights-only refusal: its facts stay (what was refused), its advice goes.
-_TORCH_ADVICE = [re.compile(p, re.DOTALL) for p in (
-    r"This file can still be loaded, to do so you have two options,.*?from a trusted source\.",
-    r"\(2\) Alternatively, to load with `weights_only=True`.*?in the following error message\.",
-    r"Please use `torch\.serialization\.add_safe_globals.*?if you trust this class/function\.",
-    r"Check the documentation of torch\.load to learn more.*?https://\S+",
-)]
+_TORCH_ADVICE = [
+    re.compile(p, re.DOTALL)
+    for p in (
+        r"This file can still be loaded, to do so you have two options,.*?from a trusted source\.",
+        r"\(2\) Alternatively, to load with `weights_only=True`.*?in the following error message\.",
+        r"Please use `torch\.serialization\.add_safe_globals.*?if you trust this class/function\.",
+        r"Check the documentation of torch\.load to learn more.*?https://\S+",
+    )
+]
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -35,8 +38,11 @@ def clean_message(text: str) -> str:
         return text
     for advice in _TORCH_ADVICE:
         text = advice.sub("", text)
-    text = text.replace("Weights only load failed.", "it holds Python objects beyond tensors and plain data, "
-                        "which llmkit never unpickles (was it written by llmkit?).")
+    text = text.replace(
+        "Weights only load failed.",
+        "it holds Python objects beyond tensors and plain data, "
+        "which llmkit never unpickles (was it written by llmkit?).",
+    )
     return re.sub(r"[ \t]*\n[\s]*", " ", text).strip()
 
 

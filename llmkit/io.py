@@ -117,14 +117,17 @@ def free_bytes(path: str | os.PathLike) -> int | None:
 def human_bytes(n: int | None) -> str:
     if n is None:
         return "unknown"
+    x = float(n)
     for unit in ("bytes", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:,} bytes" if unit == "bytes" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
+        if abs(x) < 1000 or unit == "TB":
+            return f"{n:,} bytes" if unit == "bytes" else f"{x:.1f} {unit}"
+        x /= 1000
+    return f"{x:.1f} TB"
 
 
 def disk_full_message(what: str, folder: Path, need: int) -> str:
     """'<what> in <folder> ran out of disk space: it needs about N, M are free.'"""
-    return (f"{what} in {folder} ran out of disk space: it needs about {human_bytes(need)}, "
-            f"{human_bytes(free_bytes(folder))} are free.")
+    return (
+        f"{what} in {folder} ran out of disk space: it needs about {human_bytes(need)}, "
+        f"{human_bytes(free_bytes(folder))} are free."
+    )

@@ -58,12 +58,15 @@ def acquire(out_dir: str | os.PathLike, *, command: str, argv: list[str] | None 
         ) from None
     except OSError as e:  # ENOLCK / EOPNOTSUPP: a file system without locks
         f.close()
-        warnings.warn(f"{out_dir}: cannot lock the run folder ({e.strerror}); nothing stops a second run there.",
-                      stacklevel=2)
+        warnings.warn(
+            f"{out_dir}: cannot lock the run folder ({e.strerror}); nothing stops a second run there.", stacklevel=2
+        )
         return False
     f.seek(0)
     f.truncate()
-    json.dump({"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(["llmkit", command, *(argv or [])])}, f)
+    json.dump(
+        {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(["llmkit", command, *(argv or [])])}, f
+    )
     f.flush()
     _HELD[key] = f
     return True

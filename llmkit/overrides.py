@@ -30,7 +30,9 @@ from llmkit.recipes import RECIPES
 class RunControl:
     """llmkit's own keys, accepted by every command and kept out of the recipes' configs."""
 
-    skip_completed: bool = True  # multirun (-m) only: skip a job whose out_dir holds a completed run.json of this config
+    skip_completed: bool = (
+        True  # multirun (-m) only: skip a job whose out_dir holds a completed run.json of this config
+    )
     optimize_metric: str | None = None  # the metric each job returns to the sweeper (Optuna), e.g. val_loss
 
 
@@ -52,6 +54,11 @@ def _overrides(argv: list[str]) -> list[str]:
         if not arg.startswith("-"):
             out.append(arg)
     return out
+
+
+def _line(override: Any) -> str:
+    """The override as the user typed it (Hydra's parser always records it)."""
+    return str(override.input_line)
 
 
 def _first(override: Any) -> str:
@@ -106,7 +113,7 @@ def check_overrides(command: str, argv: list[str]) -> list[str]:
         if key in CONTROL_KEYS:
             control[key] = o.value() if not o.is_sweep_override() else next(iter(o.sweep_iterator()))
         elif key.split("/")[0] in groups:
-            group_ovr.append(_first(o) if not (o.is_delete() or o.is_add()) else o.input_line)
+            group_ovr.append(_first(o) if not (o.is_delete() or o.is_add()) else _line(o))
         else:
             value_ovr.append(o)
     problems.extend(config.check(control, RunControl))
@@ -121,12 +128,12 @@ def check_overrides(command: str, argv: list[str]) -> list[str]:
         keep = []
         schema = RECIPES[command].schema()
         for o in value_ovr:
-            text = o.input_line if (o.is_add() or o.is_delete()) else _first(o)
+            text = _line(o) if (o.is_add() or o.is_delete()) else _first(o)
             if o.is_add() or o.is_delete() or _has_key(base, o.key_or_group):
                 keep.append(text)
             elif _schema_has(schema, o.key_or_group):  # a field the YAML leaves at its default
                 keep.append("+" + text)
-                added.append(o.input_line)
+                added.append(_line(o))
             else:
                 problems.append(_suggest_path(base, o.key_or_group))
         try:
@@ -222,7 +229,9 @@ def _launcher_problem(override: Any) -> list[str]:
         found = module is None or importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):
         found = False
-    return [] if found else [f"hydra/launcher={option} needs the {pip} package, which is not installed: pip install {pip}"]
+    return (
+        [] if found else [f"hydra/launcher={option} needs the {pip} package, which is not installed: pip install {pip}"]
+    )
 
 
 def _plugin_hint(message: str) -> str:
@@ -298,7 +307,7 @@ def replay_argv(command: str, run_dir: str | os.PathLike, argv: list[str]) -> li
     except Exception as e:  # hydra's OverrideParseException
         raise ConfigError([str(e).strip()], where="overrides") from None
     new_keys = {_override_key(o) for o in new.values()}
-    kept = [o.input_line for o in old if _override_key(o) not in new_keys and o.key_or_group != "out_dir"]
+    kept = [_line(o) for o in old if _override_key(o) not in new_keys and o.key_or_group != "out_dir"]
     added = {_override_key(o) for o in old if o.is_add() or o.is_force_add()}
     args = list(argv)
     for i, o in new.items():  # a recorded `+key=v` replaced by `key=w` must stay an addition

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import yaml
@@ -19,7 +19,7 @@ def config_dir() -> Path:
     return path
 
 
-@lru_cache(maxsize=None)
+@cache
 def config_groups(command: str) -> dict[str, list[str]]:
     """The config groups a command's primary config uses, with their options."""
     root = config_dir()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import DictConfig, open_dict
 
@@ -65,7 +65,7 @@ def hydra_main(
     def _job(cfg: DictConfig) -> Any:
         hc = HydraConfig.get()
         multirun = hc.mode == RunMode.MULTIRUN
-        num = OmegaConf.select(hc, "job.num", default=None, throw_on_missing=False) if multirun else None
+        num = OmegaConf.select(cast(Any, hc), "job.num", default=None, throw_on_missing=False) if multirun else None
         with open_dict(cfg):
             cfg.out_dir = hc.runtime.output_dir
         out_dir = Path(cfg.out_dir)
@@ -77,15 +77,18 @@ def hydra_main(
         if multirun and control.skip_completed:
             done = runs.read(out_dir)
             why = runs.completed_differences(done, resolved, list(hc.overrides.task))
-            if why == []:
+            if why == [] and done is not None:
                 display.console().print(
                     f"job {num}: skipped, {out_dir} holds a completed run of this config "
                     f"({_metric_note(done.get('metrics') or {}, control)}); skip_completed=false runs it again"
                 )
                 return _job_value(done.get("metrics") or {}, control, out_dir)
             if why:
-                display.console().print(f"job {num}: not skipped, {out_dir} holds a completed run of another config: "
-                                        + "; ".join(why[:5]) + (" ..." if len(why) > 5 else ""))
+                display.console().print(
+                    f"job {num}: not skipped, {out_dir} holds a completed run of another config: "
+                    + "; ".join(why[:5])
+                    + (" ..." if len(why) > 5 else "")
+                )
         if _rank() > 0:  # under torchrun rank 0 keeps the run record (and Hydra's files, see torchrun_argv)
             try:
                 return recipe.run(cfg)
@@ -101,8 +104,9 @@ def hydra_main(
             if took:
                 lock.release(out_dir)
 
-    def _owned_job(out_dir: Path, resolved: Any, control: RunControl, hc: Any, num: Any, multirun: bool,
-                   cfg: DictConfig) -> Any:
+    def _owned_job(
+        out_dir: Path, resolved: Any, control: RunControl, hc: Any, num: Any, multirun: bool, cfg: DictConfig
+    ) -> Any:
         """The job, while this process holds ``out_dir``'s lock."""
         from llmkit import checkpoint
 
@@ -146,7 +150,7 @@ def hydra_main(
     try:
         _job()
     finally:
-        if took:
+        if took and early is not None:
             lock.release(early)
 
 
@@ -180,11 +184,14 @@ def _completed_note(out_dir: Path, resolved: Any) -> str | None:
     if not isinstance(step, int) or step < max_steps:
         return None  # trainer.max_steps was raised: continue
     metrics = record.get("metrics") or {}
-    shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k in ("val_loss", "train_loss")
-                      and isinstance(v, (int, float)))
-    return (f"resume=auto: {out_dir} holds a completed run (step {step} of trainer.max_steps={max_steps}"
-            f"{'; ' + shown if shown else ''}); nothing to do, its records are unchanged. "
-            f"Raise trainer.max_steps to train further.")
+    shown = ", ".join(
+        f"{k} {v:.4g}" for k, v in metrics.items() if k in ("val_loss", "train_loss") and isinstance(v, (int, float))
+    )
+    return (
+        f"resume=auto: {out_dir} holds a completed run (step {step} of trainer.max_steps={max_steps}"
+        f"{'; ' + shown if shown else ''}); nothing to do, its records are unchanged. "
+        f"Raise trainer.max_steps to train further."
+    )
 
 
 def _rank() -> int:
@@ -216,11 +223,13 @@ def torchrun_argv(argv: list[str], environ: Any = None) -> list[str]:
     if not has_out_dir:
         run_id = env.get("TORCHELASTIC_RUN_ID", "")
         if not run_id or run_id == "none":
-            display.fail(LlmkitError(
-                f"This is rank {rank} of {world} (torchrun) and no out_dir= was given: the default, a timestamped "
-                "folder, would differ between ranks. Give every rank the same folder: out_dir=runs/NAME "
-                "(or launch with torchrun --standalone / --rdzv_id ID for outputs/torchrun/ID)."
-            ))
+            display.fail(
+                LlmkitError(
+                    f"This is rank {rank} of {world} (torchrun) and no out_dir= was given: the default, a timestamped "
+                    "folder, would differ between ranks. Give every rank the same folder: out_dir=runs/NAME "
+                    "(or launch with torchrun --standalone / --rdzv_id ID for outputs/torchrun/ID)."
+                )
+            )
         extra.append(f"out_dir=outputs/torchrun/{run_id}")
     if rank > 0:
         extra += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
@@ -245,10 +254,12 @@ def _job_value(result: Any, control: RunControl, out_dir: Path) -> Any:
     metrics = runs.numeric_metrics(result)
     value = metrics.get(control.optimize_metric)
     if value is None:
-        display.fail(LlmkitError(
-            f"optimize_metric={control.optimize_metric}: the run in {out_dir} returned no such metric; "
-            f"it returned: {', '.join(sorted(metrics)) or 'nothing'}"
-        ))
+        display.fail(
+            LlmkitError(
+                f"optimize_metric={control.optimize_metric}: the run in {out_dir} returned no such metric; "
+                f"it returned: {', '.join(sorted(metrics)) or 'nothing'}"
+            )
+        )
     return float(value)
 
 

@@ -36,8 +36,22 @@ FORMAT = 1
 
 #: The distributions whose versions a record lists (the ones that are installed).
 PACKAGES = (
-    "llmkit", "torch", "numpy", "hydra-core", "omegaconf", "sentencepiece", "safetensors", "tokenizers",
-    "rich", "typer", "matplotlib", "tensorboard", "wandb", "mlflow", "mlflow-skinny", "hydra-optuna-sweeper",
+    "llmkit",
+    "torch",
+    "numpy",
+    "hydra-core",
+    "omegaconf",
+    "sentencepiece",
+    "safetensors",
+    "tokenizers",
+    "rich",
+    "typer",
+    "matplotlib",
+    "tensorboard",
+    "wandb",
+    "mlflow",
+    "mlflow-skinny",
+    "hydra-optuna-sweeper",
     "optuna",
 )
 
@@ -132,7 +146,7 @@ def _cpu_model() -> str:
 def device_info() -> dict[str, Any]:
     """CPU model and core count; CUDA device names and versions when torch sees a GPU."""
     info: dict[str, Any] = {"cpu": _cpu_model(), "cpu_count": os.cpu_count()}
-    torch = sys.modules.get("torch")
+    torch: Any = sys.modules.get("torch")
     if torch is None:
         try:
             import torch
@@ -221,11 +235,11 @@ def is_completed_same(record: Mapping[str, Any] | None, cfg: Mapping[str, Any], 
     return completed_differences(record, cfg, overrides) == []
 
 
-def numeric_metrics(result: Any) -> dict[str, float]:
+def numeric_metrics(result: Any) -> dict[str, float | None]:
     """The numbers of a recipe's return value (a dict of metrics and facts); other values are dropped."""
     if not isinstance(result, Mapping):
         return {}
-    out = {}
+    out: dict[str, float | None] = {}
     for k, v in result.items():
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             continue
@@ -318,7 +332,7 @@ class RunRecord:
             error=_error_text(error),
         )
         if status == "failed" and isinstance(error, LlmkitError) and (self.previous or {}).get("status") == "completed":
-            kept = dict(self.previous)
+            kept = dict(self.previous or {})
             kept["history"] = list(kept.get("history") or []) + [{k: self.data.get(k) for k in _HISTORY_KEYS}]
             self.write(kept)
             return

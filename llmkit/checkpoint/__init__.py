@@ -68,25 +68,51 @@ def save(
     """
     target = Path(root) / name if name else step_dir(root, step)
     try:
-        _write(target, step, model=model, model_class=model_class, model_config=model_config, state=state,
-               config_yaml=config_yaml, tokenizer_dir=tokenizer_dir, extra=extra, tensors=tensors,
-               sharded_dir=sharded_dir, tokenizer=tokenizer)
+        _write(
+            target,
+            step,
+            model=model,
+            model_class=model_class,
+            model_config=model_config,
+            state=state,
+            config_yaml=config_yaml,
+            tokenizer_dir=tokenizer_dir,
+            extra=extra,
+            tensors=tensors,
+            sharded_dir=sharded_dir,
+            tokenizer=tokenizer,
+        )
     except (OSError, RuntimeError, SafetensorError) as e:
         if not io.is_disk_full(e):
             raise
         need = _estimate_bytes(model if tensors is None else None, tensors, state, tokenizer_dir)
-        raise DiskFullError(io.disk_full_message(f"Saving checkpoint {target.name}", Path(root), need) + (
-            " The checkpoint was not written (no partial folder is left); earlier checkpoints are intact. "
-            "Free some space, or lower trainer.keep_last, then continue with resume=auto."
-        )) from None
+        raise DiskFullError(
+            io.disk_full_message(f"Saving checkpoint {target.name}", Path(root), need)
+            + (
+                " The checkpoint was not written (no partial folder is left); earlier checkpoints are intact. "
+                "Free some space, or lower trainer.keep_last, then continue with resume=auto."
+            )
+        ) from None
     if keep_last > 0:
         prune(root, keep_last)
     return target
 
 
-def _write(target: Path, step: int, *, model: nn.Module, model_class: str, model_config: dict[str, Any],
-           state: dict[str, Any], config_yaml: str, tokenizer_dir: str | Path | None, extra: dict[str, Any] | None,
-           tensors: dict[str, torch.Tensor] | None, sharded_dir: str | Path | None, tokenizer: Any = None) -> None:
+def _write(
+    target: Path,
+    step: int,
+    *,
+    model: nn.Module,
+    model_class: str,
+    model_config: dict[str, Any],
+    state: dict[str, Any],
+    config_yaml: str,
+    tokenizer_dir: str | Path | None,
+    extra: dict[str, Any] | None,
+    tensors: dict[str, torch.Tensor] | None,
+    sharded_dir: str | Path | None,
+    tokenizer: Any = None,
+) -> None:
     """The files of one checkpoint, in a temporary folder renamed to ``target`` when complete."""
     with atomic_dir(target, overwrite=True) as tmp:
         if sharded_dir is not None:
@@ -117,9 +143,11 @@ def _write(target: Path, step: int, *, model: nn.Module, model_class: str, model
         )
 
 
-def _estimate_bytes(model: nn.Module | None, tensors: dict[str, torch.Tensor] | None, state: Any,
-                    tokenizer_dir: str | Path | None) -> int:
+def _estimate_bytes(
+    model: nn.Module | None, tensors: dict[str, torch.Tensor] | None, state: Any, tokenizer_dir: str | Path | None
+) -> int:
     """About what one checkpoint takes on disk: its tensors (weights, optimizer state) and tokenizer."""
+
     def size(obj: Any) -> int:
         if isinstance(obj, torch.Tensor):
             return obj.numel() * obj.element_size()
@@ -131,7 +159,9 @@ def _estimate_bytes(model: nn.Module | None, tensors: dict[str, torch.Tensor] | 
 
     total = size(state) + size(tensors or {})
     if model is not None:
-        total += sum(t.numel() * t.element_size() for t in {t.data_ptr(): t for t in model.state_dict().values()}.values())
+        total += sum(
+            t.numel() * t.element_size() for t in {t.data_ptr(): t for t in model.state_dict().values()}.values()
+        )
     if tokenizer_dir is not None and Path(tokenizer_dir).is_dir():
         total += sum(f.stat().st_size for f in Path(tokenizer_dir).rglob("*") if f.is_file())
     return total
@@ -219,7 +249,9 @@ def read_meta(path: str | Path, *, verify: bool = True) -> dict[str, Any]:
         if _VERIFIED.get(str(path.resolve())) != key:
             for name, digest in files.items():
                 if sha256_file(path / name) != digest:
-                    raise CheckpointError(f"{path} is damaged: {name} does not match its checksum (truncated or modified).")
+                    raise CheckpointError(
+                        f"{path} is damaged: {name} does not match its checksum (truncated or modified)."
+                    )
             _VERIFIED[str(path.resolve())] = key
     return meta
 
@@ -270,7 +302,9 @@ def resolve(path: str | Path) -> Path:
                 return found
             if newest := list_checkpoints(root):
                 return newest[-1]
-    raise CheckpointError(f"{path} is not an llmkit checkpoint (no checkpoint.json) nor a run directory with checkpoints.")
+    raise CheckpointError(
+        f"{path} is not an llmkit checkpoint (no checkpoint.json) nor a run directory with checkpoints."
+    )
 
 
 def latest_valid(root: str | Path) -> Path | None:
@@ -289,7 +323,7 @@ def latest_valid(root: str | Path) -> Path | None:
                 if not path.exists():
                     vanished = True
                     break  # pruned under us: a newer one was written; list again
-                warnings.warn(f"skipping {path}: {e}", stacklevel=2)
+                warnings.warn(f"{e} Skipped: an older checkpoint is taken.", stacklevel=2)
         if not vanished:
             return None
     return None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -127,6 +127,7 @@ def check_ids(tokens: np.ndarray, vocab_size: int, file: Path, *, dataset: Path,
     n = len(tokens)
     if n == 0:
         return
+    starts: Sequence[int]
     if full or n <= FULL_SCAN_TOKENS:
         starts = range(0, n, _WINDOW)
     else:

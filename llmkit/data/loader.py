@@ -47,7 +47,9 @@ def read_windows(tokens: np.ndarray, starts: np.ndarray, length: int) -> np.ndar
         for row, s in enumerate(starts):
             data = os.pread(fd, length * item, whole_map.offset + int(s) * item)
             if len(data) != length * item:
-                raise DataError(f"{path}: expected {length} tokens at token {int(s)}, the file ends first (truncated?).")
+                raise DataError(
+                    f"{path}: expected {length} tokens at token {int(s)}, the file ends first (truncated?)."
+                )
             rows[row] = np.frombuffer(data, dtype=tokens.dtype)
     finally:
         os.close(fd)
@@ -103,9 +105,7 @@ class RandomWindows:
             yield self._gather(self.offsets(_VAL_STREAM, i))
 
 
-def sequential_windows(
-    tokens: np.ndarray, *, block_size: int, batch_size: int
-) -> Iterator[dict[str, torch.Tensor]]:
+def sequential_windows(tokens: np.ndarray, *, block_size: int, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
     """Every token of ``tokens`` predicted exactly once, in non-overlapping windows (for evaluation).
 
     The last window may be shorter; ``labels`` is padded with -100 (ignored) to make a full batch.

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from llmkit.errors import DataError, LlmkitError
 from llmkit.data.masking import Masking, mask_tokens
+from llmkit.errors import DataError, LlmkitError
 
 if TYPE_CHECKING:
     from llmkit.data.shards import Dataset
@@ -102,7 +102,7 @@ class EncoderVocab:
             raise LlmkitError(
                 f"Encoder pretraining needs the special tokens [CLS], [SEP] and [MASK]; this tokenizer lacks "
                 f"{', '.join(missing)} (its user special tokens: {have}). Train the tokenizer with them: "
-                "'tokenizer.user_special_tokens=[\"[CLS]\",\"[SEP]\",\"[MASK]\"]' (the default of tokenizer=bpe)."
+                '\'tokenizer.user_special_tokens=["[CLS]","[SEP]","[MASK]"]\' (the default of tokenizer=bpe).'
             )
         start = end = None
         if word_boundaries:
@@ -352,7 +352,9 @@ class NSPPairBatches(_EncoderBatches):
             lb = min(span - k, n2)
             s2 = int(self.doc_starts[d2]) + int(rng.integers(0, n2 - lb + 1))
             b = np.asarray(self.tokens[s2 : s2 + lb])
-        ids, types, attn = pack_pair(a.astype(np.int64), b.astype(np.int64), vocab=self.vocab, block_size=self.block_size)
+        ids, types, attn = pack_pair(
+            a.astype(np.int64), b.astype(np.int64), vocab=self.vocab, block_size=self.block_size
+        )
         label = np.int64(IS_NEXT if is_next else NOT_NEXT)
         return {"input_ids": ids, "token_type_ids": types, "attention_mask": attn, "nsp_labels": label}
 

@@ -1,4 +1,5 @@
-"""Token shards: encode documents in parallel into flat train/val arrays, and read them back.
+"""Token shards: the writer of a dataset's flat train/val arrays (parallel encoding into them:
+``llmkit.data.encoding``; reading them back: ``llmkit.data.dataset``, re-exported here).
 
 A dataset directory (the ``out_dir`` of ``llmkit tokenize``)::
 
@@ -17,40 +18,32 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import multiprocessing as mp
 import os
 import shutil
 import tempfile
-import time
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 # The format and the reading side (Dataset, open_dataset, verify_dataset) live in llmkit.data.dataset;
 # re-exported here, where callers look for them.
 from llmkit.data.dataset import (  # noqa: F401
-    FORMAT, FORMAT_VERSION, META_FILE, SPLITS, TOKENIZER_DIR, Dataset, iter_documents, open_dataset, verify_dataset,
+    FORMAT,
+    FORMAT_VERSION,
+    META_FILE,
+    SPLITS,
+    TOKENIZER_DIR,
+    Dataset,
+    iter_documents,
+    open_dataset,
+    verify_dataset,
 )
 from llmkit.io import write_json
 from llmkit.tokenizer.base import Tokenizer
 
-_SPLIT_CODE = {"train": 0, "val": 1}
 
-Backend = Literal["processes", "threads"]
-
-
-def default_workers() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-# --- writing ------------------------------------------------------------------------------------
 class DatasetWriter:
     """Collects a dataset under temporary names in ``out_dir``; :meth:`commit` makes it visible.
 
@@ -71,6 +64,13 @@ class DatasetWriter:
         self._tmp: dict[str, str] = {}
         self._sha = {s: hashlib.sha256() for s in SPLITS}  # of each shard's bytes, for meta.json
         self.committed = False
+
+    @property
+    def staged_tokenizer(self) -> Path:
+        """The tokenizer folder written beside the shards (moved into place on commit)."""
+        if self.tokenizer_tmp is None:
+            raise RuntimeError("DatasetWriter is not open: use it as a context manager")
+        return self.tokenizer_tmp
 
     def __enter__(self) -> DatasetWriter:
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -103,10 +103,10 @@ class DatasetWriter:
         if tok_dir.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{TOKENIZER_DIR}.", suffix=".old", dir=self.out_dir))
             os.replace(tok_dir, old / TOKENIZER_DIR)
-            os.replace(self.tokenizer_tmp, tok_dir)  # type: ignore[arg-type]
+            os.replace(self.staged_tokenizer, tok_dir)
             shutil.rmtree(old, ignore_errors=True)
         else:
-            os.replace(self.tokenizer_tmp, tok_dir)  # type: ignore[arg-type]
+            os.replace(self.staged_tokenizer, tok_dir)
         for split in SPLITS:
             os.replace(self._tmp[split], self.out_dir / f"{split}.bin")
         write_json(final, meta)
@@ -142,8 +142,13 @@ class DatasetWriter:
             "special_tokens": dict(tok.special_tokens),
             "document_separator": {"token": "eos", "id": tok.eos_id},
             "splits": {
-                s: {"file": f"{s}.bin", "tokens": self.tokens[s], "documents": self.documents[s],
-                    "bytes": self.tokens[s] * self.dtype.itemsize, "sha256": self._sha[s].hexdigest()}
+                s: {
+                    "file": f"{s}.bin",
+                    "tokens": self.tokens[s],
+                    "documents": self.documents[s],
+                    "bytes": self.tokens[s] * self.dtype.itemsize,
+                    "sha256": self._sha[s].hexdigest(),
+                }
                 for s in SPLITS
             },
             **extra,
@@ -160,230 +165,3 @@ def _default_permissions(paths: Iterable[Path]) -> None:
 
 
 # --- encoding -----------------------------------------------------------------------------------
-def encode_pieces(
-    tok: Tokenizer, texts: list[str], splits: bytes, ends: bytes, num_threads: int = 1
-) -> tuple[np.ndarray, np.ndarray]:
-    """Encode a batch of pieces into (train tokens, val tokens), eos after each document's last piece.
-
-    ``splits[i]`` is 0 (train) or 1 (val); ``ends[i]`` is 0 when piece ``i`` is not the end of its
-    document (a long document cut after a newline), so no eos follows it.
-    """
-    flat, lengths = tok.encode_documents(texts, num_threads=num_threads)
-    end = np.frombuffer(ends, dtype=np.uint8)
-    if not end.all():  # drop the eos after pieces that do not end their document
-        keep = np.ones(flat.size, dtype=bool)
-        keep[(np.cumsum(lengths) - 1)[end == 0]] = False
-        flat = flat[keep]
-        lengths = lengths - (end == 0)
-    split = np.frombuffer(splits, dtype=np.uint8)
-    if not split.any():
-        return flat, flat[:0]
-    if split.all():
-        return flat[:0], flat
-    per_token = np.repeat(split, lengths)
-    return flat[per_token == 0], flat[per_token == 1]
-
-
-_WORKER_TOKENIZER: Tokenizer | None = None  # set in a worker; inherited (with its warm cache) under fork
-
-
-def _worker_init(tokenizer_dir: str) -> None:
-    global _WORKER_TOKENIZER
-    if _WORKER_TOKENIZER is None:  # forkserver / spawn: load it
-        from llmkit.tokenizer import load
-
-        _WORKER_TOKENIZER = load(tokenizer_dir)
-
-
-def _worker_encode(texts: list[str], splits: bytes, ends: bytes) -> tuple[np.ndarray, np.ndarray]:
-    assert _WORKER_TOKENIZER is not None
-    return encode_pieces(_WORKER_TOKENIZER, texts, splits, ends)
-
-
-@dataclass
-class _Batch:
-    texts: list[str]
-    splits: bytearray
-    ends: bytearray
-    docs: dict[str, int]
-    chars: int = 0
-    read: int = 0  # corpus bytes read when the batch was closed (progress)
-
-
-def batches(
-    docs: Iterable[tuple[str, str]],
-    batch_chars: int,
-    bytes_read: Callable[[], int] = lambda: 0,
-    *,
-    cut_long: bool = True,
-) -> Iterator[_Batch]:
-    """Group documents into batches of about ``batch_chars`` characters.
-
-    With ``cut_long`` a document longer than that is cut after a newline into pieces (so several
-    workers share it); this is exact for llmkit's tokenizers because none of their tokens spans a
-    newline: "\\n" is a symbol of its own for SentencePiece and a character for char tokenizers.
-    (Not so for e.g. GPT-2's byte-level BPE, which has tokens like ".\\n\\n".)
-    """
-    b = _Batch([], bytearray(), bytearray(), {"train": 0, "val": 0})
-    for split, text in docs:
-        code = _SPLIT_CODE[split]
-        while cut_long and len(text) > batch_chars:
-            cut = text.rfind("\n", batch_chars // 2, batch_chars)
-            if cut < 0:
-                break  # no newline to cut at: the rest is one piece
-            b.texts.append(text[: cut + 1])
-            b.splits.append(code)
-            b.ends.append(0)
-            b.chars += cut + 1
-            text = text[cut + 1 :]
-            b.read = bytes_read()
-            yield b
-            b = _Batch([], bytearray(), bytearray(), {"train": 0, "val": 0})
-        b.texts.append(text)
-        b.splits.append(code)
-        b.ends.append(1)
-        b.docs[split] += 1
-        b.chars += len(text)
-        if b.chars >= batch_chars:
-            b.read = bytes_read()
-            yield b
-            b = _Batch([], bytearray(), bytearray(), {"train": 0, "val": 0})
-    if b.texts:
-        b.read = bytes_read()
-        yield b
-
-
-def _start_method() -> str:
-    """fork when this process runs no other thread (instant start, nothing to reload), else
-    forkserver: forking a process whose other threads may hold locks is unsafe."""
-    import threading
-
-    methods = mp.get_all_start_methods()
-    if "fork" in methods and threading.active_count() == 1:
-        return "fork"
-    return "forkserver" if "forkserver" in methods else "spawn"
-
-
-class ShardEncoder:
-    """Encodes ``(split, text)`` documents into a :class:`DatasetWriter`'s shards, in order.
-
-    ``backend="processes"`` with ``workers`` encoders (0 = one per core): this process and a pool
-    of ``workers - 1`` worker processes take the batches of about ``batch_chars`` characters in
-    turn; this process also reads and writes, which costs little. It encodes the first batch
-    before it starts the pool, so under fork the workers inherit the tokenizer with its segment
-    cache warm (no reload, fewer cold misses). Measured: a pool of ``workers`` processes beside an
-    idle parent costs more CPU in all (another cold cache, more pickling), which is slower on a
-    busy machine. At most ``2 * workers`` batches are in flight, so memory does not grow with the
-    corpus. ``workers=1`` encodes in this process only. ``backend="threads"``: SentencePiece's
-    own multi-threaded batch encode in this process (no segment cache).
-
-    fork is used when this process runs no other thread (llmkit's progress bar has none), else
-    forkserver: forking a process whose other threads may hold locks is unsafe.
-    """
-
-    def __init__(
-        self,
-        tokenizer: Tokenizer,
-        *,
-        tokenizer_dir: str | os.PathLike,
-        workers: int = 0,
-        backend: Backend = "processes",
-        batch_chars: int = 1 << 18,
-        start_method: str | None = None,
-    ) -> None:
-        self.tokenizer = tokenizer
-        self.tokenizer_dir = str(tokenizer_dir)
-        self.workers = workers or default_workers()
-        self.backend = backend
-        self.batch_chars = batch_chars
-        self.start_method = start_method
-        self.pool: Any = None
-
-    def __enter__(self) -> ShardEncoder:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.pool is not None:
-            self.pool.terminate()
-            self.pool.join()
-            self.pool = None
-
-    def _start_pool(self) -> None:
-        global _WORKER_TOKENIZER
-        self.start_method = self.start_method or _start_method()
-        ctx = mp.get_context(self.start_method)
-        if self.start_method == "forkserver":
-            ctx.set_forkserver_preload(["llmkit.data.shards", "llmkit.tokenizer"])
-        if self.start_method == "fork":
-            _WORKER_TOKENIZER = self.tokenizer  # the children inherit it, cache and all
-        try:
-            self.pool = ctx.Pool(self.workers - 1, initializer=_worker_init, initargs=(self.tokenizer_dir,))
-        finally:
-            _WORKER_TOKENIZER = None
-
-    def _write_head(self, inflight: deque, write: Callable) -> None:
-        batch, task = inflight.popleft()
-        if task is None:  # this process's turn
-            write(batch, encode_pieces(self.tokenizer, batch.texts, bytes(batch.splits), bytes(batch.ends)))
-        else:
-            write(batch, task.get())
-
-    def encode(
-        self,
-        writer: DatasetWriter,
-        docs: Iterable[tuple[str, str]],
-        *,
-        bytes_read: Callable[[], int] = lambda: 0,
-        on_progress: Callable[[int], None] | None = None,
-    ) -> dict:
-        """Encode and append to ``writer``; ``on_progress(bytes_read_advance)`` after each batch."""
-        t0 = time.perf_counter()
-        chars = 0
-        last_read = 0
-
-        def write(batch: _Batch, result: tuple[np.ndarray, np.ndarray]) -> None:
-            nonlocal chars, last_read
-            train, val = result
-            writer.append("train", train, batch.docs["train"])
-            writer.append("val", val, batch.docs["val"])
-            chars += batch.chars
-            if on_progress is not None:
-                on_progress(batch.read - last_read)
-            last_read = batch.read
-
-        cut_long = self.tokenizer.kind in ("bpe", "unigram", "char")  # no token spans a newline
-        stream = batches(docs, self.batch_chars, bytes_read, cut_long=cut_long)
-        if self.backend == "threads" or self.workers == 1:
-            threads = self.workers if self.backend == "threads" else 1
-            for b in stream:
-                write(b, encode_pieces(self.tokenizer, b.texts, bytes(b.splits), bytes(b.ends), num_threads=threads))
-        else:
-            # batch i is encoded here when i % workers == 0, else by a worker process
-            inflight: deque[tuple[_Batch, Any]] = deque()
-            for i, b in enumerate(stream):
-                if i % self.workers == 0:
-                    inflight.append((b, None))
-                    if self.pool is None:  # before the pool starts: encode now, warming the cache
-                        self._write_head(inflight, write)
-                        continue
-                else:
-                    if self.pool is None:
-                        self._start_pool()
-                    task = self.pool.apply_async(_worker_encode, (b.texts, bytes(b.splits), bytes(b.ends)))
-                    inflight.append((b, task))
-                    b.texts = []  # the task holds the text until it is sent; keep nothing else
-                # write what is due: when the window is full, or our own batch once a worker has work
-                while len(inflight) >= 2 * self.workers or (inflight and inflight[0][1] is None and i % self.workers):
-                    self._write_head(inflight, write)
-            while inflight:
-                self._write_head(inflight, write)
-        if on_progress is not None and bytes_read() > last_read:
-            on_progress(bytes_read() - last_read)
-        seconds = time.perf_counter() - t0
-        return {
-            "seconds": seconds,
-            "characters": chars,
-            "workers": self.workers,
-            "backend": self.backend,
-            "start_method": self.start_method if self.pool is not None else None,
-        }

@@ -59,7 +59,12 @@ def _truncate_pair(a: list[int], b: list[int], budget: int) -> tuple[list[int], 
 
 
 def encode_labelled(
-    examples: Iterable[LabelledText], tokenizer: Tokenizer, label_to_id: dict[str, int], *, max_len: int, encoder: bool,
+    examples: Iterable[LabelledText],
+    tokenizer: Tokenizer,
+    label_to_id: dict[str, int],
+    *,
+    max_len: int,
+    encoder: bool,
     source: str = "data",
 ) -> list[Example]:
     out = []
@@ -86,8 +91,13 @@ def encode_labelled(
 
 
 def encode_tagged(
-    sentences: Iterable[TaggedSentence], tokenizer: Tokenizer, label_to_id: dict[str, int], *, max_len: int,
-    encoder: bool, source: str = "data",
+    sentences: Iterable[TaggedSentence],
+    tokenizer: Tokenizer,
+    label_to_id: dict[str, int],
+    *,
+    max_len: int,
+    encoder: bool,
+    source: str = "data",
 ) -> list[Example]:
     out = []
     for i, sent in enumerate(sentences):
@@ -110,7 +120,9 @@ def encode_tagged(
         if sep_id is not None:
             ids.append(sep_id)
             labels.append(IGNORE)
-        out.append(Example(np.asarray(ids, np.int64), np.asarray(labels, np.int64), word_starts=np.asarray(starts, np.int64)))
+        out.append(
+            Example(np.asarray(ids, np.int64), np.asarray(labels, np.int64), word_starts=np.asarray(starts, np.int64))
+        )
     return out
 
 
@@ -176,8 +188,16 @@ class ExampleBatches:
     """
 
     def __init__(
-        self, examples: Sequence[Example], *, batch_size: int, seed: int, pad_id: int, grad_accum: int = 1,
-        rank: int = 0, world_size: int = 1, group_by_length: bool = False,
+        self,
+        examples: Sequence[Example],
+        *,
+        batch_size: int,
+        seed: int,
+        pad_id: int,
+        grad_accum: int = 1,
+        rank: int = 0,
+        world_size: int = 1,
+        group_by_length: bool = False,
     ) -> None:
         if len(examples) < batch_size * world_size:
             raise DataError(f"{len(examples)} training examples are fewer than one batch ({batch_size * world_size}).")

@@ -70,10 +70,14 @@ def read_rows(path: str | Path, *, fmt: str = "auto") -> Iterator[tuple[int, dic
             else:
                 # GLUE TSVs are not quoted: a quote character is text, not a delimiter.
                 tsv = kind == "tsv"
-                reader = csv.DictReader(f, delimiter="\t" if tsv else ",", quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL)
+                reader = csv.DictReader(
+                    f, delimiter="\t" if tsv else ",", quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL
+                )
                 for row in reader:
                     if None in row:  # more fields than the header
-                        raise DataError(f"{path}:{reader.line_num}: more fields than the header has ({len(reader.fieldnames or [])}).")
+                        raise DataError(
+                            f"{path}:{reader.line_num}: more fields than the header has ({len(reader.fieldnames or [])})."
+                        )
                     yield reader.line_num, row
         except UnicodeDecodeError as e:
             raise DataError(f"{path} is not UTF-8 text (invalid byte at offset {e.start}).") from None
@@ -81,7 +85,9 @@ def read_rows(path: str | Path, *, fmt: str = "auto") -> Iterator[tuple[int, dic
 
 def _column(path: Path, lineno: int, row: dict, column: str) -> str:
     if column not in row or row[column] is None:
-        raise DataError(f"{path}:{lineno}: no column '{column}' (columns: {', '.join(map(str, row))}). Set the data config's column name.")
+        raise DataError(
+            f"{path}:{lineno}: no column '{column}' (columns: {', '.join(map(str, row))}). Set the data config's column name."
+        )
     return str(row[column])
 
 

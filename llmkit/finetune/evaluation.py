@@ -28,7 +28,12 @@ def _logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate_seq_cls(
-    model: nn.Module, examples: Sequence[Example], labels: list[str], *, batch_size: int, writer: Any = None,
+    model: nn.Module,
+    examples: Sequence[Example],
+    labels: list[str],
+    *,
+    batch_size: int,
+    writer: Any = None,
     texts: Sequence[str] | None = None,
 ) -> tuple[dict[str, float], Any]:
     from llmkit.metric.classification import ClassificationMetrics
@@ -54,8 +59,13 @@ def evaluate_seq_cls(
 
 @torch.no_grad()
 def evaluate_token_cls(
-    model: nn.Module, examples: Sequence[Example], sentences: Sequence[TaggedSentence], labels: list[str], *,
-    batch_size: int, writer: Any = None,
+    model: nn.Module,
+    examples: Sequence[Example],
+    sentences: Sequence[TaggedSentence],
+    labels: list[str],
+    *,
+    batch_size: int,
+    writer: Any = None,
 ) -> tuple[dict[str, float], Any]:
     from llmkit.metric.ner import EntityMetrics
 
@@ -82,8 +92,15 @@ def evaluate_token_cls(
 
 @torch.no_grad()
 def evaluate_sft(
-    model: CausalLM, tokenizer: Any, pairs: Sequence[TextPair], *, template: str, max_new_tokens: int,
-    num_beams: int = 1, length_penalty: float = 1.0, writer: Any = None,
+    model: CausalLM,
+    tokenizer: Any,
+    pairs: Sequence[TextPair],
+    *,
+    template: str,
+    max_new_tokens: int,
+    num_beams: int = 1,
+    length_penalty: float = 1.0,
+    writer: Any = None,
 ) -> tuple[dict[str, float], Any]:
     from llmkit.metric.generation import GenerationMetrics
 
@@ -94,11 +111,19 @@ def evaluate_sft(
         prompt = tokenizer.encode(render_prompt(template, pair.source))[-(block - max_new_tokens) :]
         ids = torch.tensor([prompt], dtype=torch.long, device=device)
         if num_beams > 1:
-            new = beam_search(model, ids, num_beams=num_beams, max_new_tokens=max_new_tokens,
-                              length_penalty=length_penalty, eos_id=tokenizer.eos_id)
+            new = beam_search(
+                model,
+                ids,
+                num_beams=num_beams,
+                max_new_tokens=max_new_tokens,
+                length_penalty=length_penalty,
+                eos_id=tokenizer.eos_id,
+            )
         else:
-            new = [int(t[0]) for t in generate(model, ids, max_new_tokens=max_new_tokens, temperature=0.0,
-                                               eos_id=tokenizer.eos_id)]
+            new = [
+                int(t[0])
+                for t in generate(model, ids, max_new_tokens=max_new_tokens, temperature=0.0, eos_id=tokenizer.eos_id)
+            ]
         new = [t for t in new if t != tokenizer.eos_id]
         hypothesis = tokenizer.decode(new).strip()
         metrics.update([hypothesis], [pair.target])

@@ -199,9 +199,7 @@ def _lora_class(m: nn.Module) -> type[LoRALinear] | type[LoRAEmbedding] | None:
 # ---------------------------------------------------------------------------- adapting
 
 
-def apply_lora(
-    model: nn.Module, *, rank: int, alpha: float, dropout: float = 0.0, targets: Sequence[str]
-) -> list[str]:
+def apply_lora(model: nn.Module, *, rank: int, alpha: float, dropout: float = 0.0, targets: Sequence[str]) -> list[str]:
     """Put a LoRA layer in place of every ``nn.Linear`` (or ``nn.Embedding``) ``targets`` match; return the names.
 
     A target matches a module name when it equals the name, or a dot-separated suffix of it, as a
@@ -289,8 +287,10 @@ def lora_spec(model: nn.Module) -> dict[str, Any]:
         raise ValueError("the model has no LoRA adapters")
     hparams = {(m.rank, m.alpha, m.dropout_p) for m in mods.values()}
     if len(hparams) > 1:
-        raise ValueError(f"the adapters differ in (rank, alpha, dropout): {sorted(hparams)}; no single spec describes them")
-    (rank, alpha, dropout), = hparams
+        raise ValueError(
+            f"the adapters differ in (rank, alpha, dropout): {sorted(hparams)}; no single spec describes them"
+        )
+    ((rank, alpha, dropout),) = hparams
     return {"rank": rank, "alpha": alpha, "dropout": dropout, "targets": list(mods)}
 
 

@@ -102,7 +102,9 @@ class StrategyReport:
 
     def summary(self) -> str:
         """One line for the log: ``lora: 110,592 of 13,809,408 parameters trainable (0.80%), ...``."""
-        line = f"{self.strategy}: {self.trainable:,} of {self.total:,} parameters trainable ({100 * self.fraction:.2f}%)"
+        line = (
+            f"{self.strategy}: {self.trainable:,} of {self.total:,} parameters trainable ({100 * self.fraction:.2f}%)"
+        )
         if self.lora_modules:
             line += f", adapters on {len(self.lora_modules)} layers"
         return line
@@ -240,7 +242,9 @@ def layer_depths(model: nn.Module, trunk: Transformer) -> dict[int, int]:
     return depth
 
 
-def build_optimizer(node: Mapping[str, Any], model: nn.Module, *, layerwise_lr_decay: float = 1.0) -> torch.optim.Optimizer:
+def build_optimizer(
+    node: Mapping[str, Any], model: nn.Module, *, layerwise_lr_decay: float = 1.0
+) -> torch.optim.Optimizer:
     """Instantiate the ``optim`` config node (``_target_: torch.optim.AdamW``...) with these groups;
     the node's ``lr`` is the top layer's learning rate."""
     from hydra.utils import instantiate

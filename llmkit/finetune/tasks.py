@@ -30,14 +30,24 @@ def load_task_data(task: str, data: DataConfig, split: str) -> list:
     limit = data.max_train_examples if split == "train" else data.max_eval_examples
     rows: Iterator[LabelledText | TaggedSentence | TextPair]
     if task == "seq_cls":
-        rows = read_labelled(path, text_column=data.text_column, label_column=data.label_column,
-                             text_pair_column=data.text_pair_column, fmt=data.format)
+        rows = read_labelled(
+            path,
+            text_column=data.text_column,
+            label_column=data.label_column,
+            text_pair_column=data.text_pair_column,
+            fmt=data.format,
+        )
     elif task == "token_cls":
         rows = read_conll(path)
     else:
         target = data.train_target_path if split == "train" else data.eval_target_path
-        rows = read_text_pairs(path, target_path=target, source_column=data.source_column,
-                               target_column=data.target_column, fmt=data.format)
+        rows = read_text_pairs(
+            path,
+            target_path=target,
+            source_column=data.source_column,
+            target_column=data.target_column,
+            fmt=data.format,
+        )
     out = []
     for row in rows:
         out.append(row)
@@ -57,8 +67,9 @@ def label_set(task: str, rows: list, given: list[str]) -> list[str]:
     return ["O", *tags]
 
 
-def encode_task(task: str, rows: list, tokenizer: Any, labels: list[str], *, max_len: int, encoder: bool, template: str,
-           source: str) -> list:
+def encode_task(
+    task: str, rows: list, tokenizer: Any, labels: list[str], *, max_len: int, encoder: bool, template: str, source: str
+) -> list:
     label_to_id = {label: i for i, label in enumerate(labels)}
     if task == "seq_cls":
         return encode_labelled(rows, tokenizer, label_to_id, max_len=max_len, encoder=encoder, source=source)
@@ -67,17 +78,36 @@ def encode_task(task: str, rows: list, tokenizer: Any, labels: list[str], *, max
     return encode_pairs(rows, tokenizer, template=template, max_len=max_len)
 
 
-def task_metrics(task: str, model: Any, tokenizer: Any, examples: list, rows: list, labels: list[str], *,
-                 batch_size: int, template: str, generation: GenerationEvalConfig, writer: Any = None,
-                 max_generate: int = 0) -> tuple[dict[str, float], Any]:
+def task_metrics(
+    task: str,
+    model: Any,
+    tokenizer: Any,
+    examples: list,
+    rows: list,
+    labels: list[str],
+    *,
+    batch_size: int,
+    template: str,
+    generation: GenerationEvalConfig,
+    writer: Any = None,
+    max_generate: int = 0,
+) -> tuple[dict[str, float], Any]:
     if task == "seq_cls":
-        return evaluate_seq_cls(model, examples, labels, batch_size=batch_size, writer=writer,
-                                texts=[r.text for r in rows])
+        return evaluate_seq_cls(
+            model, examples, labels, batch_size=batch_size, writer=writer, texts=[r.text for r in rows]
+        )
     if task == "token_cls":
         return evaluate_token_cls(model, examples, rows, labels, batch_size=batch_size, writer=writer)
-    return evaluate_sft(model, tokenizer, _limit(rows, max_generate), template=template,
-                        max_new_tokens=generation.max_new_tokens, num_beams=generation.num_beams,
-                        length_penalty=generation.length_penalty, writer=writer)
+    return evaluate_sft(
+        model,
+        tokenizer,
+        _limit(rows, max_generate),
+        template=template,
+        max_new_tokens=generation.max_new_tokens,
+        num_beams=generation.num_beams,
+        length_penalty=generation.length_penalty,
+        writer=writer,
+    )
 
 
 _EXAMPLE_DATA = {"seq_cls": "sst2", "token_cls": "conll2003", "sft": "multi30k"}
@@ -92,34 +122,65 @@ def _finetuning_data(meta: dict[str, Any]) -> DataConfig | None:
 
 
 def evaluate_task_checkpoint(
-    model: Any, meta: dict[str, Any], tokenizer: Any, data: DataConfig | None, *, out_dir: Path, batch_size: int,
-    predictions: str | None, generation: GenerationEvalConfig,
+    model: Any,
+    meta: dict[str, Any],
+    tokenizer: Any,
+    data: DataConfig | None,
+    *,
+    out_dir: Path,
+    batch_size: int,
+    predictions: str | None,
+    generation: GenerationEvalConfig,
 ) -> dict[str, Any]:
     """``llmkit evaluate`` on a fine-tuned checkpoint: its task's metrics on ``data.eval_path``."""
     task = meta["task"]
     if data is None or not data.eval_path:
         data = _finetuning_data(meta)  # the validation file it was fine-tuned with
     if data is None or not data.eval_path:
-        raise LlmkitError(f"{meta['path']} is a {task} model whose fine-tuning data is not recorded: name the data "
-                          f"to evaluate on (e.g. data={_EXAMPLE_DATA.get(task, 'sst2')} or data.eval_path=FILE).")
+        raise LlmkitError(
+            f"{meta['path']} is a {task} model whose fine-tuning data is not recorded: name the data "
+            f"to evaluate on (e.g. data={_EXAMPLE_DATA.get(task, 'sst2')} or data.eval_path=FILE)."
+        )
     labels = meta.get("labels", [])
     rows = load_task_data(task, data, "eval")
     if task != "sft":
         seen = {r.label for r in rows} if task == "seq_cls" else {t for r in rows for t in r.tags}
         unknown = sorted(seen - set(labels))
         if unknown:
-            raise LlmkitError(f"{data.eval_path} has labels the model was not trained on: {', '.join(unknown)} "
-                              f"(the model's labels: {', '.join(labels)}).")
-    examples = encode_task(task, rows, tokenizer, labels, max_len=meta["max_len"], encoder=not model.config.causal,
-                           template=meta.get("prompt_template", ""), source=str(data.eval_path))
+            raise LlmkitError(
+                f"{data.eval_path} has labels the model was not trained on: {', '.join(unknown)} "
+                f"(the model's labels: {', '.join(labels)})."
+            )
+    examples = encode_task(
+        task,
+        rows,
+        tokenizer,
+        labels,
+        max_len=meta["max_len"],
+        encoder=not model.config.causal,
+        template=meta.get("prompt_template", ""),
+        source=str(data.eval_path),
+    )
     from llmkit.metric.io import PredictionWriter
 
     with PredictionWriter(predictions) if predictions else contextlib.nullcontext() as writer:
-        flat, metrics = task_metrics(task, model, tokenizer, examples, rows, labels, batch_size=batch_size,
-                                     template=meta.get("prompt_template", ""), generation=generation, writer=writer)
+        flat, metrics = task_metrics(
+            task,
+            model,
+            tokenizer,
+            examples,
+            rows,
+            labels,
+            batch_size=batch_size,
+            template=meta.get("prompt_template", ""),
+            generation=generation,
+            writer=writer,
+        )
     full = metrics.compute()
-    write_json(Path(out_dir) / "metrics.json", {"checkpoint": meta["path"], "task": task, "data": str(data.eval_path),
-                                                **{k: v for k, v in full.items()}})
+    write_json(
+        Path(out_dir) / "metrics.json",
+        {"checkpoint": meta["path"], "task": task, "data": str(data.eval_path), **{k: v for k, v in full.items()}},
+    )
     console = Console()
     if task == "sft":
         from rich.table import Table

@@ -39,7 +39,9 @@ class DecodeLinear(nn.Module):
         width = -(-out_features // chunks)  # ceil
         w = weight.detach().new_zeros(in_features, chunks * width)
         w[:, :out_features] = weight.detach().t()
-        self.weight = nn.Parameter(w.view(in_features, chunks, width).permute(1, 0, 2).contiguous(), requires_grad=False)
+        self.weight = nn.Parameter(
+            w.view(in_features, chunks, width).permute(1, 0, 2).contiguous(), requires_grad=False
+        )
         b = weight.new_zeros(chunks * width)
         if bias is not None:
             b[:out_features] = bias.detach()

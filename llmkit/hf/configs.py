@@ -95,8 +95,16 @@ def _gpt2_config(k: _Keys) -> dict[str, Any]:
     k.expect("scale_attn_by_inverse_layer_idx", lambda v: v is False, False, "no per-layer attention scaling")
     k.expect("add_cross_attention", lambda v: v is False, False, "cross-attention layers are not supported")
     k.get("reorder_and_upcast_attn")  # precision detail only: same function in float32
-    for key in ("attn_pdrop", "embd_pdrop", "summary_type", "summary_use_proj", "summary_activation",
-                "summary_proj_to_labels", "summary_first_dropout", "n_ctx"):
+    for key in (
+        "attn_pdrop",
+        "embd_pdrop",
+        "summary_type",
+        "summary_use_proj",
+        "summary_activation",
+        "summary_proj_to_labels",
+        "summary_first_dropout",
+        "n_ctx",
+    ):
         k.get(key)
     vocab_size = k.get("vocab_size", 50257)
     return dict(
@@ -183,8 +191,12 @@ def _llama_config(k: _Keys) -> dict[str, Any]:
 
 
 def _bert_config(k: _Keys) -> dict[str, Any]:
-    k.expect("position_embedding_type", lambda v: v == "absolute", "absolute",
-             "only absolute (learned) position embeddings are supported, not relative ones")
+    k.expect(
+        "position_embedding_type",
+        lambda v: v == "absolute",
+        "absolute",
+        "only absolute (learned) position embeddings are supported, not relative ones",
+    )
     k.expect("is_decoder", lambda v: v is False, False, "BERT used as a causal decoder is not supported")
     k.expect("add_cross_attention", lambda v: v is False, False, "cross-attention layers are not supported")
     k.get("attention_probs_dropout_prob")
@@ -285,6 +297,7 @@ def config_from_hf(raw: Mapping[str, Any], *, source: str = CONFIG_FILE) -> tupl
         raise HFFormatError(f"{source}: the {model_type} config does not describe a valid llmkit model: {e}") from None
     return config, {"model_type": model_type, "ignored_config_keys": keys.ignored()}
 
+
 # ---------------------------------------------------------------------------- export
 
 
@@ -334,8 +347,14 @@ def config_to_hf(cfg: ModelConfig, family: str, dtype: torch.dtype, tokenizer: A
             "pad_token_id": cfg.pad_token_id if cfg.pad_token_id is not None else getattr(tokenizer, "pad_id", None),
         }
     dtype_name = str(dtype).removeprefix("torch.")
-    common = {"vocab_size": cfg.vocab_size, "initializer_range": cfg.init_std, "tie_word_embeddings": cfg.tie_weights,
-              **ids, "torch_dtype": dtype_name, "dtype": dtype_name}
+    common = {
+        "vocab_size": cfg.vocab_size,
+        "initializer_range": cfg.init_std,
+        "tie_word_embeddings": cfg.tie_weights,
+        **ids,
+        "torch_dtype": dtype_name,
+        "dtype": dtype_name,
+    }
     if family == "gpt2":
         return {
             "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"],

@@ -45,6 +45,7 @@ def read_hf_config(directory: str | os.PathLike) -> dict[str, Any]:
         raise HFFormatError(f"{path}: expected a JSON object.")
     return raw
 
+
 # ---------------------------------------------------------------------------- weights on disk
 
 

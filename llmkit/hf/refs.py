@@ -158,5 +158,13 @@ def load_model(ref: str | os.PathLike, *, device: torch.device | str = "cpu") ->
     return model, meta
 
 
-__all__ = ["PACKAGED_MODELS", "PREFIX", "hf_dir", "is_hf_ref", "load_model", "looks_like_hf_dir", "package_model_dir",
-           "resolve_init"]
+__all__ = [
+    "PACKAGED_MODELS",
+    "PREFIX",
+    "hf_dir",
+    "is_hf_ref",
+    "load_model",
+    "looks_like_hf_dir",
+    "package_model_dir",
+    "resolve_init",
+]

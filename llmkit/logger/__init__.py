@@ -161,7 +161,9 @@ class MLflowLogger:
         self._client = tracking.MlflowClient(tracking_uri=cfg.mlflow_tracking_uri)
         exp = self._client.get_experiment_by_name(cfg.project)
         exp_id = exp.experiment_id if exp is not None else self._client.create_experiment(cfg.project)
-        run = self._client.create_run(exp_id, run_name=cfg.run_name or str(run_dir), tags={"llmkit.run_dir": str(run_dir)})
+        run = self._client.create_run(
+            exp_id, run_name=cfg.run_name or str(run_dir), tags={"llmkit.run_dir": str(run_dir)}
+        )
         self.run_id = run.info.run_id
         params = [self._entities.Param(k, str(v)[:500]) for k, v in _params(config).items()]
         for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch

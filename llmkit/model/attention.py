@@ -81,7 +81,9 @@ def _math_attention_pays(q: Tensor, k: Tensor) -> bool:
     torch 2.13 on AVX-512 BF16: forward + backward 3.9x slower than ``math_attention`` at the
     gpt_baby shape, 1.9x at gpt_mini's T=256; a whole gpt_baby bf16 training step 33 -> 18 ms);
     short sequences there take the explicit path."""
-    return q.device.type == "cpu" and q.dtype == torch.bfloat16 and q.shape[-2] * k.shape[-2] <= _MATH_ATTENTION_MAX_SCORES
+    return (
+        q.device.type == "cpu" and q.dtype == torch.bfloat16 and q.shape[-2] * k.shape[-2] <= _MATH_ATTENTION_MAX_SCORES
+    )
 
 
 def math_attention(

@@ -17,8 +17,8 @@ Parameter names: ``lm_head.weight``; ``pooler.dense``; ``mlm_head.{dense, norm, 
 
 from __future__ import annotations
 
-from functools import partial
 import typing
+from functools import partial
 from typing import NamedTuple
 
 import torch
@@ -220,8 +220,9 @@ class MaskedLM(nn.Module):
         selected = hidden.flatten(0, 1) if mlm_mask is None else hidden[mlm_mask]  # (N, C)
         return MaskedLMOutput(self.mlm_head(selected), self.nsp_head(self.pooler(hidden)))  # (N, V), (B, 2)
 
-    def encode(self, idx: Tensor, *, token_type_ids: Tensor | None = None,
-               attention_mask: Tensor | None = None) -> Tensor:
+    def encode(
+        self, idx: Tensor, *, token_type_ids: Tensor | None = None, attention_mask: Tensor | None = None
+    ) -> Tensor:
         """The trunk's hidden states (B, T, C), for inspection and feature extraction (no heads)."""
         return self.transformer(idx, token_type_ids=token_type_ids, attention_mask=attention_mask)
 
@@ -244,7 +245,9 @@ class SequenceClassifier(nn.Module):
     nothing else, take the last real token's state (GPT-2 / Radford 2018). Returns (B, num_labels).
     """
 
-    def __init__(self, *, transformer: Transformer, head: SequenceClassificationHead, pooler: Pooler | None = None) -> None:
+    def __init__(
+        self, *, transformer: Transformer, head: SequenceClassificationHead, pooler: Pooler | None = None
+    ) -> None:
         super().__init__()
         self.config = transformer.config
         self.transformer = transformer

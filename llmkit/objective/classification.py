@@ -45,8 +45,14 @@ class _Classification:
 
     def _loss(self, logits: Tensor, labels: Tensor) -> LossOutput:
         logits32 = upcast(logits)
-        loss = F.cross_entropy(logits32, labels, weight=self._weight(logits.shape[-1], logits.device, logits32.dtype),
-                               ignore_index=IGNORE_INDEX, label_smoothing=self.label_smoothing, reduction="sum")
+        loss = F.cross_entropy(
+            logits32,
+            labels,
+            weight=self._weight(logits.shape[-1], logits.device, logits32.dtype),
+            ignore_index=IGNORE_INDEX,
+            label_smoothing=self.label_smoothing,
+            reduction="sum",
+        )
         keep = labels != IGNORE_INDEX
         return LossOutput({"ce": loss}, {"accuracy": accuracy(logits[keep], labels[keep])})
 
@@ -58,7 +64,9 @@ class SequenceClassificationObjective(_Classification):
     name = "seq_cls"
 
     def __call__(self, model: nn.Module, batch: Batch) -> LossOutput:
-        logits = model(batch["input_ids"], attention_mask=batch["attention_mask"], token_type_ids=batch.get("token_type_ids"))
+        logits = model(
+            batch["input_ids"], attention_mask=batch["attention_mask"], token_type_ids=batch.get("token_type_ids")
+        )
         return self._loss(logits, batch["labels"])  # (B, K) vs (B,)
 
 
@@ -69,7 +77,9 @@ class TokenClassificationObjective(_Classification):
     name = "token_cls"
 
     def __call__(self, model: nn.Module, batch: Batch) -> LossOutput:
-        logits = model(batch["input_ids"], attention_mask=batch["attention_mask"], token_type_ids=batch.get("token_type_ids"))
+        logits = model(
+            batch["input_ids"], attention_mask=batch["attention_mask"], token_type_ids=batch.get("token_type_ids")
+        )
         return self._loss(logits.flatten(0, 1), batch["labels"].flatten())  # (B*T, K) vs (B*T,)
 
 

@@ -16,8 +16,13 @@ def token_cross_entropy(logits: Tensor, labels: Tensor, *, label_smoothing: floa
     """Summed next-token cross-entropy (fp32) of ``logits`` (B, T, V) against ``labels`` (B, T);
     positions labelled ``IGNORE_INDEX`` count for nothing."""
     # (B, T, V) -> (B*T, V) against (B*T,) targets
-    return F.cross_entropy(upcast(logits.flatten(0, 1)), labels.flatten(), ignore_index=IGNORE_INDEX,
-                           label_smoothing=label_smoothing, reduction="sum")
+    return F.cross_entropy(
+        upcast(logits.flatten(0, 1)),
+        labels.flatten(),
+        ignore_index=IGNORE_INDEX,
+        label_smoothing=label_smoothing,
+        reduction="sum",
+    )
 
 
 class CausalLMObjective:
@@ -35,7 +40,9 @@ class CausalLMObjective:
 
     def __call__(self, model: nn.Module, batch: Batch) -> LossOutput:
         logits = model(batch["input_ids"], attention_mask=batch.get("attention_mask"))  # (B, T, V)
-        return LossOutput({"lm": token_cross_entropy(logits, batch["labels"], label_smoothing=self.label_smoothing)}, {})
+        return LossOutput(
+            {"lm": token_cross_entropy(logits, batch["labels"], label_smoothing=self.label_smoothing)}, {}
+        )
 
 
 @torch.no_grad()

@@ -21,8 +21,12 @@ Batch = dict[str, Tensor]
 
 def encoder_outputs(model: nn.Module, batch: Batch):  # -> MaskedLMOutput
     """``model``'s MLM logits at the batch's selected positions (N, V) and NSP logits (B, 2)."""
-    return model(batch["input_ids"], token_type_ids=batch.get("token_type_ids"),
-                 attention_mask=batch.get("attention_mask"), mlm_mask=batch["labels"] != IGNORE_INDEX)
+    return model(
+        batch["input_ids"],
+        token_type_ids=batch.get("token_type_ids"),
+        attention_mask=batch.get("attention_mask"),
+        mlm_mask=batch["labels"] != IGNORE_INDEX,
+    )
 
 
 def mlm_targets(batch: Batch) -> Tensor:
@@ -86,14 +90,22 @@ class MaskedLMNSPObjective(MaskedLMObjective):
         min_doc_tokens: int = 16,
         nsp_weight: float = 1.0,
     ) -> None:
-        super().__init__(mask_prob=mask_prob, mask_ratio=mask_ratio, random_ratio=random_ratio, whole_word=whole_word,
-                         min_doc_tokens=min_doc_tokens)
+        super().__init__(
+            mask_prob=mask_prob,
+            mask_ratio=mask_ratio,
+            random_ratio=random_ratio,
+            whole_word=whole_word,
+            min_doc_tokens=min_doc_tokens,
+        )
         if nsp_weight < 0:
             raise ValueError(f"nsp_weight must be >= 0, got {nsp_weight}")
         self.nsp_weight = nsp_weight
 
     def num_targets(self, batch: Batch) -> dict[str, Tensor]:
-        return {**super().num_targets(batch), "nsp": torch.tensor(batch["nsp_labels"].numel(), device=batch["nsp_labels"].device)}
+        return {
+            **super().num_targets(batch),
+            "nsp": torch.tensor(batch["nsp_labels"].numel(), device=batch["nsp_labels"].device),
+        }
 
     def __call__(self, model: nn.Module, batch: Batch) -> LossOutput:
         out = encoder_outputs(model, batch)

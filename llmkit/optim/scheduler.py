@@ -34,7 +34,9 @@ def linear_multiplier(step: int, *, warmup_steps: int, total_steps: int, min_lr_
     return 1.0 - (1.0 - min_lr_ratio) * progress
 
 
-def warmup_cosine(optimizer: Optimizer, *, total_steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.1) -> LambdaLR:
+def warmup_cosine(
+    optimizer: Optimizer, *, total_steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.1
+) -> LambdaLR:
     """Linear warm-up for ``warmup_steps``, then cosine decay to ``min_lr_ratio * lr`` at ``total_steps``."""
     return LambdaLR(
         optimizer,
@@ -42,7 +44,9 @@ def warmup_cosine(optimizer: Optimizer, *, total_steps: int, warmup_steps: int =
     )
 
 
-def warmup_linear(optimizer: Optimizer, *, total_steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.0) -> LambdaLR:
+def warmup_linear(
+    optimizer: Optimizer, *, total_steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.0
+) -> LambdaLR:
     """Linear warm-up, then linear decay to ``min_lr_ratio * lr`` at ``total_steps``."""
     return LambdaLR(
         optimizer,

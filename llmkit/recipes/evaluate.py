@@ -22,10 +22,10 @@ from llmkit import checkpoint, checks, config, loading
 from llmkit.data.config import DataConfig
 from llmkit.data.loader import sequential_windows
 from llmkit.errors import DataError, LlmkitError
+from llmkit.finetune.config import GenerationEvalConfig
 from llmkit.io import write_json
 from llmkit.model import ModelConfig
 from llmkit.objective.clm import token_nll
-from llmkit.finetune.config import GenerationEvalConfig
 from llmkit.recipes._common import resolve_device, set_threads
 
 
@@ -76,7 +76,9 @@ def _tokens_and_text(c: Config, tokenizer: Any, meta: dict[str, Any]) -> tuple[n
     return tokens, tokenizer.decode(np.asarray(tokens).tolist())
 
 
-def evaluate_encoder(c: Config, model: torch.nn.Module, meta: dict[str, Any], tokenizer: Any, device: torch.device) -> dict[str, Any]:
+def evaluate_encoder(
+    c: Config, model: torch.nn.Module, meta: dict[str, Any], tokenizer: Any, device: torch.device
+) -> dict[str, Any]:
     """Masked-LM and next-sentence metrics of a ``MaskedLM`` on a split (or a text file, one document a line).
 
     ``mlm_accuracy``, ``mlm_loss`` and ``mlm_perplexity`` over the masked positions of every token of the
@@ -87,8 +89,8 @@ def evaluate_encoder(c: Config, model: torch.nn.Module, meta: dict[str, Any], to
     those positions; ``nsp_accuracy`` over ``nsp_pairs`` seeded sentence pairs of the split (not for
     checkpoints trained with objective=mlm, whose NSP head was never trained).
     """
-    from llmkit.data.pairs import EncoderVocab, NSPPairBatches, masked_windows
     from llmkit.data.masking import Masking
+    from llmkit.data.pairs import EncoderVocab, NSPPairBatches, masked_windows
     from llmkit.objective.mlm import mlm_scores
 
     vocab = EncoderVocab.from_tokenizer(tokenizer)
@@ -114,23 +116,40 @@ def evaluate_encoder(c: Config, model: torch.nn.Module, meta: dict[str, Any], to
         raise DataError("Fewer than 2 tokens to evaluate.")
     # the unigram baseline's token: the most frequent non-special token of the train split
     train = ds.train if ds is not None else _train_split(meta, tokenizer)
-    counts = np.bincount(np.asarray(train if train is not None and len(train) else tokens), minlength=tokenizer.vocab_size)
+    counts = np.bincount(
+        np.asarray(train if train is not None and len(train) else tokens), minlength=tokenizer.vocab_size
+    )
     counts[list(tokenizer.special_ids)] = 0
     unigram_id = int(counts.argmax())
 
     block_size = ModelConfig.of(model).block_size
     sums: dict[str, float] = {}
     with torch.inference_mode():
-        batches = masked_windows(tokens, vocab=vocab, eos_id=tokenizer.eos_id, block_size=block_size,
-                                 batch_size=c.batch_size, seed=c.seed, min_doc_tokens=_MIN_DOC_TOKENS)
+        batches = masked_windows(
+            tokens,
+            vocab=vocab,
+            eos_id=tokenizer.eos_id,
+            block_size=block_size,
+            batch_size=c.batch_size,
+            seed=c.seed,
+            min_doc_tokens=_MIN_DOC_TOKENS,
+        )
         for batch in batches:
             for k, v in mlm_scores(model, _to(batch, device), unigram_id=unigram_id).items():
                 sums[k] = sums.get(k, 0.0) + float(v)
         with_nsp = meta.get("objective") != "mlm" and c.nsp_pairs > 0
         if with_nsp:
-            pairs = NSPPairBatches(tokens, vocab=vocab, eos_id=tokenizer.eos_id, masking=Masking(),
-                                   block_size=block_size, batch_size=c.batch_size, seed=c.seed, name=c.split,
-                                   min_doc_tokens=_objective_arg(meta, "min_doc_tokens", 16))
+            pairs = NSPPairBatches(
+                tokens,
+                vocab=vocab,
+                eos_id=tokenizer.eos_id,
+                masking=Masking(),
+                block_size=block_size,
+                batch_size=c.batch_size,
+                seed=c.seed,
+                name=c.split,
+                min_doc_tokens=_objective_arg(meta, "min_doc_tokens", 16),
+            )
             n_pairs = 0
             for batch in pairs.eval_batches(math.ceil(c.nsp_pairs / c.batch_size)):
                 scores = mlm_scores(model, _to(batch, device))
@@ -191,8 +210,16 @@ def run(cfg: Any) -> dict[str, float]:
     if "task" in meta:  # a fine-tuned model: the metrics of its task
         from llmkit.finetune.tasks import evaluate_task_checkpoint
 
-        return evaluate_task_checkpoint(model, meta, tokenizer, c.data, out_dir=Path(c.out_dir),
-                                        batch_size=c.batch_size, predictions=c.predictions, generation=c.generation)
+        return evaluate_task_checkpoint(
+            model,
+            meta,
+            tokenizer,
+            c.data,
+            out_dir=Path(c.out_dir),
+            batch_size=c.batch_size,
+            predictions=c.predictions,
+            generation=c.generation,
+        )
     tokens, text = _tokens_and_text(c, tokenizer, meta)
     if c.max_tokens:
         tokens = tokens[: c.max_tokens]

@@ -88,33 +88,81 @@ def _run(c: Config, job: training.Run) -> dict[str, float]:
     eval_rows = load_task_data(task, c.data, "eval")
     labels = label_set(task, train_rows, c.labels) if task != "sft" else []
     max_len = min(c.max_len, pre.config.block_size)
-    train = encode_task(task, train_rows, tokenizer, labels, max_len=max_len, encoder=encoder, template=template,
-                        source=str(c.data.train_path))
-    val = encode_task(task, eval_rows, tokenizer, labels, max_len=max_len, encoder=encoder, template=template,
-                      source=str(c.data.eval_path))
+    train = encode_task(
+        task,
+        train_rows,
+        tokenizer,
+        labels,
+        max_len=max_len,
+        encoder=encoder,
+        template=template,
+        source=str(c.data.train_path),
+    )
+    val = encode_task(
+        task,
+        eval_rows,
+        tokenizer,
+        labels,
+        max_len=max_len,
+        encoder=encoder,
+        template=template,
+        source=str(c.data.eval_path),
+    )
 
     model = build_task_model(task, pre, num_labels=len(labels), dropout=c.dropout).to(device)
     report = apply_strategy(model, c.finetune)
     lora = c.finetune.strategy == "lora"
-    extra = {"task": task, "labels": labels, "max_len": max_len, "prompt_template": template,
-             "init_from": c.init_from, "strategy": c.finetune.strategy}
+    extra = {
+        "task": task,
+        "labels": labels,
+        "max_len": max_len,
+        "prompt_template": template,
+        "init_from": c.init_from,
+        "strategy": c.finetune.strategy,
+    }
     if lora:  # adapters + head only; the base is referenced, not copied
         extra["base"] = str(Path(pre.source).resolve()) if not pre.source.startswith("hf:") else pre.source
-        extra["lora"] = {"rank": c.finetune.lora_rank, "alpha": c.finetune.lora_alpha, "targets": c.finetune.lora_targets}
-    ckpt = job.checkpointer(model, model_class=type(model).__name__, extra=extra, tokenizer=tokenizer, adapter_only=lora)
+        extra["lora"] = {
+            "rank": c.finetune.lora_rank,
+            "alpha": c.finetune.lora_alpha,
+            "targets": c.finetune.lora_targets,
+        }
+    ckpt = job.checkpointer(
+        model, model_class=type(model).__name__, extra=extra, tokenizer=tokenizer, adapter_only=lora
+    )
     resume_from = ckpt.resume_weights(c.resume, batch_size=t.batch_size)
     if dist.kind == "fsdp":
         dist.wrap(model)  # shards in place: the optimizer must see the sharded (DTensor) parameters
-    optimizer = build_task_optimizer(for_device(c.optim, device), model, layerwise_lr_decay=c.finetune.layerwise_lr_decay)
-    batches = ExampleBatches(train, batch_size=t.batch_size, seed=c.seed, pad_id=tokenizer.pad_id, grad_accum=t.grad_accum,
-                             rank=dist.rank, world_size=dist.world_size, group_by_length=c.group_by_length)
+    optimizer = build_task_optimizer(
+        for_device(c.optim, device), model, layerwise_lr_decay=c.finetune.layerwise_lr_decay
+    )
+    batches = ExampleBatches(
+        train,
+        batch_size=t.batch_size,
+        seed=c.seed,
+        pad_id=tokenizer.pad_id,
+        grad_accum=t.grad_accum,
+        rank=dist.rank,
+        world_size=dist.world_size,
+        group_by_length=c.group_by_length,
+    )
     max_steps = epochs_to_steps(c.epochs, batches.steps_per_epoch) if c.epochs > 0 else t.max_steps
     eval_every = t.eval_every or batches.steps_per_epoch
     scheduler = instantiate(c.scheduler, optimizer=optimizer, total_steps=max_steps, _convert_="all")
 
     def eval_fn() -> dict[str, float]:
-        flat, _ = task_metrics(task, model, tokenizer, val, eval_rows, labels, batch_size=t.batch_size * 2,
-                               template=template, generation=c.generation, max_generate=c.generation.max_examples)
+        flat, _ = task_metrics(
+            task,
+            model,
+            tokenizer,
+            val,
+            eval_rows,
+            labels,
+            batch_size=t.batch_size * 2,
+            template=template,
+            generation=c.generation,
+            max_generate=c.generation.max_examples,
+        )
         return {f"val_{k}": v for k, v in flat.items()}
 
     es = None
@@ -129,11 +177,21 @@ def _run(c: Config, job: training.Run) -> dict[str, float]:
     job.resolve_precision()
     mcfg = ModelConfig.of(model)
     trainer = Trainer(
-        model=model, objective=objective, optimizer=optimizer, scheduler=scheduler, train_batch=batches.batch,
+        model=model,
+        objective=objective,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        train_batch=batches.batch,
         val_batches=lambda: eval_batches(val, batch_size=t.batch_size * 2, pad_id=tokenizer.pad_id),
-        settings=job.settings(max_steps=max_steps, eval_every=eval_every, flops_per_token=mcfg.flops_per_token(max_len)),
-        eval_fn=eval_fn, early_stopping=es, save_checkpoint=ckpt.save, save_best=lambda tr: ckpt.save(tr, "best"),
-        loggers=job.loggers(c.logger), dist=dist,
+        settings=job.settings(
+            max_steps=max_steps, eval_every=eval_every, flops_per_token=mcfg.flops_per_token(max_len)
+        ),
+        eval_fn=eval_fn,
+        early_stopping=es,
+        save_checkpoint=ckpt.save,
+        save_best=lambda tr: ckpt.save(tr, "best"),
+        loggers=job.loggers(c.logger),
+        dist=dist,
     )
     ckpt.restore(trainer, resume_from)
     job.say(
@@ -151,5 +209,9 @@ def _run(c: Config, job: training.Run) -> dict[str, float]:
     else:
         best_text = "the final weights (early stopping is off)"
     job.say(f"done: step {trainer.state.step}; {best_text}; best checkpoint {job.out_dir / 'best'}")
-    return {**final, "trainable_params": report.trainable, "trainable_fraction": report.fraction,
-            **({"best_" + es.metric: best} if es and best is not None else {})}
+    return {
+        **final,
+        "trainable_params": report.trainable,
+        "trainable_fraction": report.fraction,
+        **({"best_" + es.metric: best} if es and best is not None else {}),
+    }

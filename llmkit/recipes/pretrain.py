@@ -100,13 +100,20 @@ def _windows(objective: Any, ds: Any, *, split: str, **kw: Any) -> Any:
 
 
 def _mlm(objective: Any, ds: Any, *, split: str, **kw: Any) -> Any:
-    return MLMBatches.from_dataset(ds, split=split, masking=objective.masking, min_doc_tokens=objective.min_doc_tokens,
-                                   within_documents=objective.windows == "within", **kw)
+    return MLMBatches.from_dataset(
+        ds,
+        split=split,
+        masking=objective.masking,
+        min_doc_tokens=objective.min_doc_tokens,
+        within_documents=objective.windows == "within",
+        **kw,
+    )
 
 
 def _nsp(objective: Any, ds: Any, *, split: str, **kw: Any) -> Any:
-    return NSPPairBatches.from_dataset(ds, split=split, masking=objective.masking, min_doc_tokens=objective.min_doc_tokens,
-                                       **kw)
+    return NSPPairBatches.from_dataset(
+        ds, split=split, masking=objective.masking, min_doc_tokens=objective.min_doc_tokens, **kw
+    )
 
 
 OBJECTIVES = {  # objective.name -> what it trains on
@@ -125,10 +132,15 @@ def build_model(model_cfg: ModelConfig, vocab_size: int, model_class: str = "Cau
             "Set model.vocab_size=0 to use the tokenizer's size."
         )
     if model_cfg.causal != (model_class == "CausalLM"):
-        want = "a causal model (causal=true), e.g. model=gpt_baby" if model_class == "CausalLM" else (
-            "an encoder (causal=false), e.g. model=bert_mini")
-        raise LlmkitError(f"This objective trains a {model_class}, which needs {want}; model={model_cfg.name} has "
-                          f"causal={str(model_cfg.causal).lower()}.")
+        want = (
+            "a causal model (causal=true), e.g. model=gpt_baby"
+            if model_class == "CausalLM"
+            else ("an encoder (causal=false), e.g. model=bert_mini")
+        )
+        raise LlmkitError(
+            f"This objective trains a {model_class}, which needs {want}; model={model_cfg.name} has "
+            f"causal={str(model_cfg.causal).lower()}."
+        )
     return registry.model_class(model_class).from_config(model_cfg)
 
 
@@ -145,8 +157,10 @@ def _run(c: Config, job: training.Run) -> dict[str, float]:
     init_path = None
     if c.init_from:  # the corpus is encoded with the starting checkpoint's own tokenizer
         if c.init_from.startswith("hf:"):
-            raise LlmkitError(f"init_from={c.init_from}: continued pretraining starts from an llmkit checkpoint; "
-                              "Hugging Face models are read by finetune/evaluate/generate (init_from=hf:DIR).")
+            raise LlmkitError(
+                f"init_from={c.init_from}: continued pretraining starts from an llmkit checkpoint; "
+                "Hugging Face models are read by finetune/evaluate/generate (init_from=hf:DIR)."
+            )
         init_path = checkpoint.resolve(c.init_from)
         c = _with_checkpoint_tokenizer(c, init_path)
     with distributed.rank_order(dist):  # one rank tokenizes into the cache, the others then read it
@@ -160,8 +174,12 @@ def _run(c: Config, job: training.Run) -> dict[str, float]:
     for name in plan.frozen:
         getattr(model, name).requires_grad_(False)
     mcfg = ModelConfig.of(model)
-    ckpt = job.checkpointer(model, model_class=plan.model_class, tokenizer_dir=Path(dataset_dir) / "tokenizer",
-                            extra={"dataset_dir": str(Path(dataset_dir).resolve()), "objective": objective.name})
+    ckpt = job.checkpointer(
+        model,
+        model_class=plan.model_class,
+        tokenizer_dir=Path(dataset_dir) / "tokenizer",
+        extra={"dataset_dir": str(Path(dataset_dir).resolve()), "objective": objective.name},
+    )
     resume_from = ckpt.resume_weights(c.resume, batch_size=t.batch_size)
     if init_path is not None and resume_from is None:
         _init_weights(model, init_path, job.say)
@@ -171,16 +189,27 @@ def _run(c: Config, job: training.Run) -> dict[str, float]:
     scheduler = instantiate(c.scheduler, optimizer=optimizer, total_steps=t.max_steps, _convert_="all")
 
     # The global batch (batch_size x world_size) is drawn per step; this rank takes its slice.
-    shape = {"block_size": mcfg.block_size, "batch_size": t.batch_size, "seed": c.seed, "rank": dist.rank,
-             "world_size": dist.world_size}
+    shape = {
+        "block_size": mcfg.block_size,
+        "batch_size": t.batch_size,
+        "seed": c.seed,
+        "rank": dist.rank,
+        "world_size": dist.world_size,
+    }
     train = plan.batches(objective, ds, split="train", **shape)
     val = plan.batches(objective, ds, split="val", **shape)
     job.resolve_precision()
     trainer = Trainer(
-        model=model, objective=objective, optimizer=optimizer, scheduler=scheduler,
-        train_batch=train.batch, val_batches=lambda: val.eval_batches(t.eval_batches),
+        model=model,
+        objective=objective,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        train_batch=train.batch,
+        val_batches=lambda: val.eval_batches(t.eval_batches),
         settings=job.settings(flops_per_token=mcfg.flops_per_token(mcfg.block_size)),
-        save_checkpoint=ckpt.save, loggers=job.loggers(c.logger), dist=dist,
+        save_checkpoint=ckpt.save,
+        loggers=job.loggers(c.logger),
+        dist=dist,
     )
     ckpt.restore(trainer, resume_from)
 
@@ -202,11 +231,15 @@ def _with_checkpoint_tokenizer(c: Config, path: Path) -> Config:
     """``c`` with ``tokenizer.path`` set to the tokenizer saved in checkpoint ``path`` (refusing another one)."""
     tok_dir = path / "tokenizer"
     if not tok_dir.is_dir():
-        raise LlmkitError(f"init_from={c.init_from}: {path} has no tokenizer directory; continued pretraining "
-                          "encodes the new corpus with the checkpoint's own tokenizer.")
+        raise LlmkitError(
+            f"init_from={c.init_from}: {path} has no tokenizer directory; continued pretraining "
+            "encodes the new corpus with the checkpoint's own tokenizer."
+        )
     if c.tokenizer.path and Path(c.tokenizer.path).resolve() != tok_dir.resolve():
-        raise LlmkitError(f"init_from={c.init_from} brings its tokenizer ({tok_dir}); tokenizer.path={c.tokenizer.path} "
-                          "names another one. Leave tokenizer.path unset.")
+        raise LlmkitError(
+            f"init_from={c.init_from} brings its tokenizer ({tok_dir}); tokenizer.path={c.tokenizer.path} "
+            "names another one. Leave tokenizer.path unset."
+        )
     return dataclasses.replace(c, tokenizer=dataclasses.replace(c.tokenizer, path=str(tok_dir)))
 
 
@@ -219,13 +252,20 @@ def _init_weights(model: torch.nn.Module, path: Path, say: Any) -> None:
     new optimizer and schedule: continued pretraining, as litgpt's ``--initial_checkpoint_dir``)."""
     meta = checkpoint.read_meta(path)
     if "task" in meta:
-        raise LlmkitError(f"init_from: {path} is a fine-tuned {meta['task']} model; continue pretraining from a "
-                          "pretraining checkpoint.")
+        raise LlmkitError(
+            f"init_from: {path} is a fine-tuned {meta['task']} model; continue pretraining from a "
+            "pretraining checkpoint."
+        )
     theirs, ours = meta["model_config"], ModelConfig.of(model).to_dict()
-    diff = [f"model.{k}: checkpoint {theirs.get(k)!r} vs this run {ours.get(k)!r}"
-            for k in sorted(set(theirs) | set(ours)) if k not in _FREE_MODEL_KEYS and theirs.get(k) != ours.get(k)]
+    diff = [
+        f"model.{k}: checkpoint {theirs.get(k)!r} vs this run {ours.get(k)!r}"
+        for k in sorted(set(theirs) | set(ours))
+        if k not in _FREE_MODEL_KEYS and theirs.get(k) != ours.get(k)
+    ]
     if diff:
-        raise LlmkitError(f"init_from: {path} holds another model than this run builds (" + "; ".join(diff) + "). "
-                          "Use the checkpoint's model config (its config.yaml).")
+        raise LlmkitError(
+            f"init_from: {path} holds another model than this run builds (" + "; ".join(diff) + "). "
+            "Use the checkpoint's model config (its config.yaml)."
+        )
     checkpoint.load_weights(model, path)
     say(f"init_from: weights of {path} (step {meta.get('step', '?')}); training starts at step 0")

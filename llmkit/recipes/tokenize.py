@@ -49,7 +49,7 @@ than it saves (scripts/bench_tokenize.py, 2 cores: the 2.1 MB tinystories slice 
 def encode_workers(workers: int, corpus_bytes: int, backend: str = "processes") -> int:
     """The encoder count: ``workers`` when set; else (worker processes) 1 for a small corpus and one
     per core otherwise; SentencePiece threads: one per core."""
-    from llmkit.data.shards import default_workers
+    from llmkit.data.encoding import default_workers
 
     if workers:
         return workers
@@ -126,9 +126,10 @@ def tokenize_corpus(c: Config) -> dict:
     except OSError as e:
         if not is_disk_full(e):
             raise
-        raise DiskFullError(disk_full_message("Tokenizing", out, need) + (
-            " The partial shards were removed; an earlier dataset there is unchanged."
-        )) from None
+        raise DiskFullError(
+            disk_full_message("Tokenizing", out, need)
+            + (" The partial shards were removed; an earlier dataset there is unchanged.")
+        ) from None
     splits, stats = meta["splits"], meta["encode"]
     if splits["val"]["tokens"] == 0:
         _warn(empty_val_warning(c.data, splits["train"]["documents"]))
@@ -155,11 +156,16 @@ def tokenize_corpus(c: Config) -> dict:
 
 def empty_val_warning(data: Any, n_documents: int) -> str:
     """What to say when the validation split came out empty: why, and the settings that fix it."""
-    why = (f"{n_documents} document{'s' if n_documents != 1 else ''} and data.val_fraction={data.val_fraction}"
-           if data.split == "documents" else f"data.split={data.split}, data.val_fraction={data.val_fraction}")
-    return ("the validation split is empty (" + why + "), so training will measure no validation loss. "
-            "Fix: give more documents (data.split=documents sends whole documents to validation), or "
-            "data.split=tail (the last data.val_fraction of the text validates), or data.val_paths=[FILE].")
+    why = (
+        f"{n_documents} document{'s' if n_documents != 1 else ''} and data.val_fraction={data.val_fraction}"
+        if data.split == "documents"
+        else f"data.split={data.split}, data.val_fraction={data.val_fraction}"
+    )
+    return (
+        "the validation split is empty (" + why + "), so training will measure no validation loss. "
+        "Fix: give more documents (data.split=documents sends whole documents to validation), or "
+        "data.split=tail (the last data.val_fraction of the text validates), or data.val_paths=[FILE]."
+    )
 
 
 def _warn(text: str) -> None:
@@ -171,14 +177,15 @@ def _warn(text: str) -> None:
 def _encode(c: Config, tok: Any, corpus: Any, out: Path) -> dict:
     """Encode ``corpus`` into shards under ``out`` (temporary names until the commit); return the meta."""
     import llmkit
-    from llmkit.data.shards import DatasetWriter, ShardEncoder
+    from llmkit.data.encoding import ShardEncoder
+    from llmkit.data.shards import DatasetWriter
     from llmkit.progress import progress
 
     workers = encode_workers(c.workers, corpus.total_bytes, c.encode_backend)
     t_enc = time.perf_counter()
     with (
         DatasetWriter(out, tok) as writer,
-        ShardEncoder(tok, tokenizer_dir=writer.tokenizer_tmp, workers=workers, backend=c.encode_backend) as encoder,
+        ShardEncoder(tok, tokenizer_dir=writer.staged_tokenizer, workers=workers, backend=c.encode_backend) as encoder,
         progress("encode", total=corpus.total_bytes, unit="bytes", enabled=c.progress) as bar,
     ):
         stats = encoder.encode(

@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from rich.console import Console
 from torch import nn
 
 from llmkit import checkpoint
+from llmkit.checkpoint.consolidate import SHARDED_DIR
 from llmkit.errors import LlmkitError
 from llmkit.logger import LoggerConfig, build_loggers, truncate_metrics
 from llmkit.model import ModelConfig
@@ -82,7 +83,9 @@ class Run:
 
     def claim_out_dir(self, *, resume: str | None, also: tuple[str, ...] = ()) -> None:
         """Refuse a folder holding an earlier run's checkpoints (unless resuming); create it."""
-        if not resume and (checkpoint.list_checkpoints(self.ckpt_root) or any((self.out_dir / a).exists() for a in also)):
+        if not resume and (
+            checkpoint.list_checkpoints(self.ckpt_root) or any((self.out_dir / a).exists() for a in also)
+        ):
             raise LlmkitError(
                 f"{self.out_dir} already holds checkpoints of an earlier run; continue it with resume=auto, "
                 "or choose another out_dir. Nothing was overwritten."
@@ -99,8 +102,10 @@ class Run:
             cpu_peak = choice.peak_flops() if choice is not None else None
         self.precision, cpu_peak = self.dist.broadcast_object((precision, cpu_peak))
         if self.dist.enabled and self.dist.kind == "fsdp" and self.precision == "fp16":
-            raise LlmkitError("trainer=fsdp trains in bf16 or fp32 (fp16 would need a sharded gradient scaler): "
-                              "use trainer.precision=bf16.")
+            raise LlmkitError(
+                "trainer=fsdp trains in bf16 or fp32 (fp16 would need a sharded gradient scaler): "
+                "use trainer.precision=bf16."
+            )
         if self.t.mfu_peak_flops:
             self.peak, self.peak_source = self.t.mfu_peak_flops, "trainer.mfu_peak_flops"
         elif cpu_peak:
@@ -110,16 +115,24 @@ class Run:
         if self.dist.is_main:
             (self.out_dir / "config.yaml").write_text(self.resolved_yaml, encoding="utf-8")
 
-    def settings(self, *, max_steps: int | None = None, eval_every: int | None = None,
-                 flops_per_token: float = 0.0) -> TrainerSettings:
+    def settings(
+        self, *, max_steps: int | None = None, eval_every: int | None = None, flops_per_token: float = 0.0
+    ) -> TrainerSettings:
         t = self.t
         return TrainerSettings(
             max_steps=t.max_steps if max_steps is None else max_steps,
-            grad_accum=t.grad_accum, grad_clip=t.grad_clip,
+            grad_accum=t.grad_accum,
+            grad_clip=t.grad_clip,
             eval_every=t.eval_every if eval_every is None else eval_every,
-            save_every=t.save_every, log_every=t.log_every, precision=self.precision, compile=t.compile,
-            max_nonfinite=t.max_nonfinite, flops_per_token=flops_per_token, peak_flops=self.peak,
-            progress=t.progress, device=self.device,
+            save_every=t.save_every,
+            log_every=t.log_every,
+            precision=self.precision,
+            compile=t.compile,
+            max_nonfinite=t.max_nonfinite,
+            flops_per_token=flops_per_token,
+            peak_flops=self.peak,
+            progress=t.progress,
+            device=self.device,
         )
 
     def loggers(self, cfg: LoggerConfig) -> list[Any]:
@@ -141,19 +154,42 @@ class Run:
             for logger in self._loggers:
                 logger.close()
 
-    def checkpointer(self, model: nn.Module, *, model_class: str, extra: dict[str, Any],
-                     tokenizer_dir: Path | None = None, tokenizer: Any = None,
-                     adapter_only: bool = False) -> Checkpointer:
-        return Checkpointer(self, model, model_class=model_class, extra=extra, tokenizer_dir=tokenizer_dir,
-                            tokenizer=tokenizer, adapter_only=adapter_only)
+    def checkpointer(
+        self,
+        model: nn.Module,
+        *,
+        model_class: str,
+        extra: dict[str, Any],
+        tokenizer_dir: Path | None = None,
+        tokenizer: Any = None,
+        adapter_only: bool = False,
+    ) -> Checkpointer:
+        return Checkpointer(
+            self,
+            model,
+            model_class=model_class,
+            extra=extra,
+            tokenizer_dir=tokenizer_dir,
+            tokenizer=tokenizer,
+            adapter_only=adapter_only,
+        )
 
 
 class Checkpointer:
     """Saves and restores a run's checkpoints. ``save`` is called on every rank (FSDP gathers are
     collectives); rank 0 writes, then every rank waits."""
 
-    def __init__(self, run: Run, model: nn.Module, *, model_class: str, extra: dict[str, Any], tokenizer_dir: Path | None,
-                 tokenizer: Any, adapter_only: bool) -> None:
+    def __init__(
+        self,
+        run: Run,
+        model: nn.Module,
+        *,
+        model_class: str,
+        extra: dict[str, Any],
+        tokenizer_dir: Path | None,
+        tokenizer: Any,
+        adapter_only: bool,
+    ) -> None:
         self.run = run
         self.model = model
         self.model_class = model_class
@@ -162,8 +198,13 @@ class Checkpointer:
         self.adapter_only = adapter_only  # LoRA: adapters + head only; the base is referenced, not copied
         d, t = run.dist, run.t
         self.sharded = d.enabled and d.kind == "fsdp" and t.fsdp_state_dict == "sharded"
-        layout = {"kind": d.kind, "world_size": d.world_size, "batch_size": t.batch_size,
-                  "global_batch": t.batch_size * d.world_size, "state_dict": "sharded" if self.sharded else "full"}
+        layout = {
+            "kind": d.kind,
+            "world_size": d.world_size,
+            "batch_size": t.batch_size,
+            "global_batch": t.batch_size * d.world_size,
+            "state_dict": "sharded" if self.sharded else "full",
+        }
         tied = {tuple(sorted([n, *others])) for n, others in tied_groups(model).items()}
         self.extra = {**extra, "distributed": layout, "tied": [list(g) for g in sorted(tied)]}
 
@@ -186,13 +227,26 @@ class Checkpointer:
             state = {"trainer": dataclasses.asdict(trainer.state)}
         tensors = None if sharded else dist.model_state_for_save(self.model)  # FSDP full: gathered to rank 0
         if self.adapter_only:
-            tensors = {n: p for n, p in (tensors or dict(self.model.named_parameters())).items()
-                       if n in self._trainable_names()}
+            tensors = {
+                n: p
+                for n, p in (tensors or dict(self.model.named_parameters())).items()
+                if n in self._trainable_names()
+            }
         if dist.is_main:
             checkpoint.save(
-                root, step, model=self.model, model_class=self.model_class, model_config=ModelConfig.of(self.model).to_dict(),
-                state=state, config_yaml=run.resolved_yaml, tokenizer_dir=self.tokenizer_dir, tokenizer=self.tokenizer,
-                extra=self.extra, keep_last=0 if name else run.t.keep_last, tensors=tensors, name=name,
+                root,
+                step,
+                model=self.model,
+                model_class=self.model_class,
+                model_config=ModelConfig.of(self.model).to_dict(),
+                state=state,
+                config_yaml=run.resolved_yaml,
+                tokenizer_dir=self.tokenizer_dir,
+                tokenizer=self.tokenizer,
+                extra=self.extra,
+                keep_last=0 if name else run.t.keep_last,
+                tensors=tensors,
+                name=name,
                 sharded_dir=shard_tmp if sharded else None,
             )
         dist.barrier()
@@ -215,11 +269,18 @@ class Checkpointer:
         meta = checkpoint.read_meta(path)
         if run.dist.is_main:  # the steps after the checkpoint are trained (and logged) again; before loggers open
             truncate_metrics(run.out_dir, int(meta["step"]))
-        if meta["model_config"] != ModelConfig.of(self.model).to_dict() or meta.get("model_class", self.model_class) != self.model_class:
+        if (
+            meta["model_config"] != ModelConfig.of(self.model).to_dict()
+            or meta.get("model_class", self.model_class) != self.model_class
+        ):
             raise LlmkitError(f"{path} was trained with another model config; it cannot be resumed with this one.")
-        distributed.check_resume(meta.get("distributed") or _single_process_layout(path), batch_size=batch_size,
-                                 world_size=run.dist.world_size, where=str(path))
-        if not (path / distributed.SHARDED_DIR).is_dir():
+        distributed.check_resume(
+            meta.get("distributed") or _single_process_layout(path),
+            batch_size=batch_size,
+            world_size=run.dist.world_size,
+            where=str(path),
+        )
+        if not (path / SHARDED_DIR).is_dir():
             checkpoint.load_weights(self.model, path, partial=self.adapter_only)
         return path
 
@@ -227,8 +288,8 @@ class Checkpointer:
         """Optimizer, scheduler, RNG and trainer state of ``path`` (and a sharded checkpoint's weights)."""
         if path is None:
             return
-        if (path / distributed.SHARDED_DIR).is_dir():  # weights + optimizer from the per-rank shards
-            self.run.dist.load_sharded(trainer.model, trainer.optimizer, path / distributed.SHARDED_DIR)
+        if (path / SHARDED_DIR).is_dir():  # weights + optimizer from the per-rank shards
+            self.run.dist.load_sharded(trainer.model, trainer.optimizer, path / SHARDED_DIR)
         trainer.load_state_dict(checkpoint.load_state(path))
         self.run.say(f"resumed from {path} at step {trainer.state.step}")
 

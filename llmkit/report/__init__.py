@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ class Report:
     markdown: Path | None = None
 
 
-def default_out_dir(paths: list[str | os.PathLike]) -> Path:
+def default_out_dir(paths: Sequence[str | os.PathLike]) -> Path:
     """Where plots go: ``PATH/report`` for one folder, else ``./report``."""
     if len(paths) == 1 and Path(paths[0]).is_dir():
         return Path(paths[0]) / "report"
@@ -46,7 +47,7 @@ def default_out_dir(paths: list[str | os.PathLike]) -> Path:
 
 
 def make_report(
-    paths: list[str | os.PathLike],
+    paths: Sequence[str | os.PathLike],
     *,
     metric: str | None = None,
     sort: str = "best",
@@ -112,8 +113,15 @@ def make_report(
     if html is not None:
         from llmkit.report.html import write_html
 
-        report.html = write_html(Path(html), runs=runs, comparison=comp, plots=captions, sparklines=sparks,
-                                 sources=[str(p) for p in paths], note=note)
+        report.html = write_html(
+            Path(html),
+            runs=runs,
+            comparison=comp,
+            plots=captions,
+            sparklines=sparks,
+            sources=[str(p) for p in paths],
+            note=note,
+        )
         console.print(f"html: {report.html}")
     if scratch is not None:
         scratch.cleanup()
@@ -136,7 +144,11 @@ def _plots(runs: list[Run], comp: Comparison, out: Path) -> list[tuple[Path, str
     metrics = [comp.metric] + (["train_loss"] if comp.metric != "train_loss" else [])
     path = plots_.compare_plot(comp.runs, metrics, labels, out / "compare.png", best=comp.best)
     what = " and ".join(metrics)
-    return [(path, f"{what} of {len(runs)} runs ({'lower' if lower_is_better(comp.metric) else 'higher'} is better)")] if path else []
+    return (
+        [(path, f"{what} of {len(runs)} runs ({'lower' if lower_is_better(comp.metric) else 'higher'} is better)")]
+        if path
+        else []
+    )
 
 
 def _emit(dest: str | os.PathLike, text: str) -> Path | None:

@@ -41,8 +41,14 @@ def _img(path: Path, caption: str) -> str:
     return f'<figure><img src="data:image/png;base64,{data}" alt="{cap}"><figcaption>{cap}</figcaption></figure>'
 
 
-def _table(columns: list[str], rows: list[dict], *, best: str | None = None, key: str = "run",
-           spark: dict[str, str] | None = None) -> str:
+def _table(
+    columns: list[str],
+    rows: list[dict],
+    *,
+    best: str | None = None,
+    key: str = "run",
+    spark: dict[str, str] | None = None,
+) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns) + ("<th>curve</th>" if spark else "")
     body = []
     for row in rows:
@@ -50,7 +56,9 @@ def _table(columns: list[str], rows: list[dict], *, best: str | None = None, key
         for c in columns:
             v = row.get(c, "")
             cls = ' class="num"' if isinstance(v, (int, float)) else ""
-            text = html.escape(fmt(v, c)) + (" &#9733;" if c == key and best is not None and row.get(key) == best else "")
+            text = html.escape(fmt(v, c)) + (
+                " &#9733;" if c == key and best is not None and row.get(key) == best else ""
+            )
             cells.append(f"<td{cls}>{text}</td>")
         if spark:
             cells.append(f'<td class="spark">{html.escape(spark.get(str(row.get(key)), ""))}</td>')
@@ -94,8 +102,10 @@ def write_html(
         spark = {r["metric"]: s for r in metric_rows(run) if (s := sparklines.get(f"{run.name}/{r['metric']}"))}
         parts.append(_table(METRIC_COLUMNS, metric_rows(run), key="metric", spark=spark or None))
     else:
-        parts += [f"<h2>Comparison by best {html.escape(comparison.metric)}</h2>",
-                  _table(comparison.columns, comparison.rows, best=comparison.best, spark=sparklines or None)]
+        parts += [
+            f"<h2>Comparison by best {html.escape(comparison.metric)}</h2>",
+            _table(comparison.columns, comparison.rows, best=comparison.best, spark=sparklines or None),
+        ]
         if comparison.best is not None:
             parts.append(f'<p class="meta">&#9733; best run: {html.escape(comparison.best)}</p>')
     if plots:
@@ -104,8 +114,10 @@ def write_html(
     if len(runs) > 1:
         parts.append("<h2>Runs</h2>")
         for run in comparison.runs:
-            parts.append(f"<details><summary>{html.escape(run.name)} &middot; {html.escape(run.status)}</summary>"
-                         f"{_summary(run)}</details>")
+            parts.append(
+                f"<details><summary>{html.escape(run.name)} &middot; {html.escape(run.status)}</summary>"
+                f"{_summary(run)}</details>"
+            )
     parts.append("</body></html>")
     with atomic_file(path, "w", encoding="utf-8") as f:
         f.write("\n".join(parts) + "\n")

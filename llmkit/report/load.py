@@ -12,6 +12,7 @@ import math
 import os
 import re
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeGuard
@@ -39,7 +40,11 @@ class Run:
         if not self.record:
             return "unknown"
         status = str(self.record.get("status", "unknown"))
-        if status == "running" and self.record.get("host") == socket.gethostname() and not _alive(self.record.get("pid")):
+        if (
+            status == "running"
+            and self.record.get("host") == socket.gethostname()
+            and not _alive(self.record.get("pid"))
+        ):
             return "died"
         return status
 
@@ -209,7 +214,7 @@ def load_run(run_dir: Path, name: str | None = None) -> Run:
     )
 
 
-def load_runs(paths: list[str | os.PathLike]) -> list[Run]:
+def load_runs(paths: Sequence[str | os.PathLike]) -> list[Run]:
     """Every run under ``paths``, in order, each named by its path below the paths' common folder."""
     dirs: list[Path] = []
     for p in paths:

@@ -16,8 +16,12 @@ BARS = "▁▂▃▄▅▆▇█"
 MATPLOTLIB_HINT = "pip install matplotlib (or: pip install 'llmkit[report]')"
 
 # Panels of a one-run plot, in order, when logged: loss curves together, then the rest.
-_PANELS = (("loss", ("train_loss", "val_loss")), ("learning rate", ("lr",)), ("grad norm", ("grad_norm",)),
-           ("tokens/s", ("tokens_per_s",)))
+_PANELS = (
+    ("loss", ("train_loss", "val_loss")),
+    ("learning rate", ("lr",)),
+    ("grad norm", ("grad_norm",)),
+    ("tokens/s", ("tokens_per_s",)),
+)
 
 
 def matplotlib_available() -> bool:
@@ -34,7 +38,7 @@ def sparkline(values: list[float], width: int = 24) -> str:
         return ""
     if len(values) > width:
         n = len(values)
-        buckets = [values[i * n // width:(i + 1) * n // width] for i in range(width)]
+        buckets = [values[i * n // width : (i + 1) * n // width] for i in range(width)]
         values = [sum(b) / len(b) for b in buckets if b]
     lo, hi = min(values), max(values)
     if hi - lo < 1e-12:
@@ -86,8 +90,9 @@ def run_plot(run: Run, path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def compare_plot(runs: list[Run], metrics: list[str], labels: dict[str, str], path: Path, *,
-                 best: str | None = None) -> Path | None:
+def compare_plot(
+    runs: list[Run], metrics: list[str], labels: dict[str, str], path: Path, *, best: str | None = None
+) -> Path | None:
     """Overlaid curves of ``metrics`` (one panel each) for ``runs``, labelled by their swept parameters."""
     metrics = [m for m in metrics if any(r.series(m) for r in runs)]
     if not metrics:
@@ -101,15 +106,27 @@ def compare_plot(runs: list[Run], metrics: list[str], labels: dict[str, str], pa
             if not s:
                 continue
             is_best = run.name == best
-            (line,) = ax.plot([p[0] for p in s], [p[1] for p in s], color=color, linewidth=2.6 if is_best else 1.3,
-                              marker="o" if len(s) < 30 else None, markersize=3, zorder=3 if is_best else 2,
-                              label=labels.get(run.name, run.name) + ("  (best)" if is_best else ""))
+            (line,) = ax.plot(
+                [p[0] for p in s],
+                [p[1] for p in s],
+                color=color,
+                linewidth=2.6 if is_best else 1.3,
+                marker="o" if len(s) < 30 else None,
+                markersize=3,
+                zorder=3 if is_best else 2,
+                label=labels.get(run.name, run.name) + ("  (best)" if is_best else ""),
+            )
             if i == 0:
                 handles.append(line)
         _style(ax, m, m, log=lower_is_better(m) and _spans_decade(runs, m))
     # one legend for all panels, below them: it never hides a curve
-    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 2 if len(metrics) == 1 else 3),
-               fontsize=8, frameon=False)
+    fig.legend(
+        handles=handles,
+        loc="outside lower center",
+        ncol=min(len(handles), 2 if len(metrics) == 1 else 3),
+        fontsize=8,
+        frameon=False,
+    )
     return _save(fig, path)
 
 

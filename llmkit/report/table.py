@@ -64,12 +64,14 @@ def compare(runs: list[Run], *, metric: str | None = None, sort: str = "best") -
         row: dict[str, Any] = {"run": run.name, "status": run.status}
         for p in params:
             row[p] = param_value(run, p)
-        row.update({
-            "steps": run.steps if run.steps is not None else "",
-            f"final {metric}": _num(run.final(metric)),
-            f"best {metric}": _num(best),
-            "best step": step if step is not None else "",
-        })
+        row.update(
+            {
+                "steps": run.steps if run.steps is not None else "",
+                f"final {metric}": _num(run.final(metric)),
+                f"best {metric}": _num(best),
+                "best step": step if step is not None else "",
+            }
+        )
         if extra:
             row[f"final {extra}"] = _num(run.final(extra))
         row["time (s)"] = round(run.seconds, 1) if run.seconds is not None else ""
@@ -224,7 +226,9 @@ def summary_items(run: Run) -> list[tuple[str, str]]:
         items.append(("llmkit", str(rec["llmkit_version"])))
     dev = rec.get("device")
     if isinstance(dev, dict):
-        where = ", ".join(dev["cuda"]) if dev.get("cuda") else f"{dev.get('cpu', '?')} ({dev.get('cpu_count', '?')} cores)"
+        where = (
+            ", ".join(dev["cuda"]) if dev.get("cuda") else f"{dev.get('cpu', '?')} ({dev.get('cpu_count', '?')} cores)"
+        )
         items.append(("device", where))
     pkgs = rec.get("packages")
     if isinstance(pkgs, dict) and "torch" in pkgs:
@@ -244,12 +248,14 @@ def metric_rows(run: Run) -> list[dict[str, Any]]:
         s = [(step, v) for step, v in run.series(name) if math.isfinite(v)]
         lo = min(s, key=lambda p: p[1]) if s else None
         hi = max(s, key=lambda p: p[1]) if s else None
-        out.append({
-            "metric": name,
-            "points": len(s),
-            "first": s[0][1] if s else "",
-            "final": _num(run.final(name)),
-            "min": f"{fmt(lo[1])} @{lo[0]}" if lo else "",
-            "max": f"{fmt(hi[1])} @{hi[0]}" if hi else "",
-        })
+        out.append(
+            {
+                "metric": name,
+                "points": len(s),
+                "first": s[0][1] if s else "",
+                "final": _num(run.final(name)),
+                "min": f"{fmt(lo[1])} @{lo[0]}" if lo else "",
+                "max": f"{fmt(hi[1])} @{hi[0]}" if hi else "",
+            }
+        )
     return out

@@ -197,5 +197,7 @@ def unknown_characters_warning(tokenizer: Tokenizer, texts: Iterable[str], *, sh
     if not found:
         return None
     first = ", ".join(repr(ch) for ch in found[:show]) + (" ..." if len(found) > show else "")
-    return (f"{len(found)} character{'s' if len(found) != 1 else ''} of the prompt "
-            f"{'are' if len(found) != 1 else 'is'} not in the char tokenizer's vocabulary and become <unk>: {first}")
+    return (
+        f"{len(found)} character{'s' if len(found) != 1 else ''} of the prompt "
+        f"{'are' if len(found) != 1 else 'is'} not in the char tokenizer's vocabulary and become <unk>: {first}"
+    )

@@ -135,7 +135,7 @@ class HFTokenizer(Tokenizer):
                 raw = RawTokenizer.from_str(files[TOKENIZER_JSON].decode("utf-8"))
             except Exception as e:  # noqa: BLE001 - tokenizers raises plain Exception
                 raise HFTokenizerError(
-                    f"{source}/{TOKENIZER_JSON} is not an llmkit tokenizer file (no \"format\": \"{FORMAT}\"), "
+                    f'{source}/{TOKENIZER_JSON} is not an llmkit tokenizer file (no "format": "{FORMAT}"), '
                     f"nor a Hugging Face tokenizers file that the tokenizers library can read: {e}."
                 ) from None
             self.backend: Any = TokenizersBackend(raw)
@@ -269,8 +269,10 @@ class HFTokenizer(Tokenizer):
         from llmkit.io import write_json
 
         directory = self.save_hf(directory)
-        write_json(directory / HF_META_FILE, self._meta(backend=self.backend_name, files=sorted(self._files),
-                                                         hf_special_tokens=self.hf_special_tokens))
+        write_json(
+            directory / HF_META_FILE,
+            self._meta(backend=self.backend_name, files=sorted(self._files), hf_special_tokens=self.hf_special_tokens),
+        )
         return directory
 
     @classmethod

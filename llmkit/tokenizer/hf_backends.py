@@ -19,7 +19,6 @@ class HFTokenizerError(LlmkitError):
     """A Hugging Face tokenizer directory llmkit cannot read or write."""
 
 
-
 class TokenizersBackend:
     """A ``tokenizers.Tokenizer``: from tokenizer.json, or built from a WordPiece vocab.txt."""
 

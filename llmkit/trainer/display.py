@@ -13,7 +13,7 @@ class Display:
         self.total = total
         self.start = start
 
-    def __enter__(self) -> "Display":
+    def __enter__(self) -> Display:
         if self.enabled:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn

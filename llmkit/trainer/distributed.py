@@ -40,8 +40,8 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 from torch import nn
 
-from llmkit.checkpoint.consolidate import SHARDED_DIR
 from llmkit.errors import LlmkitError
+from llmkit.trainer.optim_state import fqn_to_ids, ids_to_fqn
 
 if TYPE_CHECKING:
     from torch.nn.parallel import DistributedDataParallel
@@ -64,7 +64,7 @@ class DistEnv:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "DistEnv":
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> DistEnv:
         """Rank, local rank and world size as torchrun sets them (one process when unset)."""
         env = os.environ if environ is None else environ
         try:
@@ -104,8 +104,11 @@ class DistEnv:
             ids = [self.device.index] if self.device.type == "cuda" else None
             # llmkit's buffers are constant tables (rope, sinusoids): the per-forward buffer broadcast
             # would be pure overhead (and a collective in evaluation). Newer torch renames the switch.
-            no_sync_bufs: dict[str, Any] = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters
-                            else {"broadcast_buffers": False})
+            no_sync_bufs: dict[str, Any] = (
+                {"forward_sync_buffers": False}
+                if "forward_sync_buffers" in inspect.signature(DDP).parameters
+                else {"broadcast_buffers": False}
+            )
             return DDP(model, device_ids=ids, **no_sync_bufs)
         return shard(model, self.device)
 
@@ -204,8 +207,10 @@ class DistEnv:
         from llmkit.model.state_dict import tied_aliases
 
         # a full state dict holds plain tensors (the stub's value type covers sharded ones and nesting)
-        full = cast(dict[str, torch.Tensor],
-                    get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)))
+        full = cast(
+            dict[str, torch.Tensor],
+            get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)),
+        )
         return {k: v for k, v in full.items() if k not in tied_aliases(model)}  # as save_model stores them
 
     def optimizer_state_dict(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
@@ -218,17 +223,21 @@ class DistEnv:
             return optimizer.state_dict()
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-        full = get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        return _fqn_to_ids(full, model, optimizer) if full else {}
+        full = get_optimizer_state_dict(
+            model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )
+        return fqn_to_ids(full, model, optimizer) if full else {}
 
-    def load_optimizer_state_dict(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    def load_optimizer_state_dict(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
+    ) -> None:
         if not (self.enabled and self.kind == "fsdp"):
             optimizer.load_state_dict(state)
             return
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
         set_optimizer_state_dict(
-            model, optimizer, _ids_to_fqn(state, model, optimizer), options=StateDictOptions(full_state_dict=True)
+            model, optimizer, ids_to_fqn(state, model, optimizer), options=StateDictOptions(full_state_dict=True)
         )
 
     def save_sharded(self, model: nn.Module, optimizer: torch.optim.Optimizer, directory: str | Path) -> None:
@@ -254,8 +263,14 @@ class DistEnv:
             torch.distributed.destroy_process_group()
 
 
-def init(kind: str = "none", *, backend: str = "auto", device: torch.device | None = None,
-         environ: Mapping[str, str] | None = None, timeout_min: float = 30.0) -> DistEnv:
+def init(
+    kind: str = "none",
+    *,
+    backend: str = "auto",
+    device: torch.device | None = None,
+    environ: Mapping[str, str] | None = None,
+    timeout_min: float = 30.0,
+) -> DistEnv:
     """The :class:`DistEnv` of this process; with more than one, the process group is initialised.
 
     ``backend=auto``: nccl on CUDA, gloo on CPU. The device of a CUDA run becomes ``cuda:LOCAL_RANK``.
@@ -283,7 +298,9 @@ def init(kind: str = "none", *, backend: str = "auto", device: torch.device | No
     if backend == "auto":
         backend = "nccl" if device.type == "cuda" else "gloo"
     if backend == "nccl" and device.type != "cuda":
-        raise LlmkitError("trainer.backend=nccl needs CUDA GPUs; this run is on the CPU: use trainer.backend=gloo (or auto).")
+        raise LlmkitError(
+            "trainer.backend=nccl needs CUDA GPUs; this run is on the CPU: use trainer.backend=gloo (or auto)."
+        )
     if not torch.distributed.is_available():
         raise LlmkitError("This torch build has no torch.distributed; multi-process training is not possible here.")
     if not torch.distributed.is_initialized():
@@ -337,38 +354,6 @@ def _full(t: torch.Tensor) -> torch.Tensor:
     return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
-def _param_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
-    """The name of each optimizer parameter, in the optimizer's order (its integer ids)."""
-    names = {id(p): n for n, p in model.named_parameters()}
-    out = []
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            if id(p) not in names:
-                raise LlmkitError("the optimizer holds a parameter that is not the model's; build it from the (wrapped) model.")
-            out.append(names[id(p)])
-    return out
-
-
-def _fqn_to_ids(state: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    names = _param_names(model, optimizer)
-    index = {n: i for i, n in enumerate(names)}
-    groups, start = [], 0
-    for group, saved in zip(optimizer.param_groups, state["param_groups"]):
-        ids = list(range(start, start + len(group["params"])))
-        start += len(group["params"])
-        groups.append({**{k: v for k, v in saved.items() if k != "params"}, "params": ids})
-    return {"state": {index[n]: s for n, s in state["state"].items()}, "param_groups": groups}
-
-
-def _ids_to_fqn(state: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    names = _param_names(model, optimizer)
-    if sum(len(g["params"]) for g in state["param_groups"]) != len(names):
-        raise LlmkitError("the checkpoint's optimizer state does not match this model's parameters.")
-    groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": [names[i] for i in g["params"]]}
-              for g in state["param_groups"]]
-    return {"state": {names[int(i)]: s for i, s in state["state"].items()}, "param_groups": groups}
-
-
 # ---------------------------------------------------------------------- resuming across world sizes
 
 
@@ -389,8 +374,10 @@ def check_resume(saved: Mapping[str, Any] | None, *, batch_size: int, world_size
     if new_global == old_global:
         return
     if old_global % world_size:
-        hint = (f"{old_global} rows cannot be split evenly across {world_size} rank(s): use a number of ranks that "
-                f"divides {old_global}")
+        hint = (
+            f"{old_global} rows cannot be split evenly across {world_size} rank(s): use a number of ranks that "
+            f"divides {old_global}"
+        )
     else:
         hint = f"set trainer.batch_size={old_global // world_size} to resume on {world_size} rank(s)"
     raise LlmkitError(

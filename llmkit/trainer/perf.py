@@ -25,7 +25,9 @@ GPU_PEAK_FLOPS = {
 }
 
 
-def measure_matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32, *, n: int = 1024, seconds: float = 0.3) -> float:
+def measure_matmul_peak(
+    device: torch.device, dtype: torch.dtype = torch.float32, *, n: int = 1024, seconds: float = 0.3
+) -> float:
     """FLOP/s of repeated ``n x n`` matmuls on ``device`` (best of a short run)."""
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)

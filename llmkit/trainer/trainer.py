@@ -318,7 +318,7 @@ class Trainer:
             for term, value in counts.values.items():
                 sums.add(f"count/{term}", value)
             total = sums.reduced(self.dist)
-            terms = [k[len("count/"):] for k in total if k.startswith("count/")]
+            terms = [k[len("count/") :] for k in total if k.startswith("count/")]
             val["val_loss"] = sum(total.get(f"loss/{t}", 0.0) / max(total[f"count/{t}"], 1.0) for t in terms)
             val["val_ppl"] = math.exp(min(val["val_loss"], 50.0))
             val.update(metric_values(total, prefix="val_"))
@@ -356,13 +356,20 @@ class Trainer:
         def handler(signum: int, frame: Any) -> None:
             if self._stop_signal is not None:
                 if self.dist.is_main:
-                    print(f"\n{signal.Signals(signum).name} again: quitting now, without saving this step.",
-                          file=sys.stderr, flush=True)
+                    print(
+                        f"\n{signal.Signals(signum).name} again: quitting now, without saving this step.",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                 raise KeyboardInterrupt
             self._stop_signal = signum
             if self.dist.is_main:
-                print(f"\n{signal.Signals(signum).name}: stopping after this step and saving a checkpoint "
-                      "(send it again to quit without saving).", file=sys.stderr, flush=True)
+                print(
+                    f"\n{signal.Signals(signum).name}: stopping after this step and saving a checkpoint "
+                    "(send it again to quit without saving).",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
         try:
             previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}

@@ -11,7 +11,9 @@ import pytest
 from llmkit.data import shards
 from llmkit.data.config import DataConfig
 from llmkit.data.corpus import Corpus
-from llmkit.data.shards import DatasetWriter, ShardEncoder, batches, encode_pieces, iter_documents, open_dataset
+from llmkit.data import encoding
+from llmkit.data.encoding import ShardEncoder, batches, encode_pieces
+from llmkit.data.shards import DatasetWriter, iter_documents, open_dataset
 from llmkit.errors import LlmkitError
 from llmkit.recipes.tokenize import Config, tokenize_corpus
 from llmkit.tokenizer import TokenizerConfig
@@ -122,7 +124,7 @@ def test_interrupted_write_leaves_previous_dataset_untouched(tmp_path, monkeypat
     _, out = build(tmp_path)
     before = {f: (out / f).read_bytes() for f in ("train.bin", "val.bin", "meta.json", "tokenizer/tokenizer.model")}
 
-    original = shards.encode_pieces
+    original = encoding.encode_pieces
     calls = []
 
     def interrupted(*args, **kwargs):  # Ctrl-C while the second batch is encoded
@@ -133,7 +135,7 @@ def test_interrupted_write_leaves_previous_dataset_untouched(tmp_path, monkeypat
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(shards, "encode_pieces", interrupted)
+    monkeypatch.setattr(encoding, "encode_pieces", interrupted)
     calls_dir = [out]
     with pytest.raises(KeyboardInterrupt):
         build(tmp_path, tokenizer=TokenizerConfig(kind="bpe", vocab_size=700))  # a different dataset, same dir
@@ -183,7 +185,7 @@ def test_iter_documents_windows():
 
 
 def test_default_workers_is_the_usable_cpu_count():
-    assert 1 <= shards.default_workers() <= (os.cpu_count() or 1)
+    assert 1 <= encoding.default_workers() <= (os.cpu_count() or 1)
 
 
 def test_progress_reports_every_byte_read(tmp_path, bpe_tokenizer, tiny_corpus):
@@ -218,6 +220,6 @@ def test_a_small_corpus_is_encoded_in_process_unless_workers_are_given():
     from llmkit.recipes.tokenize import SMALL_CORPUS_BYTES, encode_workers
 
     assert encode_workers(0, SMALL_CORPUS_BYTES - 1) == 1
-    assert encode_workers(0, SMALL_CORPUS_BYTES) == shards.default_workers()
+    assert encode_workers(0, SMALL_CORPUS_BYTES) == encoding.default_workers()
     assert encode_workers(3, 10) == 3
-    assert encode_workers(0, 10, "threads") == shards.default_workers()
+    assert encode_workers(0, 10, "threads") == encoding.default_workers()

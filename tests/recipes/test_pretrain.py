@@ -161,12 +161,16 @@ def test_damaged_and_foreign_checkpoints_are_clear_errors(char_dataset, tmp_path
     newest = run / "checkpoints" / "step_0000004" / "model.safetensors"
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
 
+    # a reader of the run takes its newest checkpoint that verifies, and says which one it skipped
     proc = run_llmkit("evaluate", f"checkpoint={run}", f"out_dir={tmp_path / 'e1'}", cwd=tmp_path)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert "warning: " in proc.stderr and "step_0000004 is damaged" in proc.stderr and "Skipped" in proc.stderr
+    assert "latest_valid(" not in proc.stderr  # one line for the user, not the warning's source line
+    assert json.loads((tmp_path / "e1" / "metrics.json").read_text())["checkpoint"].endswith("step_0000002")
+    # the damaged checkpoint named directly is a clear error
+    proc = run_llmkit("evaluate", f"checkpoint={newest.parent}", f"out_dir={tmp_path / 'e2'}", cwd=tmp_path)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "damaged" in proc.stderr and "model.safetensors" in proc.stderr
-    # the previous checkpoint is still usable
-    older = run / "checkpoints" / "step_0000002"
-    assert run_llmkit("evaluate", f"checkpoint={older}", f"out_dir={tmp_path / 'e2'}", cwd=tmp_path).returncode == 0
     # resume=auto skips the damaged one and continues from step 2
     resumed = _pretrain(run, char_dataset, "trainer.max_steps=6", "trainer.save_every=2", "trainer.eval_every=0",
                         "trainer.keep_last=0", "resume=auto")

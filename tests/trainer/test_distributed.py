@@ -25,6 +25,7 @@ from _cli import REPO, run_llmkit
 from llmkit.errors import LlmkitError
 from llmkit.trainer import distributed
 from llmkit.trainer.distributed import DistEnv
+from llmkit.trainer.optim_state import fqn_to_ids, ids_to_fqn
 
 TINY = [
     "model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.block_size=32",
@@ -76,9 +77,9 @@ def test_optimizer_state_converts_between_ids_and_names():
     model(torch.randint(0, 16, (2, 8))).sum().backward()
     opt.step()
     plain = opt.state_dict()
-    named = distributed._ids_to_fqn(plain, model, opt)
+    named = ids_to_fqn(plain, model, opt)
     assert "transformer.wte.weight" in named["state"] and "lm_head.weight" not in named["state"]  # tied: once
-    back = distributed._fqn_to_ids(named, model, opt)
+    back = fqn_to_ids(named, model, opt)
     assert back["param_groups"] == plain["param_groups"]
     assert back["state"].keys() == plain["state"].keys()
     assert all(torch.equal(back["state"][i]["exp_avg"], plain["state"][i]["exp_avg"]) for i in plain["state"])
