@@ -71,6 +71,7 @@ _DECODING = {
     "repetition_penalty": _above(0),
     "max_new_tokens": _at_least(0, integer=True),
     "num_samples": _at_least(1, integer=True),
+    "num_beams": _at_least(1, integer=True),
 }
 _GENERATION_EVAL = {
     "generation.num_beams": _at_least(1, integer=True),

@@ -12,8 +12,8 @@ import torch
 from rich.console import Console
 
 from llmkit import checks, config, loading
-from llmkit.errors import DataError, LlmkitError
-from llmkit.generation import generate
+from llmkit.errors import ConfigError, DataError, LlmkitError
+from llmkit.generation import beam_search, generate
 from llmkit.generation.decode_layout import to_decode_layout
 from llmkit.recipes._common import resolve_device, set_threads
 from llmkit.tokenizer.char import unknown_characters_warning
@@ -30,6 +30,8 @@ class Config:
     top_k: int | None = 200
     top_p: float | None = None
     repetition_penalty: float = 1.0
+    num_beams: int = 1  # > 1: beam search (deterministic, with the KV cache); sampling settings unused
+    length_penalty: float = 1.0  # beam search: finished beams score sum(log p) / n_new ** length_penalty
     stop: list[str] = field(default_factory=list)  # stop strings (not included in the output)
     num_samples: int = 1
     seed: int = 1337
@@ -53,11 +55,37 @@ def _prompts(c: Config) -> list[str]:
     return prompts
 
 
+def _check_beams(c: Config) -> None:
+    """Settings that beam search cannot honour, refused before any output."""
+    if c.num_beams == 1:
+        return
+    problems = []
+    if c.num_samples > 1:
+        problems.append(f"num_samples={c.num_samples}: beam search is deterministic, every sample would be the same")
+    if c.repetition_penalty != 1.0:
+        problems.append(f"repetition_penalty={c.repetition_penalty}: beam search ranks plain log-probabilities")
+    if problems:
+        raise ConfigError([f"{p} (num_beams={c.num_beams})" for p in problems], where="generate")
+
+
+def _cut_at_stop(text: str, stop: list[str]) -> str:
+    hit = [text.index(s) for s in stop if s in text]
+    return text[: min(hit)] if hit else text
+
+
 def complete(model: Any, tokenizer: Any, prompt: str, c: Config, seed: int, write: Any | None) -> str:
-    """Generate one completion of ``prompt``; ``write`` receives each new piece of text as it is decoded."""
+    """Generate one completion of ``prompt``; ``write`` receives each new piece of text as it is decoded
+    (beam search: the whole completion at the end, when the best beam is known)."""
     ids = tokenizer.encode(prompt, bos=getattr(tokenizer, "add_bos", False)) if prompt else [tokenizer.eos_id]
     device = next(model.parameters()).device
     prompt_ids = torch.tensor([ids], dtype=torch.long, device=device)
+    if c.num_beams > 1:
+        best = beam_search(model, prompt_ids, num_beams=c.num_beams, max_new_tokens=c.max_new_tokens,
+                           length_penalty=c.length_penalty, eos_id=tokenizer.eos_id)
+        final = _cut_at_stop(tokenizer.decode([t for t in best if t != tokenizer.eos_id]), c.stop)
+        if write is not None:
+            write(final)
+        return final
     new: list[int] = []
     shown = ""
     for step_ids in generate(
@@ -85,9 +113,7 @@ def complete(model: Any, tokenizer: Any, prompt: str, c: Config, seed: int, writ
             shown = text
         if hit:
             break
-    text = tokenizer.decode(new)
-    hit = [text.index(s) for s in c.stop if s in text]
-    final = text[: min(hit)] if hit else text
+    final = _cut_at_stop(tokenizer.decode(new), c.stop)
     if write is not None and len(final) > len(shown):
         write(final[len(shown) :])
     return final
@@ -96,6 +122,7 @@ def complete(model: Any, tokenizer: Any, prompt: str, c: Config, seed: int, writ
 def run(cfg: Any) -> list[dict[str, Any]]:
     c = config.load(cfg, Config)
     checks.require("generate", c)  # every value out of range, before the prompt is echoed
+    _check_beams(c)
     from llmkit.tokenizer import load as load_tokenizer
 
     if c.num_samples < 1 or c.max_new_tokens < 0:

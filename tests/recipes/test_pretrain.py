@@ -105,6 +105,41 @@ def test_loss_curve_falls_and_evaluate_generate_read_the_run(char_dataset, tmp_p
     assert plain.stdout == gen.stdout
 
 
+def test_generate_num_beams_runs_beam_search_with_the_kv_cache(char_dataset, tmp_path):
+    """``llmkit generate num_beams=K``: the completion of ``beam_search`` (tested against an exhaustive
+    search in tests/generation) on the checkpoint's model, in the decode layout or not."""
+    from llmkit import loading
+    from llmkit.generation import beam_search, generate
+    from llmkit.tokenizer import load as load_tokenizer
+
+    run = tmp_path / "run"
+    assert _pretrain(run, char_dataset, "trainer.max_steps=150", "trainer.eval_every=0").returncode == 0
+    model, meta = loading.load_model(run)
+    tok = load_tokenizer(meta["tokenizer_dir"])
+    found = None
+    for text in ("import", "a", "The ", "def "):  # a prompt whose best beam is not the greedy path
+        prompt = torch.tensor([tok.encode(text)])
+        best = beam_search(model, prompt, num_beams=4, max_new_tokens=12, length_penalty=0.5, eos_id=tok.eos_id)
+        greedy = [int(t[0]) for t in generate(model, prompt, max_new_tokens=12, temperature=0.0, eos_id=tok.eos_id)]
+        if best != greedy:
+            found = text
+            break
+    assert found is not None, "no prompt tells beam search from greedy decoding"
+    want = tok.decode([t for t in best if t != tok.eos_id])
+    for layout in ("auto", "false"):
+        out = tmp_path / f"beam_{layout}"
+        proc = run_llmkit("generate", f"checkpoint={run}", f"prompt={found}", "max_new_tokens=12", "num_beams=4",
+                          "length_penalty=0.5", f"decode_layout={layout}", f"out_dir={out}", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        record = json.loads((out / "generations.jsonl").read_text().splitlines()[0])
+        assert record["completion"] == want, layout
+        assert proc.stdout == found + want + "\n"
+    refused = run_llmkit("generate", f"checkpoint={run}", "num_beams=4", "num_samples=2", "repetition_penalty=1.3",
+                         f"out_dir={tmp_path / 'no'}", cwd=tmp_path)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "num_samples=2" in refused.stderr and "repetition_penalty=1.3" in refused.stderr and not refused.stdout
+
+
 def test_refuses_to_overwrite_an_earlier_run(char_dataset, tmp_path):
     run = tmp_path / "run"
     assert _pretrain(run, char_dataset, "trainer.max_steps=2", "trainer.eval_every=0").returncode == 0
