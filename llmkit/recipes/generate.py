@@ -80,8 +80,14 @@ def complete(model: Any, tokenizer: Any, prompt: str, c: Config, seed: int, writ
     device = next(model.parameters()).device
     prompt_ids = torch.tensor([ids], dtype=torch.long, device=device)
     if c.num_beams > 1:
-        best = beam_search(model, prompt_ids, num_beams=c.num_beams, max_new_tokens=c.max_new_tokens,
-                           length_penalty=c.length_penalty, eos_id=tokenizer.eos_id)
+        best = beam_search(
+            model,
+            prompt_ids,
+            num_beams=c.num_beams,
+            max_new_tokens=c.max_new_tokens,
+            length_penalty=c.length_penalty,
+            eos_id=tokenizer.eos_id,
+        )
         final = _cut_at_stop(tokenizer.decode([t for t in best if t != tokenizer.eos_id]), c.stop)
         if write is not None:
             write(final)
