@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from typing import Any, NoReturn
 
 from llmkit.errors import LlmkitError
@@ -52,11 +53,24 @@ def console() -> Any:
     return Console(stderr=True, highlight=False)
 
 
+def _rank() -> int:
+    """This process's rank under torchrun (0 when not launched by it)."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
 def report(err: BaseException) -> None:
-    """Print ``err`` in a red box on stderr."""
+    """Print ``err`` in a red box on stderr; under torchrun, ranks other than 0 print one line
+    (``[rank N] llmkit: Kind: first line``), so a job's error is one box, not one per rank."""
     from rich.console import Console
     from rich.panel import Panel
 
+    if (rank := _rank()) > 0:
+        first = clean_message(str(err)).strip().splitlines()[0] if str(err).strip() else ""
+        print(f"[rank {rank}] llmkit: {type(err).__name__}: {first}", file=sys.stderr, flush=True)
+        return
     Console(stderr=True).print(
         Panel(clean_message(str(err)), title=f"llmkit: {type(err).__name__}", border_style="red", expand=False),
         markup=False,

@@ -322,7 +322,8 @@ def test_an_error_under_torchrun_is_llmkits_message(files, tmp_path):
                               f"data.train_path={files['dir'] / 'missing.tsv'}")
     assert proc.returncode != 0
     assert "missing.tsv" in proc.stderr and "llmkit: DataError" in proc.stderr, proc.stderr[-3000:]
-    assert proc.stderr.count("llmkit: DataError") >= 1
+    assert proc.stderr.count("llmkit: DataError") == 2  # rank 0's box and rank 1's one line
+    assert proc.stderr.count("╭") == 1 and "[rank 1] llmkit: DataError: " in proc.stderr
     # torchrun's launcher reports the failed ranks with a traceback of its own; no rank shows one
     frames = [line for line in proc.stderr.splitlines() if line.lstrip().startswith("File ")]
     assert not [f for f in frames if "llmkit" in f or "hydra" in f], frames
