@@ -108,10 +108,13 @@ def rows(batch: dict[str, torch.Tensor], lo: int, hi: int) -> dict[str, torch.Te
 
 
 SGD = {"_target_": "torch.optim.SGD", "lr": 0.5}  # not invariant to the gradient's scale (Adam nearly is)
+MUON = {"_target_": "llmkit.optim.muon.MuonAdamW", "lr": 0.05, "adamw_lr": 0.01}
 STEPS = 3
 
 
-def train(name: str, *, grad_accum: int = 1, dist: DistEnv | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+def train(
+    name: str, *, grad_accum: int = 1, dist: DistEnv | None = None, optim: dict | None = None
+) -> tuple[dict[str, torch.Tensor], dict]:
     """STEPS SGD steps of case ``name``: this rank's rows of each global batch, in ``grad_accum``
     micro-batches. Returns the full weights (gathered under FSDP; rank 0's) and the last metrics."""
     dist = dist or DistEnv()
@@ -125,7 +128,7 @@ def train(name: str, *, grad_accum: int = 1, dist: DistEnv | None = None) -> tup
     def batch(step: int, micro: int) -> dict[str, torch.Tensor]:
         return rows(case.batch(step), lo + micro * per, lo + (micro + 1) * per)
 
-    opt = build_optimizer(SGD, case.model)
+    opt = build_optimizer(optim or SGD, case.model)
     trainer = Trainer(model=case.model, objective=case.objective, optimizer=opt,
                       scheduler=warmup_cosine(opt, total_steps=STEPS, warmup_steps=0), train_batch=batch,
                       val_batches=lambda: [rows(case.batch(99), lo, lo + per_rank)],

@@ -34,6 +34,8 @@ def build_optimizer(node: dict[str, Any], model: nn.Module) -> torch.optim.Optim
     wd = float(node.get("weight_decay", 0.0))
     # _partial_: the parameter groups hold tensors, which must not pass through OmegaConf.
     make = instantiate(node, _partial_=True, _convert_="all")
+    if getattr(make.func, "takes_named_parameters", False):  # e.g. MuonAdamW: it splits by name itself
+        return make([(n, p) for n, p in model.named_parameters() if p.requires_grad])
     return make(param_groups(model, wd))
 
 
@@ -42,6 +44,10 @@ def for_device(node: dict[str, Any], device: torch.device) -> dict[str, Any]:
     kernel for all parameters instead of a loop of small ones), left to torch elsewhere."""
     node = dict(node)
     target = str(node.get("_target_", ""))
-    if device.type == "cuda" and node.get("fused", False) is None and target.rsplit(".", 1)[-1] in ("Adam", "AdamW"):
+    if (
+        device.type == "cuda"
+        and node.get("fused", False) is None
+        and target.rsplit(".", 1)[-1] in ("Adam", "AdamW", "MuonAdamW")
+    ):
         node["fused"] = True
     return node

@@ -186,6 +186,11 @@ def _run(c: Config, job: training.Run) -> dict[str, float]:
     if dist.kind == "fsdp":
         dist.wrap(model)  # shards in place: the optimizer must see the sharded (DTensor) parameters
     optimizer = build_optimizer(for_device(c.optim, job.device), model)
+    if dist.kind == "fsdp" and not getattr(optimizer, "supports_fsdp", True):
+        raise LlmkitError(
+            f"optim={type(optimizer).__name__} does not run under trainer=fsdp (Muon orthogonalises whole "
+            "matrices; FSDP shards them): use trainer=ddp, or optim=adamw."
+        )
     scheduler = instantiate(c.scheduler, optimizer=optimizer, total_steps=t.max_steps, _convert_="all")
 
     # The global batch (batch_size x world_size) is drawn per step; this rank takes its slice.

@@ -151,9 +151,10 @@ def test_refuses_to_overwrite_an_earlier_run(char_dataset, tmp_path):
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_equals_uninterrupted_run(char_dataset, tmp_path):
+@pytest.mark.parametrize("optim", ["adamw", "muon"])
+def test_sigkill_then_resume_equals_uninterrupted_run(char_dataset, tmp_path, optim):
     steps = ["trainer.max_steps=300", "trainer.save_every=25", "trainer.eval_every=100", "trainer.keep_last=0",
-             "model.dropout=0.1"]  # dropout: the RNG state must be restored too
+             "model.dropout=0.1", f"optim={optim}"]  # dropout: the RNG state must be restored too
     straight = tmp_path / "straight"
     assert _pretrain(straight, char_dataset, *steps).returncode == 0
 

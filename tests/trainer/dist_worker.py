@@ -15,7 +15,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for _objective_cases
 
-from _objective_cases import NAMES, train  # noqa: E402
+from _objective_cases import MUON, NAMES, train  # noqa: E402
 
 from llmkit.trainer import distributed  # noqa: E402
 
@@ -30,6 +30,9 @@ def main(out: str) -> None:
             for name in NAMES:
                 weights, metrics = train(name, grad_accum=accum, dist=dist)
                 results[f"{kind}-x{accum}/{name}"] = {"weights": weights, "metrics": metrics}
+        for name in ("clm", "mlm_nsp"):  # optim=muon under DDP (Muon refuses FSDP)
+            weights, metrics = train(name, dist=dataclasses.replace(env, kind="ddp"), optim=MUON)
+            results[f"ddp-x1-muon/{name}"] = {"weights": weights, "metrics": metrics}
         if env.is_main:
             torch.save(results, out)
     finally:

@@ -331,3 +331,11 @@ def test_fsdp_full_and_sharded_checkpoints_resume(char_dataset, one_process, tmp
 
     model, meta = loading.load_model(sharded / STEP20)
     assert meta["step"] == 20 and model.lm_head.weight.shape[1] == 32
+
+
+@pytest.mark.slow
+def test_muon_under_fsdp_is_a_clear_error(char_dataset, tmp_path):
+    proc = _pretrain(tmp_path / "muon", char_dataset, "trainer=fsdp", "optim=muon", "trainer.batch_size=2", nproc=2)
+    assert proc.returncode != 0 and "llmkit: LlmkitError" in proc.stderr
+    assert "does not run under trainer=fsdp" in proc.stderr and "trainer=ddp" in proc.stderr
+    assert not (tmp_path / "muon" / "checkpoints").exists()

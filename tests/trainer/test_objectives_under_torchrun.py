@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from _cli import REPO
-from _objective_cases import NAMES, train
+from _objective_cases import MUON, NAMES, train
 
 WORKER = Path(__file__).with_name("dist_worker.py")
 
@@ -44,3 +44,16 @@ def test_two_ranks_of_half_the_batch_make_the_step_of_one_process(two_ranks, lay
         torch.testing.assert_close(two[k], one[k], rtol=0, atol=1e-10, msg=k)
     for key in ("train_loss", "grad_norm", "val_loss"):
         assert m2[key] == pytest.approx(m1[key], rel=1e-9), key
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["clm", "mlm_nsp"])
+def test_muon_under_ddp_makes_the_step_of_one_process(two_ranks, name):
+    one, m1 = train(name, optim=MUON)
+    got = two_ranks[f"ddp-x1-muon/{name}"]
+    # Newton-Schulz runs in bf16: equal up to a bf16 rounding flip of the orthogonalised update
+    moved = [k for k in one if not torch.equal(one[k], train(name, optim={**MUON, "lr": 0.0, "adamw_lr": 0.0})[0][k])]
+    assert any(k.startswith("transformer.h.") for k in moved), "Muon moved no block matrix"
+    for k in got["weights"]:
+        torch.testing.assert_close(got["weights"][k], one[k], rtol=0, atol=1e-6, msg=k)
+    assert got["metrics"]["train_loss"] == pytest.approx(m1["train_loss"], rel=1e-6)
