@@ -163,13 +163,16 @@ def _run(c: Config, job: training.Run) -> dict[str, float]:
             )
         init_path = checkpoint.resolve(c.init_from)
         c = _with_checkpoint_tokenizer(c, init_path)
+    objective = instantiate(c.objective, _convert_="all")
+    if getattr(objective, "name", None) not in OBJECTIVES:  # before any tokenizing: a fine-tuning objective
+        raise LlmkitError(
+            f"objective={getattr(objective, 'name', type(objective).__name__)} is not a pretraining objective "
+            f"({', '.join(OBJECTIVES)}); fine-tuning objectives run with llmkit finetune."
+        )
+    plan = OBJECTIVES[objective.name]
     with distributed.rank_order(dist):  # one rank tokenizes into the cache, the others then read it
         dataset_dir = prepare_dataset(c)
     ds = open_dataset(dataset_dir)
-    objective = instantiate(c.objective, _convert_="all")
-    if objective.name not in OBJECTIVES:
-        raise LlmkitError(f"objective {objective.name!r} is not a pretraining objective ({', '.join(OBJECTIVES)}).")
-    plan = OBJECTIVES[objective.name]
     model = build_model(c.model, ds.tokenizer.vocab_size, plan.model_class).to(job.device)
     for name in plan.frozen:
         getattr(model, name).requires_grad_(False)

@@ -99,6 +99,12 @@ def test_encoder_objective_needs_encoder_model_and_special_tokens(bpe_dataset, t
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "tokenizer.user_special_tokens" in proc.stderr and "[MASK]" in proc.stderr
 
+    # a fine-tuning objective is refused before any tokenizing
+    proc = run_llmkit("pretrain", "data=files", f"data.paths=[{tmp_path / 'never_read.txt'}]", "objective=seq_cls",
+                      f"out_dir={tmp_path / 'c'}", cwd=tmp_path)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "objective=seq_cls is not a pretraining objective" in proc.stderr and "never_read" not in proc.stderr
+
 
 @pytest.mark.slow
 def test_sigkill_then_resume_equals_uninterrupted_run(bpe_dataset, tmp_path):
