@@ -16,11 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from llmkit.data.masking import IGNORE_INDEX
 from llmkit.data.tasks import LabelledText, TaggedSentence, TextPair
 from llmkit.errors import DataError, LlmkitError
 from llmkit.tokenizer.base import Tokenizer
-
-IGNORE = -100
 
 
 @dataclass
@@ -103,7 +102,7 @@ def encode_tagged(
     for i, sent in enumerate(sentences):
         cls_id, sep_id = _encoder_ids(tokenizer) if encoder else (None, None)
         ids: list[int] = [] if cls_id is None else [cls_id]
-        labels: list[int] = [IGNORE] * len(ids)
+        labels: list[int] = [IGNORE_INDEX] * len(ids)
         starts = []
         truncated = False
         budget = max_len - (1 if encoder else 0)
@@ -116,10 +115,10 @@ def encode_tagged(
                 continue
             starts.append(len(ids))
             ids += pieces
-            labels += [tag_id] + [IGNORE] * (len(pieces) - 1)
+            labels += [tag_id] + [IGNORE_INDEX] * (len(pieces) - 1)
         if sep_id is not None:
             ids.append(sep_id)
-            labels.append(IGNORE)
+            labels.append(IGNORE_INDEX)
         out.append(
             Example(np.asarray(ids, np.int64), np.asarray(labels, np.int64), word_starts=np.asarray(starts, np.int64))
         )
@@ -141,7 +140,7 @@ def encode_pairs(pairs: Iterable[TextPair], tokenizer: Tokenizer, *, template: s
             continue  # the prompt alone fills the window: nothing to learn from
         x = np.asarray(ids[:-1], np.int64)
         y = np.asarray(ids[1:], np.int64)
-        y[: len(prompt) - 1] = IGNORE  # no loss on predicting the prompt
+        y[: len(prompt) - 1] = IGNORE_INDEX  # no loss on predicting the prompt
         out.append(Example(x, y))
     return out
 
@@ -153,7 +152,7 @@ def collate(examples: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]
     ids = torch.full((B, T), pad_id, dtype=torch.long)
     mask = torch.zeros((B, T), dtype=torch.long)
     token_level = examples[0].labels.ndim == 1
-    labels = torch.full((B, T), IGNORE, dtype=torch.long) if token_level else torch.empty(B, dtype=torch.long)
+    labels = torch.full((B, T), IGNORE_INDEX, dtype=torch.long) if token_level else torch.empty(B, dtype=torch.long)
     types = torch.zeros((B, T), dtype=torch.long) if examples[0].token_type_ids is not None else None
     for i, e in enumerate(examples):
         n = len(e.input_ids)

@@ -25,7 +25,7 @@ import torch
 from rich.markup import escape
 from rich.table import Table
 
-IGNORE_INDEX = -100  # same value as llmkit.objective.clm.IGNORE_INDEX: padding / unlabelled positions
+from llmkit.data.masking import IGNORE_INDEX  # padding / unlabelled positions
 
 
 def _div(num: float, den: float) -> float:

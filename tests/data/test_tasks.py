@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from llmkit.data.masking import IGNORE_INDEX as IGNORE
 from llmkit.data.task_batches import (
-    IGNORE,
     ExampleBatches,
     collate,
     encode_labelled,
