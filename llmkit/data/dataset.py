@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from llmkit.data.loader import read_windows
 from llmkit.errors import DataError, LlmkitError
 from llmkit.tokenizer.base import Tokenizer
 
@@ -27,9 +28,9 @@ META_FILE = "meta.json"
 TOKENIZER_DIR = "tokenizer"
 SPLITS = ("train", "val")
 
-FULL_SCAN_TOKENS = 1 << 27  # below this many tokens (256 MB of uint16) open_dataset checks every id
-_WINDOW = 1 << 22  # tokens per scanned window
-_SAMPLE_WINDOWS = 32  # windows checked in a larger shard
+FULL_SCAN_TOKENS = 1 << 22  # below this many tokens (8 MB of uint16) open_dataset checks every id
+_WINDOW = 1 << 16  # tokens per scanned window
+_SAMPLE_WINDOWS = 64  # windows checked in a larger shard (4M tokens: a cheap look at every start)
 
 
 @dataclass
@@ -133,7 +134,9 @@ def check_ids(tokens: np.ndarray, vocab_size: int, file: Path, *, dataset: Path,
     else:
         starts = sorted({int(x) for x in np.linspace(0, n - _WINDOW, _SAMPLE_WINDOWS)})
     for lo in starts:
-        window = np.asarray(tokens[lo : lo + _WINDOW])
+        # os.pread, not a slice of the map: slicing would map the pages into this process and the
+        # resident memory would grow with the corpus (scripts/bench_memory.py)
+        window = read_windows(tokens, np.array([lo]), min(_WINDOW, n - lo))[0]
         if window.size and int(window.max()) >= vocab_size:
             at = lo + int(np.argmax(window >= vocab_size))
             raise DataError(
