@@ -29,14 +29,14 @@ def load_model(path: str | Path, *, device: torch.device | str = "cpu") -> tuple
     """
     if hf.is_hf_ref(path):
         return hf.load_model(path, device=device)
-    for attempt in range(3):
+    for _ in range(2):
         found = checkpoint.resolve(path)
         try:
             return _load(found, device)
         except CheckpointError:
-            if found.exists() or Path(path).resolve() == found.resolve() or attempt == 2:
+            if found.exists() or Path(path).resolve() == found.resolve():
                 raise  # damaged, or the very checkpoint that was named: nothing newer to fall back to
-    raise AssertionError("unreachable")
+    return _load(checkpoint.resolve(path), device)  # a last try; its error stands
 
 
 def _load(path: Path, device: torch.device | str) -> tuple[nn.Module, dict[str, Any]]:

@@ -67,21 +67,36 @@ def save(
     visible (instead of ``tokenizer_dir``, a folder copied in), so no reader sees it without one.
     """
     target = Path(root) / name if name else step_dir(root, step)
-    try:
-        _write(
-            target,
-            step,
-            model=model,
-            model_class=model_class,
-            model_config=model_config,
-            state=state,
-            config_yaml=config_yaml,
-            tokenizer_dir=tokenizer_dir,
-            extra=extra,
-            tensors=tensors,
-            sharded_dir=sharded_dir,
-            tokenizer=tokenizer,
-        )
+    try:  # the files in a temporary folder, renamed to ``target`` when complete
+        with atomic_dir(target, overwrite=True) as tmp:
+            if sharded_dir is not None:
+                shutil.move(str(sharded_dir), str(tmp / "sharded"))
+            elif tensors is None:
+                save_model(model, str(tmp / "model.safetensors"))
+            else:
+                save_file(
+                    {k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / "model.safetensors")
+                )
+            torch.save(state, tmp / "state.pt")
+            (tmp / "config.yaml").write_text(config_yaml, encoding="utf-8")
+            if tokenizer_dir is not None:
+                shutil.copytree(tokenizer_dir, tmp / "tokenizer")
+            elif tokenizer is not None:
+                tokenizer.save(tmp / "tokenizer")
+            files = ["model.safetensors", "state.pt", "config.yaml"]
+            if sharded_dir is not None:
+                files[0:1] = sorted(p.relative_to(tmp).as_posix() for p in (tmp / "sharded").rglob("*") if p.is_file())
+            write_json(
+                tmp / "checkpoint.json",
+                {
+                    "format_version": FORMAT_VERSION,
+                    "step": step,
+                    "model_class": model_class,
+                    "model_config": model_config,
+                    "files": {name: sha256_file(tmp / name) for name in files},
+                    **(extra or {}),
+                },
+            )
     except (OSError, RuntimeError, SafetensorError) as e:
         if not io.is_disk_full(e):
             raise
@@ -96,51 +111,6 @@ def save(
     if keep_last > 0:
         prune(root, keep_last)
     return target
-
-
-def _write(
-    target: Path,
-    step: int,
-    *,
-    model: nn.Module,
-    model_class: str,
-    model_config: dict[str, Any],
-    state: dict[str, Any],
-    config_yaml: str,
-    tokenizer_dir: str | Path | None,
-    extra: dict[str, Any] | None,
-    tensors: dict[str, torch.Tensor] | None,
-    sharded_dir: str | Path | None,
-    tokenizer: Any = None,
-) -> None:
-    """The files of one checkpoint, in a temporary folder renamed to ``target`` when complete."""
-    with atomic_dir(target, overwrite=True) as tmp:
-        if sharded_dir is not None:
-            shutil.move(str(sharded_dir), str(tmp / "sharded"))
-        elif tensors is None:
-            save_model(model, str(tmp / "model.safetensors"))
-        else:
-            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / "model.safetensors"))
-        torch.save(state, tmp / "state.pt")
-        (tmp / "config.yaml").write_text(config_yaml, encoding="utf-8")
-        if tokenizer_dir is not None:
-            shutil.copytree(tokenizer_dir, tmp / "tokenizer")
-        elif tokenizer is not None:
-            tokenizer.save(tmp / "tokenizer")
-        files = ["model.safetensors", "state.pt", "config.yaml"]
-        if sharded_dir is not None:
-            files[0:1] = sorted(p.relative_to(tmp).as_posix() for p in (tmp / "sharded").rglob("*") if p.is_file())
-        write_json(
-            tmp / "checkpoint.json",
-            {
-                "format_version": FORMAT_VERSION,
-                "step": step,
-                "model_class": model_class,
-                "model_config": model_config,
-                "files": {name: sha256_file(tmp / name) for name in files},
-                **(extra or {}),
-            },
-        )
 
 
 def _estimate_bytes(

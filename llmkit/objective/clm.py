@@ -48,5 +48,5 @@ class CausalLMObjective:
 @torch.no_grad()
 def token_nll(model: nn.Module, batch: Batch) -> tuple[Tensor, Tensor]:
     """Summed negative log-likelihood (nats) and the number of predicted tokens, as tensors."""
-    out = CausalLMObjective()(model, batch)
-    return out.sums["lm"], CausalLMObjective().num_targets(batch)["lm"]
+    lm = CausalLMObjective()
+    return lm(model, batch).sums["lm"], lm.num_targets(batch)["lm"]

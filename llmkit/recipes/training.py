@@ -226,12 +226,10 @@ class Checkpointer:
         else:
             state = {"trainer": dataclasses.asdict(trainer.state)}
         tensors = None if sharded else dist.model_state_for_save(self.model)  # FSDP full: gathered to rank 0
-        if self.adapter_only:
-            tensors = {
-                n: p
-                for n, p in (tensors or dict(self.model.named_parameters())).items()
-                if n in self._trainable_names()
-            }
+        if self.adapter_only:  # the trainable tensors (adapters, head); the base is referenced, not copied
+            trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
+            source = tensors or dict(self.model.named_parameters())
+            tensors = {n: t for n, t in source.items() if n in trainable}
         if dist.is_main:
             checkpoint.save(
                 root,
@@ -250,9 +248,6 @@ class Checkpointer:
                 sharded_dir=shard_tmp if sharded else None,
             )
         dist.barrier()
-
-    def _trainable_names(self) -> set[str]:
-        return {n for n, p in self.model.named_parameters() if p.requires_grad}
 
     def resume_weights(self, resume: str | None, *, batch_size: int) -> Path | None:
         """The checkpoint to resume (``auto``: the newest valid one of this run; or a path), checked
