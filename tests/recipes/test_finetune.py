@@ -251,6 +251,7 @@ def test_sigkill_then_resume_gives_the_weights_of_an_uninterrupted_fine_tune(fil
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    before = [c.name for c in checkpoint.list_checkpoints(run / "checkpoints")]
     last = checkpoint.list_checkpoints(straight / "checkpoints")[-1].name
     assert not (run / "checkpoints" / last).exists(), "the run finished before it was killed"
     refused = _finetune(files, run, files["gpt"], *args)
@@ -259,11 +260,14 @@ def test_sigkill_then_resume_gives_the_weights_of_an_uninterrupted_fine_tune(fil
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from" in resumed.stderr
 
-    for name in (f"checkpoints/{last}", "best"):
+    # every checkpoint, those written before the kill too: a difference there is not the resume's
+    resumed_at = next((line for line in resumed.stderr.splitlines() if "resumed from" in line), "")
+    for name in [f"checkpoints/{c.name}" for c in checkpoint.list_checkpoints(straight / "checkpoints")] + ["best"]:
         a = load_file(str(straight / name / "model.safetensors"))
         b = load_file(str(run / name / "model.safetensors"))
         assert a.keys() == b.keys()
-        assert not [k for k in a if not torch.equal(a[k], b[k])], name
+        differ = [k for k in a if not torch.equal(a[k], b[k])]
+        assert not differ, (name, f"before the kill: {before}", resumed_at, differ[:3])
     best = [json.loads((r / "best" / "checkpoint.json").read_text())["step"] for r in (straight, run)]
     assert best[0] == best[1]
 
