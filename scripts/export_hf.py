@@ -62,9 +62,10 @@ def main(argv: list[str] | None = None) -> int:
             g = torch.Generator().manual_seed(0)
             idx = torch.randint(0, config.vocab_size, (2, min(16, config.block_size)), generator=g)
             with torch.no_grad():
-                a, b = model(idx), back(idx)
-                if not config.causal:  # encoders return hidden states; compare the MLM logits
-                    a, b = model.mlm_head(a), back.mlm_head(b)
+                if config.causal:
+                    a, b = model(idx), back(idx)
+                else:  # encoders: the MLM logits at every position
+                    a, b = model.mlm_head(model.encode(idx)), back.mlm_head(back.encode(idx))
             diff = (a - b).abs().max().item()
             tol = 1e-4 if dtype in (None, torch.float32) else 5e-2 * max(1.0, a.abs().max().item())
             print(f"verify: re-imported logits differ by at most {diff:.3g}")

@@ -333,7 +333,6 @@ def export_family(cfg: ModelConfig) -> tuple[str, list[str]]:
         need("type_vocab_size", cfg.type_vocab_size == 0, "GPT-2 has no token-type embeddings")
     if family in ("gpt2", "bert"):
         need("mlp", cfg.mlp in _EXPORT_ACTIVATIONS, f"{family} MLPs use gelu, gelu_tanh or relu")
-        need("bias", cfg.bias, f"{family} has biases in every linear and norm layer")
         need("n_kv_head", cfg.kv_heads == cfg.n_head, f"{family} has no grouped-query attention")
     return family, problems
 

@@ -273,6 +273,18 @@ def _own_state(model: nn.Module | Mapping[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
+def _add_zero_biases(state: dict[str, Tensor], table: list[_Row], cfg: ModelConfig) -> None:
+    """A bias-free model's biases as zeros: GPT-2 / BERT have a bias in every linear and norm layer,
+    and a zero bias computes exactly what no bias does."""
+    for ours, _theirs, _how, _group in table:
+        if not ours.endswith(".bias") or ours in state:
+            continue
+        weight = state.get(ours.removesuffix("bias") + "weight")
+        rows = cfg.vocab_size if ours == "mlm_head.bias" or weight is None else weight.shape[0]
+        like = weight if weight is not None else next(iter(state.values()))
+        state[ours] = torch.zeros(rows, dtype=like.dtype, device=like.device)
+
+
 def export_hf(
     model: nn.Module | Mapping[str, Tensor],
     model_config: ModelConfig,
@@ -322,6 +334,8 @@ def export_hf(
     if cfg.pos == "sinusoidal":
         state["transformer.wpe.weight"] = sinusoidal_table(cfg.block_size, cfg.n_embd)
     table = _NAME_TABLES[family](cfg_rows)
+    if family in ("gpt2", "bert") and not cfg.bias:
+        _add_zero_biases(state, table, cfg)
     out: dict[str, Tensor] = {}
     missing: list[str] = []
     used: set[str] = set()

@@ -272,8 +272,8 @@ def _llmkit_bert(**kw) -> ModelConfig:
 @pytest.mark.parametrize(
     "cfg",
     [_llmkit_gpt(), _llmkit_gpt(tie_weights=False, mlp="gelu", intermediate_size=40), _llmkit_gpt(pos="sinusoidal"),
-     _llmkit_llama(), _llmkit_llama(bias=True, tie_weights=True, n_kv_head=None)],
-    ids=["gpt2", "gpt2-untied-gelu", "gpt2-sinusoidal", "llama-gqa", "llama-bias-tied"],
+     _llmkit_gpt(bias=False, mlp="gelu"), _llmkit_llama(), _llmkit_llama(bias=True, tie_weights=True, n_kv_head=None)],
+    ids=["gpt2", "gpt2-untied-gelu", "gpt2-sinusoidal", "gpt2-no-bias", "llama-gqa", "llama-bias-tied"],
 )  # fmt: skip
 def test_export_causal_lm_loads_in_transformers_with_same_logits(tmp_path: Path, cfg: ModelConfig) -> None:
     ours = CausalLM.from_config(cfg).eval()
@@ -289,8 +289,9 @@ def test_export_causal_lm_loads_in_transformers_with_same_logits(tmp_path: Path,
         _close(theirs(idx, attention_mask=mask).logits[real], ours(idx, attention_mask=mask)[real])
 
 
-@pytest.mark.parametrize("cfg", [_llmkit_bert(), _llmkit_bert(type_vocab_size=0, tie_weights=False, mlp="gelu_tanh")],
-                         ids=["bert", "no-token-types-untied"])  # fmt: skip
+@pytest.mark.parametrize("cfg", [_llmkit_bert(), _llmkit_bert(type_vocab_size=0, tie_weights=False, mlp="gelu_tanh"),
+                                 _llmkit_bert(bias=False)],
+                         ids=["bert", "no-token-types-untied", "no-bias"])  # fmt: skip
 def test_export_masked_lm_loads_as_bert_for_pretraining(tmp_path: Path, cfg: ModelConfig) -> None:
     ours = MaskedLM.from_config(cfg).eval()
     _perturb(ours)
@@ -324,10 +325,10 @@ def test_exported_model_greedy_generation_matches_transformers(tmp_path: Path, c
     ("cfg", "needles"),
     [
         (_llmkit_bert(norm_placement="pre", final_norm=True), ["norm_placement='pre'", "final_norm=True"]),
-        (_llmkit_gpt(bias=False, n_kv_head=2), ["bias=False", "n_kv_head=2"]),
+        (_llmkit_gpt(n_kv_head=2, embed_norm=True), ["embed_norm=True", "n_kv_head=2"]),
         (_llmkit_gpt(pos="rope"), ["llama", "norm='layernorm'", "mlp='gelu_tanh'"]),
     ],
-    ids=["pre-ln-encoder", "gpt2-no-bias-gqa", "rope-with-layernorm"],
+    ids=["pre-ln-encoder", "gpt2-embed-norm-gqa", "rope-with-layernorm"],
 )
 def test_export_refuses_what_transformers_cannot_express(tmp_path: Path, cfg: ModelConfig, needles: list[str]) -> None:
     model = (MaskedLM if not cfg.causal else CausalLM).from_config(cfg)
