@@ -370,7 +370,7 @@ def export_hf(
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise HFFormatError(
-            f"{out_dir} exists and is not empty; overwrite it on purpose (overwrite=True; scripts/export_hf.py --overwrite) or choose another."
+            f"{out_dir} exists and is not empty; overwrite it on purpose (overwrite=True; llmkit export ... overwrite=true) or choose another."
         )
     with atomic_dir(out_dir, overwrite=True) as tmp:
         save_file(out, str(tmp / SAFETENSORS_FILE), metadata={"format": "pt"})

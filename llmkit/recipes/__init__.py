@@ -88,5 +88,15 @@ RECIPES: dict[str, Recipe] = {
                 "checkpoint=runs/shakespeare prompt_file=prompts.txt top_p=0.9 num_samples=3",
             ),
         ),
+        Recipe(
+            name="export",
+            module="llmkit.recipes.export",
+            help="Export a checkpoint as a Hugging Face model directory (transformers loads it without llmkit).",
+            examples=(
+                "checkpoint=runs/shakespeare out_dir=exported/shakespeare include_tokenizer=false   # char tokenizer",
+                "checkpoint=runs/gpt out_dir=exported/gpt dtype=bfloat16",
+                "checkpoint=hf:models/bert out_dir=exported/bert   # HF -> llmkit -> HF",
+            ),
+        ),
     ]
 }

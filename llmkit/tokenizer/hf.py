@@ -335,7 +335,7 @@ def export_tokenizer(tokenizer: Tokenizer, directory: str | os.PathLike) -> Path
         }.get(tokenizer.kind, "llmkit does not know its Hugging Face form")
         raise HFTokenizerError(
             f"Cannot export a {tokenizer.kind!r} tokenizer in Hugging Face form: {why}. Export the model "
-            "without it (scripts/export_hf.py --no-tokenizer); its llmkit tokenizer stays usable with llmkit."
+            "without it (llmkit export ... include_tokenizer=false); its llmkit tokenizer stays usable with llmkit."
         )
     from llmkit.io import atomic_file
 
