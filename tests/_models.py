@@ -22,3 +22,14 @@ def float64_causal_lm(config: ModelConfig, seed: int = 0) -> CausalLM:
             if p.dim() > 1:
                 p.mul_(3.0)
     return model.eval()
+
+
+def greedy_pair(ours: CausalLM, theirs, ids: list[int], max_new_tokens: int) -> tuple[list[int], list[int]]:
+    """Greedy continuations of ``ids`` by an llmkit model and a transformers one (no end-of-text stop)."""
+    from llmkit.generation import generate
+
+    prompt = torch.tensor([ids])
+    ours_new = [int(t) for t in generate(ours, prompt, max_new_tokens=max_new_tokens, temperature=0)]
+    theirs_new = theirs.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
+                                 max_new_tokens=max_new_tokens, eos_token_id=None)[0, len(ids):].tolist()  # fmt: skip
+    return ours_new, theirs_new

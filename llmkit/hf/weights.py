@@ -280,9 +280,11 @@ def _add_zero_biases(state: dict[str, Tensor], table: list[_Row], cfg: ModelConf
         if not ours.endswith(".bias") or ours in state:
             continue
         weight = state.get(ours.removesuffix("bias") + "weight")
-        rows = cfg.vocab_size if ours == "mlm_head.bias" or weight is None else weight.shape[0]
-        like = weight if weight is not None else next(iter(state.values()))
-        state[ours] = torch.zeros(rows, dtype=like.dtype, device=like.device)
+        like = next(iter(state.values()))
+        if ours == "mlm_head.bias":  # the output bias: one per token (the decoder weight may be tied away)
+            state[ours] = torch.zeros(cfg.vocab_size, dtype=like.dtype, device=like.device)
+        elif weight is not None:  # a linear's (out, in) or a norm's (n,) weight: one bias per row
+            state[ours] = torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device)
 
 
 def export_hf(

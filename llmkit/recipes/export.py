@@ -43,12 +43,11 @@ class Config:
 
 
 def _load(ref: str) -> tuple[torch.nn.Module, dict[str, Any]]:
-    if hf.is_hf_ref(ref):
-        return hf.load_model(ref)
+    """The checkpoint's model (``loading.load_model`` reads ``hf:DIR`` too), naming an HF directory given bare."""
     try:
         return loading.load_model(ref)
     except LlmkitError as e:
-        if hf.looks_like_hf_dir(ref):
+        if not hf.is_hf_ref(ref) and hf.looks_like_hf_dir(ref):
             raise LlmkitError(
                 f"{e}\n{ref} looks like a Hugging Face model directory: pass checkpoint=hf:{ref}"
             ) from None
@@ -56,15 +55,14 @@ def _load(ref: str) -> tuple[torch.nn.Module, dict[str, Any]]:
 
 
 def _tokenizer(meta: dict[str, Any]) -> Any:
-    from llmkit.tokenizer import load as load_tokenizer
-    from llmkit.tokenizer.hf import is_hf_tokenizer_dir, load_hf_tokenizer
+    from llmkit.tokenizer import load as load_tokenizer  # llmkit's own or Hugging Face files
 
-    tok_dir = meta.get("tokenizer_dir") or Path(meta["path"]) / "tokenizer"
-    if not Path(tok_dir).is_dir():
+    tok_dir = meta.get("tokenizer_dir")
+    if not tok_dir or not Path(tok_dir).is_dir():
         raise LlmkitError(
             f"{meta['path']} has no tokenizer files; export the weights alone with include_tokenizer=false."
         )
-    return load_hf_tokenizer(tok_dir) if is_hf_tokenizer_dir(tok_dir) else load_tokenizer(tok_dir)
+    return load_tokenizer(tok_dir)
 
 
 def _logits(model: torch.nn.Module, causal: bool, idx: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@ import torch
 import transformers
 from safetensors.torch import load_file
 
+from _models import greedy_pair
 from llmkit.errors import CheckpointError
 from llmkit.generation import generate
 from llmkit.hf import HFFormatError, config_from_hf, export_hf, load_hf
@@ -408,9 +409,7 @@ def test_export_script_writes_a_checkpoint_transformers_generates_the_same_text_
     prompt = "Grüße, 世界: the quick brown fox"
     ids = bpe_tokenizer.encode(prompt)
     assert hf_tok(prompt).input_ids == ids
-    ours_new = [int(t) for t in generate(ours, torch.tensor([ids]), max_new_tokens=16, temperature=0)]
-    theirs_new = theirs.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                 do_sample=False, max_new_tokens=16, eos_token_id=None)[0, len(ids):].tolist()  # fmt: skip
+    ours_new, theirs_new = greedy_pair(ours, theirs, ids, 16)
     assert theirs_new == ours_new
     # Text agrees wherever the ids spell valid UTF-8 (a random model also emits stray byte tokens,
     # which the two decoders turn into different numbers of U+FFFD).

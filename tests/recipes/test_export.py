@@ -10,8 +10,8 @@ import torch
 import transformers
 
 from _cli import run_llmkit
+from _models import greedy_pair
 from llmkit import checkpoint
-from llmkit.generation import generate
 from llmkit.model import CausalLM, MaskedLM, ModelConfig
 
 transformers.logging.set_verbosity_error()
@@ -47,9 +47,7 @@ def test_export_of_a_bias_free_gpt_run_generates_in_transformers_as_in_llmkit(tm
     prompt = "def main(argv): the quick brown fox"
     ids = bpe_tokenizer.encode(prompt)
     assert hf_tok(prompt).input_ids == ids
-    ours_new = [int(t) for t in generate(ours, torch.tensor([ids]), max_new_tokens=16, temperature=0)]
-    theirs_new = theirs.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                 do_sample=False, max_new_tokens=16, eos_token_id=None)[0, len(ids):].tolist()  # fmt: skip
+    ours_new, theirs_new = greedy_pair(ours, theirs, ids, 16)
     assert theirs_new == ours_new and len(set(ours_new)) > 3
 
 
