@@ -76,3 +76,16 @@ def test_the_measurement_is_quick_and_positive():
     probe = cpu.measure(n=128, seconds=0.1)
     assert time.perf_counter() - t0 < 5  # a loaded machine; about 0.1 s when idle
     assert probe.fp32_flops > 0 and probe.bf16_flops > 0 and probe.speedup > 0
+
+
+def test_the_start_up_measurements_leave_the_training_random_stream_alone():
+    # they run after the model is built and before the first dropout mask: drawing from the global
+    # generator there would make a run's random stream depend on whether it measured
+    from llmkit.trainer.perf import measure_matmul_peak
+
+    torch.manual_seed(7)
+    expected = torch.rand(4)
+    torch.manual_seed(7)
+    measure_matmul_peak(torch.device("cpu"), n=64, seconds=0.01)
+    cpu.measure(n=64, seconds=0.01)
+    assert torch.equal(torch.rand(4), expected)
