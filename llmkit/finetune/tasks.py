@@ -32,7 +32,7 @@ def load_task_data(task: str, data: DataConfig, split: str) -> list:
     if task == "seq_cls":
         rows = read_labelled(
             path,
-            text_column=data.text_column,
+            text_column=data.table_text_column,
             label_column=data.label_column,
             text_pair_column=data.text_pair_column,
             fmt=data.format,

@@ -145,6 +145,7 @@ def tokenize_corpus(c: Config) -> dict:
         "val_documents": splits["val"]["documents"],
         "corpus_bytes": corpus.total_bytes,
         "encoding_replacements": meta["encoding_replacements"],
+        "hygiene": meta["hygiene"],
         "encode_mb_per_s": stats["mb_per_s"],
         "seconds": {
             "tokenizer": round(t_tok, 3),
@@ -198,6 +199,7 @@ def _encode(c: Config, tok: Any, corpus: Any, out: Path) -> dict:
                 "document_separator": {"token": "eos", "id": tok.eos_id, "text": c.data.doc_separator},
                 "sources": [s.record() for s in corpus.sources],
                 "encoding_replacements": sum(s.replacements for s in corpus.sources),
+                "hygiene": corpus.hygiene.counts(),  # of the encoding pass: read, dropped short / duplicate
                 "split": {
                     "method": "val_paths" if c.data.val_paths else c.data.split,
                     "val_fraction": c.data.val_fraction,
@@ -230,6 +232,13 @@ def print_summary(s: dict) -> None:
         "encoded",
         f"{s['corpus_bytes'] / 1e6:.1f} MB at {s['encode_mb_per_s']:.1f} MB/s ({s['seconds']['total']:.1f} s in all)",
     )
+    h = s["hygiene"]
+    if h["min_chars"] or h["drop_duplicates"]:
+        table.add_row(
+            "hygiene",
+            f"{h['documents_read']:,} documents read, {h['dropped_duplicate']:,} dropped as duplicates, "
+            f"{h['dropped_short']:,} as shorter than {h['min_chars']} characters",
+        )
     if s["encoding_replacements"]:
         table.add_row("invalid UTF-8", f"{s['encoding_replacements']} sequences replaced by U+FFFD")
     Console().print(table)

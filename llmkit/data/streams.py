@@ -1,0 +1,152 @@
+"""Byte streams of corpus files: plain, gzip (``*.gz``) or Zstandard (``*.zst``), decompressed as they
+are read (memory holds one 1 MiB chunk, never the file).
+
+A :class:`Metered` stream hashes the file's own bytes (so a source's sha256 is that of the file on
+disk, compressed or not) and adds them to ``progress.bytes_read``. A corrupt gzip member or zstd
+frame, or a file that ends inside one (a download cut short), raises a DataError naming the file
+and the compressed and decompressed byte offsets. Concatenated members / frames (``cat a.gz b.gz``,
+``pigz``, ``pzstd``) are read one after another, as ``gzip -d`` and ``zstd -d`` do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import zlib
+from typing import Any, Protocol
+
+from llmkit.errors import DataError
+
+CHUNK = 1 << 20
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_NAMES = {"gzip": "gzip member", "zstd": "zstd frame"}
+
+
+def compression_of(path: str) -> str | None:
+    """``gzip`` / ``zstd`` from the file name's last suffix, else None."""
+    name = path.lower()
+    if name.endswith(".gz"):
+        return "gzip"
+    if name.endswith(".zst"):
+        return "zstd"
+    return None
+
+
+def strip_compression(path: str) -> str:
+    """The name without its ``.gz`` / ``.zst`` suffix (``a.jsonl.zst`` -> ``a.jsonl``)."""
+    return path[: path.rfind(".")] if compression_of(path) else path
+
+
+class _Progress(Protocol):
+    bytes_read: int
+
+
+def _decompressor(kind: str) -> Any:
+    if kind == "gzip":
+        return zlib.decompressobj(wbits=31)  # 31: a gzip header and trailer (CRC-32, length) checked
+    import zstandard
+
+    return zstandard.ZstdDecompressor().decompressobj()
+
+
+class Metered(io.RawIOBase):
+    """A readable binary stream of ``path``'s (decompressed) bytes; hashes and counts the file's bytes."""
+
+    def __init__(self, path: str, compression: str | None, progress: _Progress | None = None) -> None:
+        self.path = path
+        self.compression = compression
+        self.progress = progress
+        self.digest = hashlib.sha256()
+        self.file = open(path, "rb")  # closed in close()
+        self.consumed = 0  # file bytes read
+        self.produced = 0  # decompressed bytes returned
+        self._dec: Any = _decompressor(compression) if compression else None
+        self._member_started = False  # the current member / frame has begun (truncation check)
+        self._pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self.file.close()
+        super().close()
+
+    def _raw(self) -> bytes:
+        chunk = self.file.read(CHUNK)
+        self.consumed += len(chunk)
+        self.digest.update(chunk)
+        if self.progress is not None:
+            self.progress.bytes_read += len(chunk)
+        return chunk
+
+    def _error(self, what: str) -> DataError:
+        return DataError(
+            f"{self.path}: {what} (at compressed byte offset about {self.consumed}, after {self.produced} bytes of "
+            "decompressed text). The file is damaged or incomplete: download or copy it again "
+            f"(`{'gzip -t' if self.compression == 'gzip' else 'zstd -t'} {self.path}` checks it)."
+        )
+
+    def _decompress(self, data: bytes) -> bytes:
+        """Decompress ``data``, starting a new decompressor at each member / frame boundary."""
+        out = []
+        while data:
+            if self._dec is None or self._dec.eof:
+                self._dec = _decompressor(str(self.compression))
+            self._member_started = True
+            try:
+                out.append(self._dec.decompress(data))
+            except Exception as e:  # zlib.error / zstandard.ZstdError: corrupt data
+                raise self._error(f"corrupt {_NAMES[str(self.compression)]} ({e})") from None
+            if not self._dec.eof:
+                break
+            data = self._dec.unused_data
+            self._member_started = False
+        return b"".join(out)
+
+    def readinto(self, b: Any) -> int:
+        while not self._pending:
+            chunk = self._raw()
+            if not chunk:
+                if self._dec is not None and self._member_started and not self._dec.eof:
+                    raise self._error(f"truncated: the file ends inside a {_NAMES[str(self.compression)]}")
+                return 0
+            self._pending = self._decompress(chunk) if self.compression else chunk
+        n = min(len(b), len(self._pending))
+        b[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        self.produced += n
+        return n
+
+    def finish(self) -> str:
+        """Read what is left of the file (a trailer after the last document) and return its sha256."""
+        while self.read(CHUNK):
+            pass
+        return self.digest.hexdigest()
+
+
+def open_metered(path: str, compression: str | None, progress: _Progress | None = None) -> io.BufferedReader:
+    """``path``'s decompressed bytes as a buffered stream (lines, ``read(n)``); ``.raw`` is the :class:`Metered`."""
+    return io.BufferedReader(Metered(path, compression, progress), buffer_size=CHUNK)
+
+
+def head(path: str, compression: str | None, n: int) -> tuple[bytes, str | None]:
+    """The first ``n`` decompressed bytes of ``path`` and a problem (a wrong magic number, a corrupt
+    start) or None; for the checks before any work starts."""
+    with open(path, "rb") as f:
+        start = f.read(4)
+    if compression == "gzip" and not start.startswith(GZIP_MAGIC):
+        return (
+            b"",
+            f"{path}: not gzip data (it starts with bytes {start.hex(' ')}, not 1f 8b); rename or recompress it.",
+        )
+    if compression == "zstd" and start != ZSTD_MAGIC:
+        return b"", (
+            f"{path}: not Zstandard data (it starts with bytes {start.hex(' ')}, not 28 b5 2f fd); rename or "
+            "recompress it."
+        )
+    try:
+        with open_metered(path, compression) as s:
+            return s.read(n), None
+    except DataError as e:
+        return b"", str(e)
