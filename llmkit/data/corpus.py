@@ -69,7 +69,7 @@ class Corpus:
         for src in self.sources:
             src.documents = src.characters = src.replacements = 0
             for doc in read_source(src, self.cfg, self):
-                if keep.active and not keep.keep(doc):
+                if not keep.keep(doc):
                     continue
                 src.documents += 1
                 src.characters += len(doc)
