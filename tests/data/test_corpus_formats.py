@@ -25,7 +25,7 @@ DOCS = [
     "The cat sat on the mat.\nIt was happy.\n",
     "Snow falls. 雪が降る。 ❄️",
     "",
-    "tabs\tand \"quotes\" and \\ backslashes",
+    'tabs\tand "quotes" and \\ backslashes',
     *(f"document {i}: " + "lorem ipsum dolor sit amet " * (i % 7) for i in range(40)),
 ]
 
@@ -83,7 +83,9 @@ def test_every_format_reads_the_documents_of_plain_jsonl(formats, fmt):
     c = Corpus(DataConfig(paths=[str(formats[fmt])]))
     assert [d for _, d in c.documents()] == DOCS
     src = c.sources[0]
-    assert src.format == {"jsonl.gz": "jsonl", "jsonl.zst": "jsonl"}.get(fmt, "parquet" if fmt == "parquet" else "arrow")
+    assert src.format == {"jsonl.gz": "jsonl", "jsonl.zst": "jsonl"}.get(
+        fmt, "parquet" if fmt == "parquet" else "arrow"
+    )
     files = src.files or [src.path]
     assert src.sha256 == hashlib.sha256(b"".join(Path(f).read_bytes() for f in files)).hexdigest()  # as stored
     assert c.bytes_read == src.size == sum(Path(f).stat().st_size for f in files)  # progress ends at the size
@@ -239,7 +241,9 @@ def test_a_truncated_file_fails_where_it_ends(tmp_path, monkeypatch, kind):
 def test_corrupt_data_names_the_file_and_offset(tmp_path, monkeypatch, kind):
     monkeypatch.setattr(streams, "CHUNK", 4096)
     raw = big_jsonl()
-    data = bytearray(gzip.compress(raw) if kind == "gzip" else zstandard.ZstdCompressor(write_checksum=True).compress(raw))
+    data = bytearray(
+        gzip.compress(raw) if kind == "gzip" else zstandard.ZstdCompressor(write_checksum=True).compress(raw)
+    )
     # gzip: the CRC-32 in the member's trailer (a flip in the deflate data may decode to other text,
     # found only there); zstd: bytes in the middle of the frame
     for i in range(len(data) - 8, len(data) - 4) if kind == "gzip" else range(len(data) // 2, len(data) // 2 + 64):

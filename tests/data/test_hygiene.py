@@ -74,8 +74,10 @@ def _dataset(tmp_path, name, workers, **data):
     )
     summary = tokenize.tokenize_corpus(cfg)
     out = tmp_path / name
-    return summary, (out / "train.bin").read_bytes() + b"|" + (out / "val.bin").read_bytes(), json.loads(
-        (out / "meta.json").read_text()
+    return (
+        summary,
+        (out / "train.bin").read_bytes() + b"|" + (out / "val.bin").read_bytes(),
+        json.loads((out / "meta.json").read_text()),
     )
 
 
