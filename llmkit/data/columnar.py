@@ -112,7 +112,15 @@ def check_schema(files: list[str], kind: str, column: str, problems: list[str]) 
             return
 
 
-def _strings(path: str, batch: Any, column: str, row: int) -> list[str]:
+class TextBytes:
+    """A counter of the UTF-8 bytes of text read (for MB/s of text, whatever the file's compression)."""
+
+    n = 0
+
+
+def _strings(path: str, batch: Any, column: str, row: int, counted: TextBytes) -> list[str]:
+    import pyarrow.compute as pc
+
     arr = batch.column(column)
     if arr.null_count:
         at = next(i for i, v in enumerate(arr.is_valid().to_pylist()) if not v)
@@ -120,10 +128,27 @@ def _strings(path: str, batch: Any, column: str, row: int) -> list[str]:
             f"{path}: row {row + at} (counting from 0): column {column!r} is null, not a string. "
             "Drop or fill the empty rows."
         )
+    if len(arr):
+        counted.n += pc.sum(pc.binary_length(arr)).as_py() or 0
     return arr.to_pylist()
 
 
-def read_parquet(path: str, column: str, progress: Any) -> Iterator[str]:
+def estimated_text_bytes(files: list[str], kind: str, column: str) -> int:
+    """Before reading: the text's size from the files' metadata (Parquet: the column's uncompressed
+    chunks; Arrow files are not compressed)."""
+    if kind != "parquet":
+        return sum(os.path.getsize(f) for f in files)
+    import pyarrow.parquet as pq
+
+    try:
+        md = pq.ParquetFile(files[0]).metadata
+        i = md.schema.to_arrow_schema().get_field_index(column)
+        return sum(md.row_group(g).column(i).total_uncompressed_size for g in range(md.num_row_groups))
+    except Exception:  # a damaged file: check_schema reports it
+        return os.path.getsize(files[0])
+
+
+def read_parquet(path: str, column: str, progress: Any, counted: TextBytes) -> Iterator[str]:
     """The strings of ``column``, row by row; adds the file's bytes to ``progress`` as rows are read."""
     import pyarrow.parquet as pq
 
@@ -133,7 +158,7 @@ def read_parquet(path: str, column: str, progress: Any) -> Iterator[str]:
     row = reported = 0
     try:
         for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=[column], use_threads=False):
-            texts = _strings(path, batch, column, row)
+            texts = _strings(path, batch, column, row, counted)
             row += len(texts)
             done = size * row // total
             progress.bytes_read += done - reported
@@ -144,7 +169,7 @@ def read_parquet(path: str, column: str, progress: Any) -> Iterator[str]:
     progress.bytes_read += size - reported
 
 
-def read_arrow(files: list[str], column: str, progress: Any) -> Iterator[str]:
+def read_arrow(files: list[str], column: str, progress: Any, counted: TextBytes) -> Iterator[str]:
     """The strings of ``column`` in the Arrow IPC stream files of a ``save_to_disk`` folder, in order."""
     import pyarrow as pa
 
@@ -153,7 +178,7 @@ def read_arrow(files: list[str], column: str, progress: Any) -> Iterator[str]:
         with pa.memory_map(f) as mm:
             try:
                 for batch in pa.ipc.open_stream(mm):
-                    texts = _strings(f, batch, column, row)
+                    texts = _strings(f, batch, column, row, counted)
                     row += len(texts)
                     progress.bytes_read += mm.tell() - reported
                     reported = mm.tell()

@@ -35,7 +35,7 @@ from llmkit.data import columnar
 from llmkit.data.config import DataConfig
 from llmkit.data.hygiene import DocumentFilter
 from llmkit.data.readers import CHUNK, Role, Source, read_source, split_document
-from llmkit.data.streams import compression_of, strip_compression
+from llmkit.data.streams import compression_of, estimated_size, strip_compression
 from llmkit.data.streams import head as stream_head
 from llmkit.errors import ConfigError, DataError
 
@@ -59,7 +59,13 @@ class Corpus:
 
     @property
     def total_bytes(self) -> int:
+        """The files' bytes (compressed ones as stored): what progress bars count."""
         return sum(s.size for s in self.sources)
+
+    @property
+    def text_bytes(self) -> int:
+        """The text's uncompressed bytes: measured by the last full pass, else estimated from the files."""
+        return sum(s.text_bytes for s in self.sources)
 
     def documents(self) -> Iterator[tuple[Source, str]]:
         """Every document of every source, in order, less those the hygiene options drop
@@ -136,7 +142,8 @@ def _resolve(cfg: DataConfig, data_root: str | None) -> list[Source]:
         from pydoc_data import topics
 
         path = topics.__file__
-        sources.append(Source(path=path, role="split", format="builtin", size=os.path.getsize(path)))
+        size = os.path.getsize(path)
+        sources.append(Source(path=path, role="split", format="builtin", size=size, text_bytes=size))
     seen: set[str] = set()
     val_given = bool(cfg.val_paths)
     missing_under_root = False
@@ -158,6 +165,7 @@ def _resolve(cfg: DataConfig, data_root: str | None) -> list[Source]:
     for src in sources:
         if src.format in ("parquet", "arrow"):
             columnar.check_schema(src.files or [src.path], src.format, cfg.record_text_column, problems)
+            src.text_bytes = columnar.estimated_text_bytes(src.files or [src.path], src.format, cfg.record_text_column)
         elif src.format != "builtin":
             _sniff(src, problems)
     if problems:
@@ -229,7 +237,8 @@ def _sources_of(path: str, role: Role, problems: list[str]) -> list[Source]:
             problems.append(f"{path}: compressed tables are not read; decompress it, or convert it to *.jsonl.gz.")
         fmt = "table"
     size = os.path.getsize(path)
-    return [Source(path=path, role=role, format=fmt, size=size, compression=compression)]  # type: ignore[arg-type]
+    text = estimated_size(path, compression) if compression else size  # measured by each pass
+    return [Source(path=path, role=role, format=fmt, size=size, compression=compression, text_bytes=text)]  # type: ignore[arg-type]
 
 
 def _sniff(src: Source, problems: list[str]) -> None:

@@ -48,6 +48,7 @@ class Source:
     size: int
     compression: Literal["gzip", "zstd"] | None = None  # text / jsonl: decompressed as it is read
     files: list[str] = field(default_factory=list)  # arrow: the Arrow files of a datasets folder
+    text_bytes: int = 0  # uncompressed bytes of the text the last full pass read (before: an estimate)
     sha256: str | None = None
     documents: int = 0
     characters: int = 0
@@ -60,6 +61,7 @@ class Source:
             "format": self.format,
             "compression": self.compression,
             "bytes": self.size,
+            "text_bytes": self.text_bytes,
             "sha256": self.sha256,
             "documents": self.documents,
             "characters": self.characters,
@@ -159,6 +161,7 @@ def _read_text(src: Source, sep: str | None, errors: str, progress: Progress) ->
             raise _utf8_error(src, offset - len(pending) + e.start, lines + 1, e) from None
         yield from pieces(text, final=True)
         src.sha256 = f.raw.finish()  # type: ignore[attr-defined]
+        src.text_bytes = f.raw.produced  # type: ignore[attr-defined]
     src.replacements = _replaced[0] - start_replaced
     last = "".join(carry)
     if sep is None:
@@ -204,6 +207,7 @@ def _read_jsonl(src: Source, sep: str | None, field_name: str, errors: str, prog
                 raise DataError(f"{src.path}:{lineno}: field {field_name!r} is a {type(text).__name__}, not a string.")
             yield from split_document(text, sep)
         src.sha256 = f.raw.finish()  # type: ignore[attr-defined]
+        src.text_bytes = f.raw.produced  # type: ignore[attr-defined]
     src.replacements = _replaced[0] - start_replaced
 
 
@@ -257,10 +261,12 @@ def _read_columnar(src: Source, sep: str | None, column: str, progress: Progress
     from llmkit.data import columnar
 
     files = src.files or [src.path]
+    counted = columnar.TextBytes()
     if src.format == "parquet":
-        texts = columnar.read_parquet(src.path, column, progress)
+        texts = columnar.read_parquet(src.path, column, progress, counted)
     else:
-        texts = columnar.read_arrow(files, column, progress)
+        texts = columnar.read_arrow(files, column, progress, counted)
     for text in texts:
         yield from split_document(text, sep)
     src.sha256 = columnar.sha256_files(files)
+    src.text_bytes = counted.n

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import zlib
 from typing import Any, Protocol
 
@@ -150,3 +151,23 @@ def head(path: str, compression: str | None, n: int) -> tuple[bytes, str | None]
             return s.read(n), None
     except DataError as e:
         return b"", str(e)
+
+
+def estimated_size(path: str, compression: str | None) -> int:
+    """Before reading: the decompressed size from the file's own record of it, where it has one (a gzip
+    trailer's length, exact for one member under 4 GiB; a zstd frame header's content size), else
+    the file's size."""
+    size = os.path.getsize(path)
+    try:
+        with open(path, "rb") as f:
+            if compression == "gzip" and size >= 18:
+                f.seek(-4, os.SEEK_END)
+                return max(size, int.from_bytes(f.read(4), "little"))
+            if compression == "zstd":
+                import zstandard
+
+                n = zstandard.frame_content_size(f.read(18))
+                return max(size, n) if n > 0 else size
+    except Exception:  # a damaged header: the checks report it
+        return size
+    return size

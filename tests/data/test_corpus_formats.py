@@ -253,3 +253,17 @@ def test_corrupt_data_names_the_file_and_offset(tmp_path, monkeypatch, kind):
     msg = read_error(path)
     assert f"{path}: corrupt {'gzip member' if kind == 'gzip' else 'zstd frame'}" in msg
     assert "compressed byte offset about" in msg and "It was read up to line" in msg
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "jsonl.gz", "jsonl.zst", "parquet", "datasets"])
+def test_text_bytes_estimated_up_front_and_measured_by_a_pass(formats, fmt):
+    c = Corpus(DataConfig(paths=[str(formats[fmt])]))
+    raw = len(jsonl_bytes(DOCS))
+    text = sum(len(d.encode()) for d in DOCS)
+    if fmt.startswith("jsonl"):  # plain: the size; gzip trailer / zstd frame header: the decompressed size
+        assert c.text_bytes == raw
+    else:  # Parquet: the column's uncompressed chunks (with page headers); Arrow: the files
+        assert text <= c.text_bytes < 4 * raw
+    list(c.documents())
+    assert c.text_bytes == (raw if fmt.startswith("jsonl") else text)
+    assert c.sources[0].record()["text_bytes"] == c.text_bytes
