@@ -153,7 +153,10 @@ def read_parquet(path: str, column: str, progress: Any, counted: TextBytes) -> I
     import pyarrow.parquet as pq
 
     size = os.path.getsize(path)
-    pf = pq.ParquetFile(path)
+    # pre_buffer=False: pyarrow's read-ahead cache otherwise keeps every column chunk read so far, so
+    # memory grew with the file (measured on wikitext2 lines: 42 MB of Arrow memory held for a 41 MB file;
+    # without it 8 MB, and peak RSS 141-143 MB for 41, 83 and 165 MB files)
+    pf = pq.ParquetFile(path, pre_buffer=False)
     total = max(1, pf.metadata.num_rows)
     row = reported = 0
     try:
