@@ -136,6 +136,8 @@ def head(path: str, compression: str | None, n: int) -> tuple[bytes, str | None]
     start) or None; for the checks before any work starts."""
     with open(path, "rb") as f:
         start = f.read(4)
+    if not start:
+        return b"", None  # an empty file: the empty-corpus check reports it
     if compression == "gzip" and not start.startswith(GZIP_MAGIC):
         return (
             b"",

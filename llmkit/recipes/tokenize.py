@@ -1,8 +1,10 @@
 """``llmkit tokenize``: train (or reuse) a tokenizer, encode a corpus into train/val token shards.
 
-    corpus (files / JSONL / built-in)  --seeded sample-->  train tokenizer
-                                       --stream, split, encode in worker processes-->  out_dir/
-                                           tokenizer/  train.bin  val.bin  meta.json (written last)
+    corpus (text, JSONL[.gz|.zst], TSV/CSV, Parquet, datasets folders, built-in)
+      -> documents, less duplicates / short ones (data.drop_duplicates, data.min_chars; off by default)
+           --seeded sample-->  train tokenizer
+           --stream, split, encode in worker processes-->  out_dir/
+                                  tokenizer/  train.bin  val.bin  meta.json (written last)
 
 ``run(cfg)`` is the Hydra entry point; ``tokenize_corpus(Config)`` is the same job for Python
 callers (``llmkit pretrain`` builds its cached dataset with it).

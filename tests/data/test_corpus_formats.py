@@ -212,8 +212,11 @@ def test_wrong_magic_and_small_damaged_files_fail_before_work_starts(tmp_path):
     z = zstandard.ZstdCompressor().compress(jsonl_bytes(DOCS))
     (tmp_path / "c.jsonl.zst").write_bytes(z[: len(z) // 2])
     (tmp_path / "d.tsv.gz").write_bytes(gzip.compress(b"text\tlabel\nx\t1\n"))
-    msg = preflight_error(*(tmp_path / n for n in ("a.jsonl.gz", "b.jsonl.zst", "c.jsonl.zst", "d.tsv.gz")))
-    assert "4 problems" in msg
+    (tmp_path / "e.jsonl.gz").write_bytes(b"")  # empty: no magic problem, one source with no text
+    msg = preflight_error(
+        *(tmp_path / n for n in ("a.jsonl.gz", "b.jsonl.zst", "c.jsonl.zst", "d.tsv.gz", "e.jsonl.gz"))
+    )
+    assert "4 problems" in msg and "e.jsonl.gz" not in msg
     assert "a.jsonl.gz: not gzip data (it starts with bytes 7b 22 69 64" in msg
     assert "b.jsonl.zst: not Zstandard data (it starts with bytes 1f 8b" in msg
     assert "c.jsonl.zst: truncated: the file ends inside a zstd frame" in msg
