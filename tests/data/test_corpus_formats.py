@@ -286,3 +286,18 @@ def test_parquet_memory_stays_flat_over_row_groups(tmp_path):
         if i % 250 == 0:
             held = max(held, pa.total_allocated_bytes())
     assert held < 2**20, held
+
+
+def test_a_cached_dataset_sees_a_datasets_folder_change(formats):
+    """``llmkit pretrain``'s dataset cache checks each source (a folder: every Arrow file) is unchanged."""
+    from llmkit.data.readers import unchanged
+
+    c = Corpus(DataConfig(paths=[str(formats["datasets"]), str(formats["jsonl.zst"])]))
+    list(c.documents())
+    records = [s.record() for s in c.sources]
+    assert all(unchanged(r) for r in records)
+    arrow = Path(records[0]["files"][1])
+    data = bytearray(arrow.read_bytes())
+    data[-20] ^= 1  # same size, other bytes
+    arrow.write_bytes(bytes(data))
+    assert not unchanged(records[0]) and unchanged(records[1])
