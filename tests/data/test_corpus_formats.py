@@ -301,3 +301,21 @@ def test_a_cached_dataset_sees_a_datasets_folder_change(formats):
     data[-20] ^= 1  # same size, other bytes
     arrow.write_bytes(bytes(data))
     assert not unchanged(records[0]) and unchanged(records[1])
+
+
+def test_decompressed_memory_is_bounded_for_very_compressible_gzip(tmp_path):
+    """A 1 MiB read of a file that compresses 300:1 would be 300 MB at once; output is made 16 KiB of
+    input at a time (at most ~16 MiB for deflate). (zstd frames can compress far more: there the bound
+    is 16 KiB of input's output, small for text corpora, not for degenerate files.)"""
+    raw = b'{"text": "' + b"a" * 100 + b'"}\n'
+    raw *= 300_000  # 34 MB that compresses to ~115 KB
+    data = gzip.compress(raw, 9)
+    assert len(data) < len(raw) // 200
+    path = tmp_path / "x.jsonl.gz"
+    path.write_bytes(data)
+    stream = streams.open_metered(str(path), "gzip")
+    most = total = 0
+    while chunk := stream.read(1 << 20):
+        total += len(chunk)
+        most = max(most, len(stream.raw._pending))
+    assert total == len(raw) and most <= 17 * 2**20, most
