@@ -63,6 +63,12 @@ def arrow_files(folder: Path, problems: list[str]) -> list[str]:
     except (OSError, ValueError, KeyError, TypeError) as e:
         problems.append(f"{folder}/state.json: not a datasets save_to_disk state file ({e}).")
         return []
+    if state.get("_indices_data_files"):  # not written by today's save_to_disk, which applies the indices
+        problems.append(
+            f"{folder}: the dataset is saved with an indices mapping (a select / shuffle not applied); save it "
+            "again after dataset.flatten_indices()."
+        )
+        return []
     files = [str(folder / n) for n in names]
     missing = [n for n, f in zip(names, files) if not os.path.isfile(f)]
     if missing:

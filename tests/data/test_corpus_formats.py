@@ -152,6 +152,8 @@ def test_real_datasets_folders_with_a_dataset_dict(tmp_path):
     d.save_to_disk(str(tmp_path / "dd"))
     d["train"].save_to_disk(str(tmp_path / "one"), num_shards=3)
     assert docs_of(tmp_path / "one") == train
+    d["train"].shuffle(seed=0).select(range(5)).save_to_disk(str(tmp_path / "picked"))  # indices applied on save
+    assert docs_of(tmp_path / "picked") == list(datasets.load_from_disk(str(tmp_path / "picked"))["text"])
     c = Corpus(DataConfig(paths=[str(tmp_path / "dd")]))
     assert [(s.role, Path(s.path).name) for s in c.sources] == [("split", "train"), ("val", "validation")]
     assert list(c.split(seed=0)) == [("train", t) for t in train] + [("val", v) for v in val]
@@ -200,7 +202,11 @@ def test_datasets_folder_problems(tmp_path):
     write_dataset_folder(dd / "test", DOCS)
     (dd / "dataset_dict.json").write_text(json.dumps({"splits": ["test"]}))
     nocol = write_dataset_folder(tmp_path / "nocol", DOCS, column="body")
-    msg = preflight_error(ds, dd, nocol)
+    mapped = write_dataset_folder(tmp_path / "mapped", DOCS)
+    state = json.loads((mapped / "state.json").read_text())
+    (mapped / "state.json").write_text(json.dumps({**state, "_indices_data_files": [{"filename": "indices.arrow"}]}))
+    msg = preflight_error(ds, dd, nocol, mapped)
+    assert "mapped: the dataset is saved with an indices mapping" in msg
     assert "state.json lists data-00001-of-00002.arrow, not in the folder" in msg
     assert "a DatasetDict without a 'train' split folder (its splits: test)" in msg
     assert "data-00000-of-00002.arrow: no column 'text' (its columns: body, n)" in msg
