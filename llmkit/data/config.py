@@ -23,7 +23,8 @@ class DataConfig:
     val_fraction: float = 0.1
     encoding_errors: Literal["fail", "replace"] = "fail"  # invalid UTF-8: stop, or replace and count
     # ---- fine-tuning tasks
-    format: Literal["auto", "tsv", "csv", "jsonl", "conll", "parallel"] = "auto"  # auto: from the file suffix
+    # auto: from the file suffix; sft also reads chat (JSONL "messages") and alpaca (instruction/input/output)
+    format: Literal["auto", "tsv", "csv", "jsonl", "conll", "parallel", "chat", "alpaca"] = "auto"
     train_path: str | None = None
     eval_path: str | None = None  # validation file; `llmkit evaluate ... data.eval_path=FILE` scores any file
     train_target_path: str | None = None  # parallel: the line-aligned target file

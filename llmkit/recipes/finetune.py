@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 from rich.console import Console
 
 from llmkit import checks, config
+from llmkit.data.chat_template import resolve_template
 from llmkit.data.config import DataConfig
 from llmkit.data.task_batches import ExampleBatches, epochs_to_steps, eval_batches
 from llmkit.finetune.config import GenerationEvalConfig
@@ -80,9 +81,13 @@ def _run(c: Config, job: training.Run) -> dict[str, float]:
 
     objective = instantiate(c.objective, _convert_="all")
     task = objective.task
-    template = getattr(objective, "prompt_template", "")
     pre = load_pretrained(c.init_from)
     tokenizer = pre.tokenizer
+    template = None
+    if task == "sft":  # every conversation through one chat template (llmkit.data.chat_template)
+        template = resolve_template(
+            objective.chat_template, tokenizer, data_format=c.data.format, prompt_template=objective.prompt_template
+        )
     encoder = not pre.config.causal
     train_rows = load_task_data(task, c.data, "train")
     eval_rows = load_task_data(task, c.data, "eval")
@@ -116,7 +121,12 @@ def _run(c: Config, job: training.Run) -> dict[str, float]:
         "task": task,
         "labels": labels,
         "max_len": max_len,
-        "prompt_template": template,
+        "prompt_template": getattr(objective, "prompt_template", ""),
+        **(
+            {"chat_template": template.source, "chat_template_name": template.name, "end_of_turn": template.end_of_turn}
+            if template is not None
+            else {}
+        ),
         "init_from": c.init_from,
         "strategy": c.finetune.strategy,
     }
