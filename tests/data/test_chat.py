@@ -15,7 +15,6 @@ from llmkit.data.tasks import TextPair
 from llmkit.errors import ConfigError, DataError, LlmkitError
 from llmkit.tokenizer import TokenizerConfig, train
 
-CHAT_TOKENS = ["<|im_start|>", "<|im_end|>"]
 TEXT = ["The quick brown fox jumps over the lazy dog. Ein Hund, eine Katze! {braces} \"quotes\" ü 東京 \\ ok?"] * 4
 CONV = [
     {"role": "system", "content": "Be brief."},
@@ -29,13 +28,13 @@ CONV = [
 @pytest.fixture(scope="module")
 def tok():
     cfg = TokenizerConfig(kind="char", vocab_size=0, character_coverage=1.0, byte_fallback=True,
-                          user_special_tokens=["[CLS]", "[SEP]", "[MASK]", *CHAT_TOKENS])  # fmt: skip
+                          user_special_tokens=["[CLS]", "[SEP]", "[MASK]"])  # fmt: skip
     return train(cfg, TEXT, seed=0)
 
 
 @pytest.fixture(scope="module")
 def bpe():
-    cfg = TokenizerConfig(kind="bpe", vocab_size=360, user_special_tokens=["[CLS]", "[SEP]", "[MASK]", *CHAT_TOKENS])
+    cfg = TokenizerConfig(kind="bpe", vocab_size=360)  # the default special tokens: encoder and chat ones
     return train(cfg, TEXT * 20 + ["a dog ein Hund a cat eine Katze Be brief."] * 50, seed=0)
 
 
@@ -149,8 +148,7 @@ def test_a_template_that_rewrites_earlier_turns_is_refused(tok):
 
 
 def test_a_tokenizer_without_the_template_tokens_is_a_clear_error():
-    old = train(TokenizerConfig(kind="char", vocab_size=0, user_special_tokens=["[CLS]", "[SEP]", "[MASK]"]),
-                TEXT, seed=0)  # fmt: skip
+    old = train(TokenizerConfig(kind="char", vocab_size=0, chat_tokens=[]), TEXT, seed=0)  # as before chat tokens
     with pytest.raises(LlmkitError, match=r"lacks <\|im_start\|>, <\|im_end\|>.*chat_template=plain"):
         resolve_template("chatml", old, data_format="chat")
     assert resolve_template("auto", old, data_format="parallel").end_of_turn_id == old.eos_id  # pairs: plain
