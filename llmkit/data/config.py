@@ -35,4 +35,5 @@ class DataConfig:
     source_column: str = "prompt"  # sft tables
     target_column: str = "response"
     max_train_examples: int = 0  # 0 = all
+    packing: bool = False  # sft: training examples packed into full rows (document masking; llmkit.data.packing)
     max_eval_examples: int = 0

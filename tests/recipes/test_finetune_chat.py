@@ -24,7 +24,7 @@ def _base(tmp: Path, *, chat_tokens: bool = True) -> Path:
     tok = train(cfg, text, seed=0)
     tok.save(tmp / "tok")
     torch.manual_seed(0)
-    model = CausalLM.from_config(ModelConfig(vocab_size=tok.vocab_size, block_size=96, n_layer=2, n_head=2, n_embd=32))
+    model = CausalLM.from_config(ModelConfig(vocab_size=tok.vocab_size, block_size=192, n_layer=2, n_head=2, n_embd=32))
     root = tmp / "base"
     checkpoint.save(root, 0, model=model, model_class="CausalLM", model_config=model.config.to_dict(), state={},
                     config_yaml="{}\n", tokenizer_dir=tmp / "tok")  # fmt: skip
@@ -104,3 +104,19 @@ def test_a_tokenizer_without_chat_tokens_is_told_what_to_do(files, tmp_path):
     err = " ".join(proc.stderr.split())
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "lacks <|im_start|>, <|im_end|>" in err and "objective.chat_template=plain" in err
+
+
+@pytest.mark.slow
+def test_packed_chat_fine_tune_learns_too_and_packing_is_refused_outside_sft(files, tmp_path):
+    run = tmp_path / "packed"
+    chat = files["dir"] / "chat.jsonl"
+    proc = _finetune(files, run, "data.format=chat", f"data.train_path={chat}", f"data.eval_path={chat}",
+                     "data.packing=true", "max_len=192", "trainer.batch_size=2", "epochs=20", "optim.lr=5e-3")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    out = " ".join(proc.stderr.split())
+    assert "80 train packed into 40 rows" in out, out  # two ~90-token conversations per 192-token row
+    bleu = [json.loads(r)["val_bleu"] for r in (run / "metrics.jsonl").read_text().splitlines() if "val_bleu" in r]
+    assert bleu and bleu[-1] > 50, bleu
+    proc = run_llmkit("finetune", f"init_from={files['base']}", f"out_dir={tmp_path / 'cls'}", "data=files",
+                      "objective=seq_cls", "data.packing=true", f"data.train_path={chat}", cwd=tmp_path)  # fmt: skip
+    assert proc.returncode != 0 and "data.packing=true packs generation examples" in " ".join(proc.stderr.split())
