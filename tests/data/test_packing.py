@@ -94,3 +94,14 @@ def test_packed_rows_batch_like_any_examples():
     pad = b["attention_mask"] == 0
     assert (b["document_ids"][pad] == -1).all() and (b["labels"][pad] == IGNORE).all()
     assert torch.equal(batches.batch(3)["input_ids"], ExampleBatches(rows, batch_size=4, seed=0, pad_id=0).batch(3)["input_ids"])
+
+
+def test_document_ids_are_checked():
+    model = float64_causal_lm(ModelConfig(vocab_size=V, block_size=16, n_layer=1, n_head=2, n_embd=8))
+    ids = torch.randint(0, V, (2, 6))
+    with pytest.raises(ValueError, match="document_ids must be"):
+        model(ids, document_ids=torch.zeros(2, 5, dtype=torch.long))
+    with pytest.raises(ValueError, match="without a KV cache"):
+        model(ids, document_ids=torch.zeros(2, 6, dtype=torch.long), kv_cache=model.init_kv_cache(2))
+    # one document per row is plain causal attention
+    torch.testing.assert_close(model(ids, document_ids=torch.zeros(2, 6, dtype=torch.long)), model(ids))
