@@ -36,6 +36,7 @@ import re
 from collections.abc import Sequence
 from datetime import datetime
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from llmkit.errors import ConfigError, DataError, LlmkitError
@@ -249,7 +250,7 @@ class ChatTemplate:
 def resolve_template(
     spec: str, tokenizer: Tokenizer, *, data_format: str = "auto", prompt_template: str = "{source}\n"
 ) -> ChatTemplate:
-    """The template ``objective.chat_template`` names: auto | chatml | plain | Jinja source.
+    """The template ``objective.chat_template`` names: auto | chatml | plain | Jinja source | a .jinja file.
 
     auto: the model's own (an imported Hugging Face tokenizer's ``chat_template``), else
     ``chatml`` for chat and Alpaca data and ``plain`` for prompt/response pairs."""
@@ -264,6 +265,11 @@ def resolve_template(
         return ChatTemplate(plain_template(prompt_template), tokenizer, name=f"plain, {prompt_template!r}")
     if "{{" in spec or "{%" in spec:
         return ChatTemplate(spec, tokenizer, name="objective.chat_template")
+    if spec.endswith((".jinja", ".j2")) and Path(spec).is_file():
+        return ChatTemplate(Path(spec).read_text(encoding="utf-8"), tokenizer, name=spec)
     raise ConfigError(
-        [f"objective.chat_template={spec!r}: expected auto, chatml, plain or a Jinja template ({{% ... %}})"]
+        [
+            f"objective.chat_template={spec!r}: expected auto, chatml, plain, a Jinja template ({{% ... %}}) "
+            "or an existing .jinja file"
+        ]
     )

@@ -168,8 +168,10 @@ def test_a_tokenizer_without_the_template_tokens_is_a_clear_error():
         chat_template(pretrained, old, Config(out_dir=".", checkpoint="x", chat=True))
 
 
-def test_template_specs_and_bad_templates(tok):
+def test_template_specs_and_bad_templates(tok, tmp_path):
     assert resolve_template("auto", tok, data_format="alpaca").source == CHATML
+    (tmp_path / "t.jinja").write_text("{{ messages[-1]['content'] }}", encoding="utf-8")
+    assert resolve_template(str(tmp_path / "t.jinja"), tok).render(CONV) == "eine Katze"
     assert resolve_template("{{ messages[0]['content'] }}", tok).render(CONV) == "Be brief."
     with pytest.raises(ConfigError, match="not valid Jinja"):
         resolve_template("{% for m in messages %}", tok)
