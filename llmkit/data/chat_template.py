@@ -143,7 +143,7 @@ class ChatTemplate:
         self.end_of_turn, self.end_of_turn_id = self._find_end_of_turn()
 
     # --- text ---------------------------------------------------------------------------------
-    def render(self, messages: Sequence[Message], *, add_generation_prompt: bool = False) -> str:
+    def render(self, messages: Sequence[Message], *, add_generation_prompt: bool = False, where: str = "") -> str:
         import jinja2
 
         try:
@@ -154,7 +154,8 @@ class ChatTemplate:
                 eos_token=self.eos_token,
             )
         except jinja2.TemplateError as e:
-            raise DataError(f"the chat template ({self.name}) refused a conversation: {e}") from None
+            at = f"{where}: " if where else ""
+            raise DataError(f"{at}the chat template ({self.name}) refused the conversation: {e}") from None
 
     def encode_text(self, text: str) -> list[int]:
         """Token ids of rendered text: special tokens as their single ids, the rest encoded."""
@@ -175,8 +176,8 @@ class ChatTemplate:
         for k, m in enumerate(messages):
             if m["role"] != "assistant":
                 continue
-            head = self.render(messages[:k], add_generation_prompt=True)
-            upto = self.render(messages[: k + 1])
+            head = self.render(messages[:k], add_generation_prompt=True, where=where)
+            upto = self.render(messages[: k + 1], where=where)
             if not (upto.startswith(head) and full.startswith(upto)):
                 raise DataError(
                     f"{where}: the chat template ({self.name}) does not render message {k + 1} (assistant) as an "
@@ -194,7 +195,7 @@ class ChatTemplate:
         self, messages: Sequence[Message], *, add_generation_prompt: bool = False, where: str = "conversation"
     ) -> tuple[list[int], list[bool]]:
         """Token ids of the conversation and, per token, whether it is an assistant target."""
-        full = self.render(messages, add_generation_prompt=add_generation_prompt)
+        full = self.render(messages, add_generation_prompt=add_generation_prompt, where=where)
         spans = self._spans(messages, full, where)
         cuts = sorted({0, len(full), *(c for s in spans for c in s)})
         ids: list[int] = []

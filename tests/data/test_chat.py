@@ -182,6 +182,8 @@ def test_template_specs_and_bad_templates(tok, tmp_path):
     refuses = ChatTemplate("{{ raise_exception('only user turns') }}", tok, name="strict")
     with pytest.raises(DataError, match="only user turns"):
         refuses.render(CONV)
+    with pytest.raises(DataError, match=r"^chat.jsonl:4: the chat template \(strict\) refused the conversation"):
+        encode_conversations([Conversation(CONV, "chat.jsonl:4")], refuses, max_len=64)
     with pytest.raises(Exception, match="unsafe|access"):  # the sandbox: no attribute escapes
         ChatTemplate("{{ messages.__class__.__mro__ }}", tok, name="evil").render(CONV)
 
