@@ -26,7 +26,8 @@ class DataConfig:
     drop_duplicates: bool = False  # drop a document whose exact text came earlier (a 16-byte hash per document)
     min_chars: int = 0  # drop documents with fewer characters (leading/trailing whitespace not counted)
     # ---- fine-tuning tasks
-    format: Literal["auto", "tsv", "csv", "jsonl", "conll", "parallel"] = "auto"  # auto: from the file suffix
+    # auto: from the file suffix; sft also reads chat (JSONL "messages") and alpaca (instruction/input/output)
+    format: Literal["auto", "tsv", "csv", "jsonl", "conll", "parallel", "chat", "alpaca"] = "auto"
     train_path: str | None = None
     eval_path: str | None = None  # validation file; `llmkit evaluate ... data.eval_path=FILE` scores any file
     train_target_path: str | None = None  # parallel: the line-aligned target file
@@ -39,6 +40,7 @@ class DataConfig:
     source_column: str = "prompt"  # sft tables
     target_column: str = "response"
     max_train_examples: int = 0  # 0 = all
+    packing: bool = False  # sft: training examples packed into full rows (document masking; llmkit.data.packing)
     max_eval_examples: int = 0
 
     @property

@@ -72,8 +72,11 @@ class CausalLM(nn.Module):
         attention_mask: Tensor | None = None,
         kv_cache: KVCache | None = None,
         input_pos: Tensor | None = None,
+        document_ids: Tensor | None = None,
     ) -> Tensor:
-        hidden = self.transformer(idx, attention_mask=attention_mask, kv_cache=kv_cache, input_pos=input_pos)
+        hidden = self.transformer(
+            idx, attention_mask=attention_mask, kv_cache=kv_cache, input_pos=input_pos, document_ids=document_ids
+        )
         return self.lm_head(hidden)  # (B, T, vocab_size)
 
     def init_kv_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
