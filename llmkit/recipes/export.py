@@ -14,6 +14,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,8 +23,9 @@ from rich.console import Console
 
 from llmkit import config, hf, loading
 from llmkit.errors import LlmkitError
-from llmkit.hf import HFFormatError, export_hf, load_hf
+from llmkit.hf import HFFormatError, export_hf, heads, load_hf
 from llmkit.hf.files import CONFIG_FILE
+from llmkit.hf.writer import write_hf_dir
 from llmkit.model import ModelConfig
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -71,7 +73,7 @@ def _logits(model: torch.nn.Module, causal: bool, idx: torch.Tensor) -> torch.Te
     return model.mlm_head(model.encode(idx))  # type: ignore[operator]  # encoders: MLM logits at every position
 
 
-def verify(model: torch.nn.Module, config: ModelConfig, directory: Path, dtype: torch.dtype | None) -> float:
+def verify(model: torch.nn.Module, *, config: ModelConfig, directory: Path, dtype: torch.dtype | None) -> float:
     """Largest |logit difference| between ``model`` and ``directory`` read back; raises past the tolerance."""
     back, _, _ = load_hf(directory, dtype=torch.float32)
     model = model.float().eval()
@@ -88,6 +90,18 @@ def verify(model: torch.nn.Module, config: ModelConfig, directory: Path, dtype: 
     return diff
 
 
+def _classifier(model: torch.nn.Module, meta: dict[str, Any], cfg: ModelConfig, tokenizer: Any, dtype: Any) -> Any:
+    """A fine-tuned classifier's transformers tensors and config.json (``llmkit.hf.heads``); None for a language model."""
+    if meta.get("task") not in heads.TASKS:
+        return None
+    ids = tokenizer
+    if ids is None and Path(meta.get("tokenizer_dir") or "").is_dir():
+        ids = _tokenizer(meta)  # its pad / eos ids, even when its files are not written
+    return heads.prepare_task_export(model, cfg, task=meta["task"], labels=meta.get("labels", []), tokenizer=tokenizer,
+                                     pad_id=getattr(ids, "pad_id", None), eos_id=getattr(ids, "eos_id", None),
+                                     dtype=dtype)  # fmt: skip
+
+
 def export(c: Config, say=print) -> Path:
     """Write checkpoint ``c.checkpoint`` into ``c.out_dir`` as a Hugging Face directory; return it."""
     out = Path(c.out_dir)
@@ -99,11 +113,17 @@ def export(c: Config, say=print) -> Path:
     cfg = ModelConfig.from_dict(meta["model_config"])
     tokenizer = _tokenizer(meta) if c.include_tokenizer else None
     dtype = DTYPES[c.dtype] if c.dtype else None
+    classifier = _classifier(model, meta, cfg, tokenizer, dtype)  # checked before anything is written
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".export-", dir=out) as tmp:
-        staged = export_hf(model, cfg, Path(tmp) / "model", tokenizer=tokenizer, dtype=dtype)
+        if classifier is not None:
+            tensors, hf_config, dtype_out = classifier
+            staged = write_hf_dir(Path(tmp) / "model", tensors, hf_config, tokenizer=tokenizer, dtype=dtype_out)
+        else:
+            staged = export_hf(model, cfg, Path(tmp) / "model", tokenizer=tokenizer, dtype=dtype)
         if c.verify:
-            diff = verify(model, cfg, staged, dtype)
+            check = heads.verify_task_export if classifier is not None else partial(verify, config=cfg)
+            diff = check(model, directory=staged, dtype=dtype)
             say(f"verify: the export read back gives the checkpoint's logits to {diff:.3g}")
         names = sorted(p.name for p in staged.iterdir())
         for name in sorted(names, key=lambda n: n == CONFIG_FILE):  # config.json last: then it is a model
