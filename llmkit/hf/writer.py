@@ -114,8 +114,11 @@ def write_hf_dir(
     tokenizer: Any | None = None,
     dtype: torch.dtype,
     overwrite: bool = False,
+    weights_file: str = SAFETENSORS_FILE,
+    config_file: str = CONFIG_FILE,
 ) -> Path:
-    """``model.safetensors`` (in ``dtype``), ``config.json`` and the tokenizer files, written atomically."""
+    """``model.safetensors`` (in ``dtype``), ``config.json`` and the tokenizer files, written atomically
+    (a PEFT adapter directory names the first two ``adapter_model.safetensors``, ``adapter_config.json``)."""
     from safetensors.torch import save_file
 
     from llmkit.io import atomic_dir, write_json
@@ -127,8 +130,8 @@ def write_hf_dir(
         )
     cpu = {k: v.to(device="cpu", dtype=dtype).contiguous() for k, v in tensors.items()}
     with atomic_dir(out_dir, overwrite=True) as tmp:
-        save_file(cpu, str(tmp / SAFETENSORS_FILE), metadata={"format": "pt"})
-        write_json(tmp / CONFIG_FILE, dict(config))
+        save_file(cpu, str(tmp / weights_file), metadata={"format": "pt"})
+        write_json(tmp / config_file, dict(config))
         if tokenizer is not None:
             from llmkit.tokenizer.hf import export_tokenizer
 

@@ -20,12 +20,13 @@ from typing import Any, Literal
 
 import torch
 from rich.console import Console
+from safetensors.torch import load_file
 
 from llmkit import config, hf, loading
 from llmkit.errors import LlmkitError
-from llmkit.hf import HFFormatError, export_hf, heads, load_hf
-from llmkit.hf.files import CONFIG_FILE
-from llmkit.hf.writer import write_hf_dir
+from llmkit.hf import HFFormatError, export_hf, heads, load_hf, peft
+from llmkit.hf.files import CONFIG_FILE, SAFETENSORS_FILE
+from llmkit.hf.writer import stored_dtype, write_hf_dir
 from llmkit.model import ModelConfig
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -35,7 +36,7 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 class Config:
     out_dir: str
     checkpoint: str
-    format: Literal["hf"] = "hf"
+    format: Literal["hf", "peft"] = "hf"  # peft: the LoRA adapters of a fine-tune of an hf: base, for PEFT
     dtype: Literal["float32", "float16", "bfloat16"] | None = None  # null: as stored
     include_tokenizer: bool = True  # write the tokenizer files beside the weights
     verify: bool = True  # read the export back and compare logits with the checkpoint's
@@ -90,48 +91,61 @@ def verify(model: torch.nn.Module, *, config: ModelConfig, directory: Path, dtyp
     return diff
 
 
-def _classifier(model: torch.nn.Module, meta: dict[str, Any], cfg: ModelConfig, tokenizer: Any, dtype: Any) -> Any:
-    """A fine-tuned classifier's transformers tensors and config.json (``llmkit.hf.heads``); None for a language model."""
-    if meta.get("task") not in heads.TASKS:
-        return None
+def _plan(c: Config, model: torch.nn.Module, meta: dict[str, Any], tokenizer: Any) -> tuple[Any, Any, str]:
+    """How to write the export (everything checked now, before anything is written), how to verify
+    it, and the file whose arrival makes the directory whole: a language model (``export_hf``), a
+    fine-tuned classifier (``llmkit.hf.heads``) or LoRA adapters for PEFT (``llmkit.hf.peft``)."""
+    cfg = ModelConfig.from_dict(meta["model_config"])
+    dtype = DTYPES[c.dtype] if c.dtype else None
     ids = tokenizer
     if ids is None and Path(meta.get("tokenizer_dir") or "").is_dir():
         ids = _tokenizer(meta)  # its pad / eos ids, even when its files are not written
-    return heads.prepare_task_export(model, cfg, task=meta["task"], labels=meta.get("labels", []), tokenizer=tokenizer,
-                                     pad_id=getattr(ids, "pad_id", None), eos_id=getattr(ids, "eos_id", None),
-                                     dtype=dtype)  # fmt: skip
+    pad_id, eos_id = getattr(ids, "pad_id", None), getattr(ids, "eos_id", None)
+    if c.format == "peft":
+        weights = Path(meta.get("path", "")) / "model.safetensors"
+        adapters = load_file(str(weights)) if "base" in meta and weights.is_file() else {}
+        tensors, adapter_config = peft.prepare_peft_export(model, meta, adapters, pad_id=pad_id, eos_id=eos_id)
+        write = partial(write_hf_dir, tensors=tensors, config=adapter_config, tokenizer=tokenizer,
+                        dtype=dtype or stored_dtype(adapters), weights_file=peft.ADAPTER_WEIGHTS,
+                        config_file=peft.ADAPTER_CONFIG)  # fmt: skip
+        return write, None, peft.ADAPTER_CONFIG
+    if meta.get("task") in heads.TASKS:
+        tensors, hf_config, dtype_out = heads.prepare_task_export(
+            model, cfg, task=meta["task"], labels=meta.get("labels", []), tokenizer=tokenizer, pad_id=pad_id,
+            eos_id=eos_id, dtype=dtype,
+        )  # fmt: skip
+        write = partial(write_hf_dir, tensors=tensors, config=hf_config, tokenizer=tokenizer, dtype=dtype_out)
+        return write, partial(heads.verify_task_export, model, dtype=dtype), CONFIG_FILE
+    write = partial(export_hf, model, cfg, tokenizer=tokenizer, dtype=dtype)
+    return write, partial(verify, model, config=cfg, dtype=dtype), CONFIG_FILE
 
 
 def export(c: Config, say=print) -> Path:
-    """Write checkpoint ``c.checkpoint`` into ``c.out_dir`` as a Hugging Face directory; return it."""
+    """Write checkpoint ``c.checkpoint`` into ``c.out_dir`` (a Hugging Face or PEFT directory); return it."""
     out = Path(c.out_dir)
-    if not c.overwrite and any((out / name).exists() for name in (CONFIG_FILE, "model.safetensors")):
+    files = (peft.ADAPTER_CONFIG, peft.ADAPTER_WEIGHTS) if c.format == "peft" else (CONFIG_FILE, SAFETENSORS_FILE)
+    if not c.overwrite and any((out / name).exists() for name in files):
         raise LlmkitError(
             f"{out} already holds an exported model; overwrite=true replaces it, or choose another out_dir."
         )
     model, meta = _load(c.checkpoint)
-    cfg = ModelConfig.from_dict(meta["model_config"])
     tokenizer = _tokenizer(meta) if c.include_tokenizer else None
-    dtype = DTYPES[c.dtype] if c.dtype else None
-    classifier = _classifier(model, meta, cfg, tokenizer, dtype)  # checked before anything is written
+    write, check, last = _plan(c, model, meta, tokenizer)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".export-", dir=out) as tmp:
-        if classifier is not None:
-            tensors, hf_config, dtype_out = classifier
-            staged = write_hf_dir(Path(tmp) / "model", tensors, hf_config, tokenizer=tokenizer, dtype=dtype_out)
-        else:
-            staged = export_hf(model, cfg, Path(tmp) / "model", tokenizer=tokenizer, dtype=dtype)
-        if c.verify:
-            check = heads.verify_task_export if classifier is not None else partial(verify, config=cfg)
-            diff = check(model, directory=staged, dtype=dtype)
+        staged = write(Path(tmp) / "model")
+        if c.verify and check is not None:
+            diff = check(directory=staged)
             say(f"verify: the export read back gives the checkpoint's logits to {diff:.3g}")
         names = sorted(p.name for p in staged.iterdir())
-        for name in sorted(names, key=lambda n: n == CONFIG_FILE):  # config.json last: then it is a model
+        for name in sorted(names, key=lambda n: n == last):  # config.json last: then it is a model
             target = out / name
             if target.is_dir():
                 shutil.rmtree(target)
             (staged / name).replace(target)
     say(f"wrote {out}: {', '.join(names)}")
+    if c.format == "peft":
+        say(f"load it with: {peft.usage(meta, pad_id=getattr(tokenizer, 'pad_id', None))}")
     return out
 
 
