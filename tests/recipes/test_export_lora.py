@@ -38,9 +38,10 @@ CASES = {
     "gpt2-seq": ("gpt2", "seq_cls", "[wte,attn.c_attn,mlp.c_proj]"),
     "llama-token": ("llama", "token_cls", "[attn.c_attn,mlp.w_up,mlp.c_proj]"),
     "bert-seq": ("bert", "seq_cls", "[attn.c_attn,mlp.c_proj]"),
+    "llama-sft": ("llama", "sft", "[attn.c_attn,attn.c_proj]"),
 }
 AUTO = {"seq_cls": transformers.AutoModelForSequenceClassification,
-        "token_cls": transformers.AutoModelForTokenClassification}  # fmt: skip
+        "token_cls": transformers.AutoModelForTokenClassification, "sft": transformers.AutoModelForCausalLM}  # fmt: skip
 
 
 def _data(tmp: Path) -> None:
@@ -56,6 +57,8 @@ def _data(tmp: Path) -> None:
         conll += ["Peter NNP B-NP B-PER", "lebt VBZ B-VP O", "in IN O O", "Berlin NNP B-NP B-LOC", ""][: 2 + i % 4]
         conll += [""] if i % 4 != 3 else []
     (tmp / "ner.txt").write_text("\n".join(conll) + "\n", encoding="utf-8")
+    (tmp / "src.txt").write_text("a good film\nthe plot was bad\nvery lovely\n" * 8, encoding="utf-8")
+    (tmp / "tgt.txt").write_text("pos\nneg and dull\npos pos\n" * 8, encoding="utf-8")
 
 
 def _hf_base(tmp: Path, kind: str, tokenizer) -> Path:
@@ -79,10 +82,14 @@ def runs(tmp_path_factory, pydoc_texts) -> dict[str, Path]:
                 pydoc_texts[:30] + [words] * 20, seed=0)  # fmt: skip
     out = {"dir": tmp}
     for name, (kind, task, targets) in CASES.items():
-        base = _hf_base(tmp, kind, tok)
+        base = tmp / f"{kind}_hf" if (tmp / f"{kind}_hf").is_dir() else _hf_base(tmp, kind, tok)
         data = [f"data.train_path={tmp / 'train.tsv'}", f"data.eval_path={tmp / 'train.tsv'}", "data.format=tsv"]
         if task == "token_cls":
             data = [f"data.train_path={tmp / 'ner.txt'}", f"data.eval_path={tmp / 'ner.txt'}", "data.format=conll"]
+        if task == "sft":
+            data = ["data.format=parallel", f"data.train_path={tmp / 'src.txt'}", f"data.eval_path={tmp / 'src.txt'}",
+                    f"data.train_target_path={tmp / 'tgt.txt'}", f"data.eval_target_path={tmp / 'tgt.txt'}",
+                    "data.max_eval_examples=2", "generation.max_new_tokens=4"]  # fmt: skip
         proc = run_llmkit("finetune", f"init_from=hf:{base}", f"out_dir={tmp / name}", "data=files", *data,
                           f"objective={task}", "finetune.strategy=lora", "finetune.lora_rank=4",
                           f"finetune.lora_targets={targets}", "optim.lr=3e-2", "epochs=2", "trainer.batch_size=8",
@@ -97,7 +104,7 @@ def _lora_model(run: Path) -> tuple[torch.nn.Module, dict, list]:
     path = checkpoint.resolve(run)
     meta = checkpoint.read_meta(path)
     pre = load_pretrained(meta["base"])
-    model = build_task_model(meta["task"], pre, num_labels=len(meta["labels"]))
+    model = build_task_model(meta["task"], pre, num_labels=len(meta["labels"]))  # sft: the base's own LM
     lora = meta["lora"]
     apply_lora(model, rank=lora["rank"], alpha=lora["alpha"], dropout=0.0, targets=lora["targets"])
     load_adapters(model, load_file(str(path / "model.safetensors")))
@@ -111,7 +118,8 @@ def _batch(run: Path, meta: dict, tokenizer, encoder: bool) -> dict[str, torch.T
 
     saved = checkpoint.saved_config(checkpoint.resolve(run))["data"]
     rows = load_task_data(meta["task"], config.load(saved, DataConfig), "eval")[:6]
-    ex = encode_task(meta["task"], rows, tokenizer, meta["labels"], max_len=24, encoder=encoder, template="", source="t")
+    ex = encode_task(meta["task"], rows, tokenizer, meta["labels"], max_len=24, encoder=encoder,
+                     template=meta.get("prompt_template", ""), source="t")  # fmt: skip
     b = collate(ex, tokenizer.pad_id)
     assert (b["attention_mask"] == 0).any()
     return b
@@ -148,15 +156,17 @@ def test_lora_fine_tune_exports_merged_and_as_peft_adapters_with_llmkits_logits(
     base_dir = Path(config["base_model_name_or_path"])
     assert base_dir == (runs["dir"] / f"{kind}_hf").resolve()
     assert config["peft_type"] == "LORA" and config["r"] == 4 and config["lora_alpha"] == 16.0
-    assert config["task_type"] == {"seq_cls": "SEQ_CLS", "token_cls": "TOKEN_CLS"}[task]
+    assert config["task_type"] == {"seq_cls": "SEQ_CLS", "token_cls": "TOKEN_CLS", "sft": "CAUSAL_LM"}[task]
     labels = dict(enumerate(meta["labels"]))
-    kw = {"pad_token_id": tok.pad_id} if task == "seq_cls" else {}
-    base = AUTO[task].from_pretrained(base_dir, num_labels=len(labels), id2label=labels, **kw)
+    kw = {"num_labels": len(labels), "id2label": labels} if task != "sft" else {}
+    if task == "seq_cls":
+        kw["pad_token_id"] = tok.pad_id
+    base = AUTO[task].from_pretrained(base_dir, **kw)
     theirs = peft.PeftModel.from_pretrained(base, adapters).eval()
     _compare(model, theirs, b)
 
     # the tensors are the ones PEFT itself writes for this adapter config: same names, same shapes
-    fresh = AUTO[task].from_pretrained(base_dir, num_labels=len(labels))
+    fresh = AUTO[task].from_pretrained(base_dir, **kw)
     own = peft.get_peft_model(fresh, peft.LoraConfig(**{k: config[k] for k in (
         "r", "lora_alpha", "target_modules", "modules_to_save", "fan_in_fan_out", "task_type")}))  # fmt: skip
     own.save_pretrained(tmp_path / "own")
