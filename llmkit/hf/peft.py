@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from llmkit.hf.files import HFFormatError, read_hf_config
@@ -185,3 +186,34 @@ def usage(meta: Mapping[str, Any], *, pad_id: int | None) -> str:
             kw += f", pad_token_id={pad_id}"
     base = str(base_dir(meta))
     return f"PeftModel.from_pretrained(transformers.{auto.get(task, 'AutoModelForCausalLM')}.from_pretrained({base!r}{kw}), DIR)"
+
+
+def verify_peft_export(directory: Path, meta: Mapping[str, Any], adapters: Mapping[str, Tensor]) -> float:
+    """Read an adapter directory back without PEFT: ``target_modules`` must pick out (by PEFT's rule:
+    the name, or a dot-separated suffix of it) exactly the modules with adapters, and the adapters
+    must map back onto llmkit's. Returns the largest |difference|; raises on any mismatch."""
+    import json
+
+    from safetensors.torch import load_file
+
+    config = json.loads((directory / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    written = load_file(str(directory / ADAPTER_WEIGHTS))
+    cfg = ModelConfig.from_dict(meta["model_config"])
+    rows = _rows(read_hf_config(config["base_model_name_or_path"])["model_type"], meta["task"], cfg)
+    every = {t.removesuffix(".weight").removesuffix(".bias") for _, theirs, _, _ in rows for t in theirs}
+    chosen = {n for n in every if any(n == t or n.endswith("." + t) for t in config["target_modules"])}
+    adapted = {k.removeprefix(PREFIX).split(".lora_")[0] for k in written if ".lora_" in k}
+    problems = [f"target_modules pick out {sorted(chosen ^ adapted)[:4]} wrongly"] if chosen != adapted else []
+    expected, _ = peft_adapters(adapters, cfg, rows)
+    diff = 0.0
+    for name, t in expected.items():
+        if name not in written or written[name].shape != t.shape:
+            problems.append(f"{name} is missing or misshapen")
+            continue
+        diff = max(diff, (written[name].double() - t.double()).abs().max().item())
+    tol = 1e-6 if all(t.dtype == torch.float32 for t in written.values()) else 1e-2
+    if problems or diff > tol:
+        raise HFFormatError(
+            f"The PEFT export in {directory} does not hold the adapters: {'; '.join(problems) or diff}."
+        )
+    return diff

@@ -108,7 +108,7 @@ def _plan(c: Config, model: torch.nn.Module, meta: dict[str, Any], tokenizer: An
         write = partial(write_hf_dir, tensors=tensors, config=adapter_config, tokenizer=tokenizer,
                         dtype=dtype or stored_dtype(adapters), weights_file=peft.ADAPTER_WEIGHTS,
                         config_file=peft.ADAPTER_CONFIG)  # fmt: skip
-        return write, None, peft.ADAPTER_CONFIG
+        return write, partial(peft.verify_peft_export, meta=meta, adapters=adapters), peft.ADAPTER_CONFIG
     if meta.get("task") in heads.TASKS:
         tensors, hf_config, dtype_out = heads.prepare_task_export(
             model, cfg, task=meta["task"], labels=meta.get("labels", []), tokenizer=tokenizer, pad_id=pad_id,
@@ -136,7 +136,8 @@ def export(c: Config, say=print) -> Path:
         staged = write(Path(tmp) / "model")
         if c.verify and check is not None:
             diff = check(directory=staged)
-            say(f"verify: the export read back gives the checkpoint's logits to {diff:.3g}")
+            what = "adapters" if c.format == "peft" else "logits"
+            say(f"verify: the export read back gives the checkpoint's {what} to {diff:.3g}")
         names = sorted(p.name for p in staged.iterdir())
         for name in sorted(names, key=lambda n: n == last):  # config.json last: then it is a model
             target = out / name

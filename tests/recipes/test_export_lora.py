@@ -151,7 +151,7 @@ def test_lora_fine_tune_exports_merged_and_as_peft_adapters_with_llmkits_logits(
     adapters = tmp_path / "peft"
     proc = run_llmkit("export", f"checkpoint={runs[case]}", f"out_dir={adapters}", "format=peft", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "PeftModel.from_pretrained" in proc.stderr
+    assert "PeftModel.from_pretrained" in proc.stderr and "verify: the export read back gives the checkpoint's adapters" in proc.stderr
     config = json.loads((adapters / "adapter_config.json").read_text())
     base_dir = Path(config["base_model_name_or_path"])
     assert base_dir == (runs["dir"] / f"{kind}_hf").resolve()
