@@ -80,7 +80,8 @@ def _fold_head_bias(state: dict[str, Tensor], family: str) -> str | None:
     if family != "gpt2":
         return (
             f"head.proj.bias is not zero (max |b| = {size:.3g}): transformers' {architecture(family, 'seq_cls')} "
-            "scores without a bias, and an RMSNorm has none to carry it"
+            "scores without a bias, and an RMSNorm has none to carry it (fine-tune with finetune.head_bias=false "
+            "for a head without one)"
         )
     w = state["head.proj.weight"].double()
     d = torch.linalg.pinv(w) @ b.double()  # the smallest d with W d = b
@@ -94,6 +95,16 @@ def _fold_head_bias(state: dict[str, Tensor], family: str) -> str | None:
     like = state["transformer.ln_f.weight"]
     base = beta.double() if beta is not None else torch.zeros(like.shape, dtype=torch.float64, device=like.device)
     state["transformer.ln_f.bias"] = (base + d.to(base.device)).to(like.dtype)
+    return None
+
+
+def head_state(state: dict[str, Tensor], family: str, task: str) -> str | None:
+    """Make the head's tensors in ``state`` those of the transformers class: a bias it lacks moved
+    into ``ln_f`` (GPT-2) or refused, a bias it has but llmkit's head lacks (head_bias=false) zero."""
+    if not head_has_bias(family, task):
+        return _fold_head_bias(state, family)
+    w = state["head.proj.weight"]
+    state.setdefault("head.proj.bias", torch.zeros(w.shape[0], dtype=w.dtype, device=w.device))
     return None
 
 
@@ -152,9 +163,8 @@ def prepare_task_export(
         raise HFFormatError(f"a {task} model with {len(labels)} labels needs a head with as many outputs.")
     family, problems = check_task_export(cfg, task, pad_id=pad_id, eos_id=eos_id)
     state = _own_state(model)
-    if not head_has_bias(family, task) and not problems:
-        if problem := _fold_head_bias(state, family):
-            problems.append(problem)
+    if not problems and (problem := head_state(state, family, task)):
+        problems.append(problem)
     if problems:
         raise HFFormatError(
             f"Cannot export this {task} model as {architecture(family, task)}; it has "

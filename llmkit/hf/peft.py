@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from llmkit.hf.files import HFFormatError, read_hf_config
-from llmkit.hf.heads import HEAD_MODULE, _fold_head_bias, check_task_export, head_has_bias, task_rows
+from llmkit.hf.heads import HEAD_MODULE, check_task_export, head_has_bias, head_state, task_rows
 from llmkit.hf.refs import hf_dir, is_hf_ref
 from llmkit.hf.weights import _NAME_TABLES, _Row
 from llmkit.hf.writer import _own_state, hf_tensors
@@ -148,11 +148,10 @@ def prepare_peft_export(
     if task != "sft":
         saved = [HEAD_MODULE[model_type, task]] + (["pooler"] if (model_type, task) == ("bert", "seq_cls") else [])
         bias = state.get("head.proj.bias")
-        if not head_has_bias(model_type, task) and not problems:
-            if problem := _fold_head_bias(state, model_type):
-                problems.append(problem)
-            elif bias is not None and bias.any():
-                saved.append("ln_f")  # carries the head's bias (llmkit.hf.heads)
+        if not problems and (problem := head_state(state, model_type, task)):
+            problems.append(problem)
+        elif not head_has_bias(model_type, task) and bias is not None and bias.any():
+            saved.append("ln_f")  # carries the head's bias (llmkit.hf.heads)
     if problems:
         raise HFFormatError(
             f"Cannot export these adapters for PEFT's {PEFT_TASK_TYPES[task]} model; it has {'; '.join(problems)}."

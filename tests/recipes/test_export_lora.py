@@ -39,6 +39,7 @@ CASES = {
     "llama-token": ("llama", "token_cls", "[attn.c_attn,mlp.w_up,mlp.c_proj]"),
     "bert-seq": ("bert", "seq_cls", "[attn.c_attn,mlp.c_proj]"),
     "llama-sft": ("llama", "sft", "[attn.c_attn,attn.c_proj]"),
+    "llama-seq": ("llama", "seq_cls", "[attn.c_attn]"),  # finetune.head_bias=false: Llama's score has no bias
 }
 AUTO = {"seq_cls": transformers.AutoModelForSequenceClassification,
         "token_cls": transformers.AutoModelForTokenClassification, "sft": transformers.AutoModelForCausalLM}  # fmt: skip
@@ -93,7 +94,8 @@ def runs(tmp_path_factory, pydoc_texts) -> dict[str, Path]:
         proc = run_llmkit("finetune", f"init_from=hf:{base}", f"out_dir={tmp / name}", "data=files", *data,
                           f"objective={task}", "finetune.strategy=lora", "finetune.lora_rank=4",
                           f"finetune.lora_targets={targets}", "optim.lr=3e-2", "epochs=2", "trainer.batch_size=8",
-                          "trainer.progress=false", "max_len=24", cwd=tmp, timeout=300)  # fmt: skip
+                          "trainer.progress=false", "max_len=24", f"finetune.head_bias={name != 'llama-seq'}",
+                          cwd=tmp, timeout=300)  # fmt: skip
         assert proc.returncode == 0, proc.stderr
         out[name] = tmp / name
     return out
@@ -104,7 +106,7 @@ def _lora_model(run: Path) -> tuple[torch.nn.Module, dict, list]:
     path = checkpoint.resolve(run)
     meta = checkpoint.read_meta(path)
     pre = load_pretrained(meta["base"])
-    model = build_task_model(meta["task"], pre, num_labels=len(meta["labels"]))  # sft: the base's own LM
+    model = build_task_model(meta["task"], pre, num_labels=len(meta["labels"]), head_bias=meta["head_bias"])
     lora = meta["lora"]
     apply_lora(model, rank=lora["rank"], alpha=lora["alpha"], dropout=0.0, targets=lora["targets"])
     load_adapters(model, load_file(str(path / "model.safetensors")))
