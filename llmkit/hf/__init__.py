@@ -15,6 +15,8 @@ Supported ``model_type``s and what they become::
 
 Modules, top to bottom:
 
+    peft.py      a LoRA fine-tune of an hf: base as a PEFT adapter directory (``format=peft``)
+    heads.py     fine-tuned classifiers as ``*For{Sequence,Token}Classification`` (head bias, pooling, labels)
     refs.py      ``hf:DIR`` / ``hf:pkg:NAME`` references -> directory, model, tokenizer
     weights.py   parameter-name tables and ``load_hf`` (import)
     writer.py    ``export_hf``: tensors under Hugging Face names, config.json, tokenizer, written atomically

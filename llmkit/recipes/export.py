@@ -7,6 +7,12 @@ work without llmkit. The files are written in a temporary folder first and moved
 ``config.json`` last, so an interrupted export is never read as a model. Afterwards the directory
 is read back through llmkit's importer and its logits compared with the checkpoint's
 (``verify=false`` skips this).
+
+A fine-tuned classifier becomes the ``*ForSequenceClassification`` / ``*ForTokenClassification``
+class that computes its logits, with its labels (``llmkit.hf.heads``); a LoRA fine-tune is merged
+first. ``format=peft`` writes the LoRA adapters of a fine-tune of an ``hf:`` base alone, as a PEFT
+adapter directory (``adapter_config.json`` moved in last; ``llmkit.hf.peft``). Every check runs
+before anything is written.
 """
 
 from __future__ import annotations
