@@ -157,3 +157,14 @@ def test_what_has_no_exact_equivalent_is_refused_by_name_before_anything_is_writ
         wide = SequenceClassifier.from_config(gpt.config, num_labels=40)
         torch.nn.init.normal_(wide.head.proj.bias)
         prepare_task_export(wide, gpt.config, task="seq_cls", labels=[str(i) for i in range(40)], pad_id=0, eos_id=3)
+
+
+def test_export_task_hf_is_the_same_export_for_python_callers(tmp_path, tokenizer):
+    from llmkit.hf.heads import export_task_hf
+
+    model = classifier("bert", "token_cls", tokenizer.vocab_size)
+    out = export_task_hf(model, model.config, tmp_path / "hf", task="token_cls", labels=LABELS["token_cls"],
+                         tokenizer=tokenizer)  # fmt: skip
+    theirs = transformers.AutoModelForTokenClassification.from_pretrained(out).eval()
+    ours, got = logits_pair(model, theirs, batch("token_cls", tokenizer, encoder=True))
+    torch.testing.assert_close(got, ours, atol=2e-5, rtol=1e-5)
