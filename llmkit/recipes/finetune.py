@@ -127,7 +127,9 @@ def _run(c: Config, job: training.Run) -> dict[str, float]:
     else:
         train_examples = len(train)
 
-    model = build_task_model(task, pre, num_labels=len(labels), dropout=c.dropout).to(device)
+    model = build_task_model(task, pre, num_labels=len(labels), dropout=c.dropout, head_bias=c.finetune.head_bias).to(
+        device
+    )
     report = apply_strategy(model, c.finetune)
     lora = c.finetune.strategy == "lora"
     extra = {
@@ -142,6 +144,7 @@ def _run(c: Config, job: training.Run) -> dict[str, float]:
         ),
         "init_from": c.init_from,
         "strategy": c.finetune.strategy,
+        "head_bias": c.finetune.head_bias,
     }
     if lora:  # adapters + head only; the base is referenced, not copied
         extra["base"] = str(Path(pre.source).resolve()) if not pre.source.startswith("hf:") else pre.source
