@@ -81,10 +81,11 @@ RECIPES: dict[str, Recipe] = {
         Recipe(
             name="generate",
             module="llmkit.recipes.generate",
-            help="Generate text from a checkpoint (greedy, temperature, top-k, top-p; KV cache), streamed.",
+            help="Generate text from a checkpoint (greedy, temperature, top-k, top-p, beam search; KV cache), streamed.",
             examples=(
                 "checkpoint=runs/shakespeare prompt='ROMEO:' max_new_tokens=300",
                 "checkpoint=runs/shakespeare temperature=0 prompt='To be'   # greedy",
+                "checkpoint=runs/shakespeare prompt='ROMEO:' num_beams=4 length_penalty=1.0   # beam search",
                 "checkpoint=runs/shakespeare prompt_file=prompts.txt top_p=0.9 num_samples=3",
             ),
         ),

@@ -60,8 +60,19 @@ def _prompts(c: Config) -> list[str]:
     return prompts
 
 
-def _check_beams(c: Config) -> None:
-    """Settings that beam search cannot honour, refused before any output."""
+def _command_line_keys() -> set[str]:
+    """The keys set on the command line (``key=value``, ``+key=value``); none for Python callers of ``run``."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return set()
+    return {o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task}
+
+
+def _check_beams(c: Config, given: set[str]) -> None:
+    """Settings that beam search cannot honour, refused before any output. Beam search is
+    deterministic (transformers' ``do_sample=False``): sampling settings typed on the command line
+    with it are refused (the config's defaults for sampling are simply unused)."""
     if c.num_beams == 1:
         return
     problems = []
@@ -69,8 +80,26 @@ def _check_beams(c: Config) -> None:
         problems.append(f"num_samples={c.num_samples}: beam search is deterministic, every sample would be the same")
     if c.repetition_penalty != 1.0:
         problems.append(f"repetition_penalty={c.repetition_penalty}: beam search ranks plain log-probabilities")
+    sampling = {"temperature": c.temperature, "top_k": c.top_k, "top_p": c.top_p}
+    for key, value in sampling.items():
+        if key in given and value not in (None, 0):
+            problems.append(f"{key}={value}: beam search samples nothing (drop {key}, or set num_beams=1 to sample)")
     if problems:
         raise ConfigError([f"{p} (num_beams={c.num_beams})" for p in problems], where="generate")
+
+
+def _check_beam_lengths(model: Any, prompts: list[list[int]], c: Config) -> None:
+    """Beam search keeps every beam's whole continuation in the KV cache: it must fit the context."""
+    if c.num_beams == 1:
+        return
+    block = model.config.block_size
+    longest = max(len(p) for p in prompts)
+    if longest + c.max_new_tokens > block:
+        raise LlmkitError(
+            f"num_beams={c.num_beams}: a prompt of {longest} tokens + max_new_tokens={c.max_new_tokens} is more than "
+            f"the model's context of {block} tokens (beam search does not slide a window over it); set "
+            f"max_new_tokens={max(0, block - longest)} or less, or shorten the prompt."
+        )
 
 
 def _cut_at_stop(text: str, stop: list[str]) -> str:
@@ -133,7 +162,7 @@ def complete(
             num_beams=c.num_beams,
             max_new_tokens=c.max_new_tokens,
             length_penalty=c.length_penalty,
-            eos_id=stop_id,
+            eos_id=sorted({stop_id, tokenizer.eos_id}),
         )
         final = _cut_at_stop(tokenizer.decode([t for t in best if t not in (stop_id, tokenizer.eos_id)]), c.stop)
         if write is not None:
@@ -176,7 +205,7 @@ def complete(
 def run(cfg: Any) -> list[dict[str, Any]]:
     c = config.load(cfg, Config)
     checks.require("generate", c)  # every value out of range, before the prompt is echoed
-    _check_beams(c)
+    _check_beams(c, _command_line_keys())
     from llmkit.tokenizer import load as load_tokenizer
 
     if c.num_samples < 1 or c.max_new_tokens < 0:
@@ -195,6 +224,13 @@ def run(cfg: Any) -> list[dict[str, Any]]:
         console.print(f"[dim]chat template: {template.name} (chat=false for raw text)[/dim]", highlight=False)
     if note := unknown_characters_warning(tokenizer, _prompts(c)):  # silently <unk> otherwise
         console.print(f"[yellow]warning:[/yellow] {note}", markup=True, highlight=False)
+    if c.num_beams > 1:
+        _check_beam_lengths(model, [encode_prompt(tokenizer, p, template, c.system) for p in _prompts(c)], c)
+        console.print(
+            f"[dim]beam search: {c.num_beams} beams, length_penalty={c.length_penalty}; the prompt is printed, then "
+            "the best continuation once the search ends (not token by token)[/dim]",
+            highlight=False,
+        )
     out = sys.stdout
 
     def write(piece: str) -> None:

@@ -9,8 +9,6 @@ must return exactly the best continuation.
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 import torch
 
@@ -18,42 +16,16 @@ from llmkit.generation import beam_search
 from llmkit.model import CausalLM, ModelConfig
 
 from _models import float64_causal_lm
+from _search import bias_logits, brute_force
 
 V = 6
 TINY = ModelConfig(vocab_size=V, block_size=16, n_layer=2, n_head=2, n_embd=16, tie_weights=False)
 
 
-def continuation_sums(model: CausalLM, prompt: list[int], *, max_new: int, eos: set[int]) -> dict[tuple[int, ...], float]:
-    """Every continuation (cut after its first eos) and its summed log-probability, from one
-    uncached forward over all ``V ** max_new`` token sequences."""
-    seqs = torch.tensor(list(itertools.product(range(model.config.vocab_size), repeat=max_new)))  # (N, max_new)
-    ids = torch.cat([torch.tensor(prompt).expand(len(seqs), -1), seqs], dim=1)  # (N, T + max_new)
-    with torch.no_grad():
-        logprobs = model(ids)[:, len(prompt) - 1 : -1].double().log_softmax(-1)  # (N, max_new, V)
-    cumulative = logprobs.gather(-1, seqs[..., None]).squeeze(-1).cumsum(-1)  # (N, max_new)
-    sums = {}
-    for seq, cum in zip(seqs.tolist(), cumulative.tolist(), strict=True):
-        end = next((i + 1 for i, t in enumerate(seq) if t in eos), max_new)
-        sums[tuple(seq[:end])] = cum[end - 1]
-    return sums
-
-
-def brute_force(model: CausalLM, prompt: list[int], *, max_new: int, length_penalty: float, eos: set[int]) -> list[int]:
-    """The continuation with the best ``sum_logprob / n_new**length_penalty`` of them all."""
-    sums = continuation_sums(model, prompt, max_new=max_new, eos=eos)
-    return list(max(sums, key=lambda new: sums[new] / len(new) ** length_penalty))
-
-
 def eos_heavy_model(seed: int, eos: int, boost: float) -> CausalLM:
-    """A tiny float64 model whose eos logit gets ``boost`` added at every position (so continuations
-    end at different lengths and the length penalty decides between them): hidden unit 0 is made a
-    constant 1 by the final norm, and the LM head reads it for eos only."""
-    model = float64_causal_lm(TINY, seed=seed)
-    with torch.no_grad():
-        model.transformer.ln_f.weight[0], model.transformer.ln_f.bias[0] = 0.0, 1.0
-        model.lm_head.weight[:, 0] = 0.0
-        model.lm_head.weight[eos, 0] = boost
-    return model
+    """A tiny float64 model that favours eos by ``boost`` at every position (so continuations end
+    at different lengths and the length penalty decides between them)."""
+    return bias_logits(float64_causal_lm(TINY, seed=seed), {eos: boost})
 
 
 @pytest.mark.parametrize("length_penalty", [0.0, 0.5, 1.0, 2.0, -1.0])
