@@ -12,7 +12,7 @@ prompt + max_new_tokens > block_size raises ``ValueError``.
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Generator, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -121,7 +121,8 @@ def generate(
     stop_ids: list[list[int]] | None = None,
     seed: int | None = None,
     use_cache: bool = True,
-) -> Iterator[Tensor]:
+    kv_cache: KVCache | None = None,
+) -> Generator[Tensor, None, None]:
     """Stream up to ``max_new_tokens`` new tokens for ``prompt_ids`` (B, T): yields (B,) per step.
 
     A row finishes when it samples ``eos_id`` or its tokens (prompt included) end with one of
@@ -130,6 +131,11 @@ def generate(
     reproducible with a private ``torch.Generator``; without it the global RNG is used. See the
     module docstring for the cache and ``block_size``. Arguments are checked at call time; the
     model runs in eval mode under ``torch.inference_mode`` while the generator is consumed.
+
+    ``kv_cache``: the caller's cache, holding the keys and values of the first ``kv_cache.length``
+    tokens of ``prompt_ids`` (a chat's history): only the rest of the prompt is fed, and the cache
+    keeps every token fed (the prompt and all new tokens but the last) for the caller's next call.
+    Everything must fit it: ``T + max_new_tokens - 1 <= kv_cache.max_len``.
     """
     _check_sampling_args(temperature, top_k, top_p)
     if prompt_ids.dim() != 2 or prompt_ids.shape[1] == 0:
@@ -143,6 +149,14 @@ def generate(
     fill_id = eos_id if eos_id is not None else model.config.pad_token_id
     if stop_ids and fill_id is None and prompt_ids.shape[0] > 1:
         raise ValueError("stop_ids with batch > 1 needs eos_id or config.pad_token_id to fill finished rows")
+    if kv_cache is not None:
+        T = prompt_ids.shape[1]
+        if kv_cache.length >= T:
+            raise ValueError(f"kv_cache holds {kv_cache.length} tokens, the prompt {T}: at least one must be fed")
+        if T + max_new_tokens - 1 > kv_cache.max_len:
+            raise ValueError(
+                f"prompt {T} + max_new_tokens {max_new_tokens} - 1 exceeds kv_cache.max_len {kv_cache.max_len}"
+            )
     stops = [torch.tensor(s, dtype=prompt_ids.dtype, device=prompt_ids.device) for s in stop_ids or []]
     generator = None
     if seed is not None:
@@ -160,6 +174,7 @@ def generate(
         fill_id=fill_id,
         generator=generator,
         use_cache=use_cache,
+        kv_cache=kv_cache,
     )
 
 
@@ -178,7 +193,8 @@ def _generate(
     fill_id: int | None,
     generator: torch.Generator | None,
     use_cache: bool,
-) -> Iterator[Tensor]:
+    kv_cache: KVCache | None,
+) -> Generator[Tensor, None, None]:
     block_size = model.config.block_size
     B = prompt_ids.shape[0]
     with _eval_mode(model):
@@ -187,7 +203,9 @@ def _generate(
         # Slots for every token the cache will see (the prompt and all but the last new token),
         # not block_size: a full-context cache of a GPT-2-small model is 300 MB to allocate and zero.
         cache_len = min(block_size, prompt_ids.shape[1] + max_new_tokens)
-        cache = model.init_kv_cache(B, cache_len) if use_cache else None
+        cache = model.init_kv_cache(B, cache_len) if use_cache and kv_cache is None else kv_cache
+        if kv_cache is not None:
+            cache_len = kv_cache.max_len
         for _ in range(max_new_tokens):
             if cache is not None and tokens.shape[1] <= cache_len:
                 # The whole prompt on the first step (prefill), then just the newest token.

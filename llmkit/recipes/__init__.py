@@ -90,6 +90,16 @@ RECIPES: dict[str, Recipe] = {
             ),
         ),
         Recipe(
+            name="chat",
+            module="llmkit.recipes.chat",
+            help="Chat with a model fine-tuned on chat data (or hf:DIR), streamed; the KV cache kept across turns.",
+            examples=(
+                "checkpoint=runs/chat                      # then type; /system TEXT, /reset, /exit",
+                "checkpoint=runs/chat temperature=0 system='Translate to German.'",
+                "checkpoint=hf:path/to/SmolLM2-135M-Instruct top_p=0.9 max_new_tokens=300",
+            ),
+        ),
+        Recipe(
             name="export",
             module="llmkit.recipes.export",
             help="Export a checkpoint as a Hugging Face model directory (transformers loads it without llmkit).",

@@ -15,6 +15,7 @@ from llmkit import checks, config, loading
 from llmkit.errors import ConfigError, DataError, LlmkitError
 from llmkit.generation import beam_search, generate
 from llmkit.generation.decode_layout import to_decode_layout
+from llmkit.generation.text import TextStream
 from llmkit.recipes._common import resolve_device, set_threads
 from llmkit.tokenizer.char import unknown_characters_warning
 
@@ -107,10 +108,10 @@ def _cut_at_stop(text: str, stop: list[str]) -> str:
     return text[: min(hit)] if hit else text
 
 
-def chat_template(meta: dict[str, Any], tokenizer: Any, c: Config) -> Any:
+def chat_template(meta: dict[str, Any], tokenizer: Any, mode: Literal["auto"] | bool) -> Any:
     """The chat template to prompt with, or None for raw text: with ``chat=auto`` the template of a
     checkpoint fine-tuned with one, else an imported model's own (``chat_template`` in its tokenizer)."""
-    if c.chat is False:
+    if mode is False:
         return None
     if meta.get("task") == "sft" and meta.get("chat_template"):
         from llmkit.finetune.tasks import checkpoint_template
@@ -120,7 +121,7 @@ def chat_template(meta: dict[str, Any], tokenizer: Any, c: Config) -> Any:
         from llmkit.data.chat_template import resolve_template
 
         return resolve_template("auto", tokenizer, data_format="chat")
-    if c.chat is True:
+    if mode is True:
         raise LlmkitError(
             f"chat=true: {meta['path']} was not fine-tuned with a chat template (objective=sft) and its tokenizer "
             "has none; generate from it with chat=auto or chat=false."
@@ -168,8 +169,7 @@ def complete(
         if write is not None:
             write(final)
         return final
-    new: list[int] = []
-    shown = ""
+    stream = TextStream(tokenizer, c.stop)
     for step_ids in generate(
         model,
         prompt_ids,
@@ -186,39 +186,41 @@ def complete(
         token = int(step_ids[0])
         if token in (stop_id, tokenizer.eos_id):
             break
-        new.append(token)
-        text = tokenizer.decode(new)
-        hit = [text.index(s) for s in c.stop if s in text]
-        if hit:
-            text = text[: min(hit)]
-        if write is not None and not text.endswith("\ufffd") and len(text) > len(shown):
-            write(text[len(shown) :])  # decode the whole tail: a piece may complete a multi-byte character
-            shown = text
-        if hit:
+        piece = stream.push(token)
+        if write is not None and piece:
+            write(piece)
+        if stream.stopped:
             break
-    final = _cut_at_stop(tokenizer.decode(new), c.stop)
-    if write is not None and len(final) > len(shown):
-        write(final[len(shown) :])
-    return final
+    rest = stream.flush()
+    if write is not None and rest:
+        write(rest)
+    return stream.text
+
+
+def load_for_decoding(
+    checkpoint: str, *, device: str, decode_layout: Literal["auto"] | bool
+) -> tuple[Any, dict[str, Any], Any]:
+    """The model (in the decode layout on the CPU with ``auto``), its checkpoint meta and its tokenizer."""
+    from llmkit.tokenizer import load as load_tokenizer
+
+    model, meta = loading.load_model(checkpoint, device=resolve_device(device))
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    if decode_layout is True or (decode_layout == "auto" and on_cpu):
+        to_decode_layout(model)  # these commands only decode: matrix-vector products on every core
+    if not meta.get("tokenizer_dir"):
+        raise LlmkitError(f"{meta['path']} has no tokenizer files; this command needs one.")
+    return model, meta, load_tokenizer(meta["tokenizer_dir"])
 
 
 def run(cfg: Any) -> list[dict[str, Any]]:
     c = config.load(cfg, Config)
     checks.require("generate", c)  # every value out of range, before the prompt is echoed
     _check_beams(c, _command_line_keys())
-    from llmkit.tokenizer import load as load_tokenizer
-
     if c.num_samples < 1 or c.max_new_tokens < 0:
         raise LlmkitError("num_samples must be >= 1 and max_new_tokens >= 0.")
     set_threads(c.threads)
-    model, meta = loading.load_model(c.checkpoint, device=resolve_device(c.device))
-    on_cpu = next(model.parameters()).device.type == "cpu"
-    if c.decode_layout is True or (c.decode_layout == "auto" and on_cpu):
-        to_decode_layout(model)  # this command only decodes: matrix-vector products on every core
-    if not meta.get("tokenizer_dir"):
-        raise LlmkitError(f"{meta['path']} has no tokenizer files; this command needs one.")
-    tokenizer = load_tokenizer(meta["tokenizer_dir"])
-    template = chat_template(meta, tokenizer, c)
+    model, meta, tokenizer = load_for_decoding(c.checkpoint, device=c.device, decode_layout=c.decode_layout)
+    template = chat_template(meta, tokenizer, c.chat)
     console = Console(stderr=True)
     if template is not None:
         console.print(f"[dim]chat template: {template.name} (chat=false for raw text)[/dim]", highlight=False)
