@@ -118,10 +118,18 @@ class ChatSession:
             )
         return ids, kept, dropped
 
-    def send(self, text: str, write: Callable[[str], None] | None = None) -> Turn:
-        """Answer the user message ``text``; ``write`` receives the answer piece by piece."""
+    def send(
+        self,
+        text: str,
+        write: Callable[[str], None] | None = None,
+        on_drop: Callable[[list[Message], int], None] | None = None,
+    ) -> Turn:
+        """Answer the user message ``text``; ``write`` receives the answer piece by piece, and
+        ``on_drop(messages, prompt_tokens)`` is told before the answer starts when old messages were dropped."""
         user = {"role": "user", "content": text}
         ids, self.messages, dropped = self._fit(user)
+        if dropped and on_drop is not None:
+            on_drop(dropped, len(ids))
         reused = 0
         for a, b in zip(self.cached, ids[:-1]):  # the last prompt token is always fed: its logits start the answer
             if a != b:

@@ -22,7 +22,7 @@ from rich.markup import escape
 
 from llmkit import checks, config
 from llmkit.errors import LlmkitError
-from llmkit.generation.chat import ChatSession, Sampling, Turn
+from llmkit.generation.chat import ChatSession, Message, Sampling
 from llmkit.recipes._common import set_threads
 from llmkit.recipes.generate import chat_template, load_for_decoding
 
@@ -48,18 +48,13 @@ class Config:
     data_root: str = "data"
 
 
-def _notes(turn: Turn, block_size: int) -> list[str]:
-    """What the user should know about a turn: dropped history, an answer cut by the full context."""
-    notes = []
-    if turn.dropped:
-        users = sum(m["role"] == "user" for m in turn.dropped)
-        notes.append(
-            f"context full ({block_size} tokens): dropped the oldest {len(turn.dropped)} messages "
-            f"({users} of your turns and their answers) and re-encoded the remaining {turn.prompt_tokens} tokens"
-        )
-    if turn.cut:
-        notes.append(f"context full ({block_size} tokens): the answer was cut there; the next turn drops old turns")
-    return notes
+def dropped_note(dropped: list[Message], prompt_tokens: int, block_size: int) -> str:
+    users = sum(m["role"] == "user" for m in dropped)
+    return (
+        f"context full ({block_size} tokens): dropped the oldest {len(dropped)} messages ({users} of your turns "
+        f"and the answers to them); the rest of the conversation is re-encoded ({prompt_tokens} tokens with your "
+        "message)"
+    )
 
 
 class Repl:
@@ -95,13 +90,18 @@ class Repl:
 
     def turn(self, text: str) -> None:
         try:
-            turn = self.session.send(text, self.write)
+            turn = self.session.send(
+                text, self.write, lambda m, n: self.note(dropped_note(m, n, self.session.block_size), "yellow")
+            )
         except LlmkitError as err:
             self.note(str(err), "yellow")
             return
         self.write("\n")
-        for note in _notes(turn, self.session.block_size):
-            self.note(note, "yellow")
+        if turn.cut:
+            self.note(f"context full ({self.session.block_size} tokens): the answer was cut there; the next turn "
+                      "drops the oldest turns", "yellow")  # fmt: skip
+        elif not turn.ended:
+            self.note(f"(max_new_tokens={self.session.sampling.max_new_tokens} reached)")
         record = {"turn": self.session.turns, "user": text, "answer": turn.answer, "reused_tokens": turn.reused,
                   "fed_tokens": turn.fed, "dropped_messages": len(turn.dropped), "cut": turn.cut}  # fmt: skip
         with open(self.log, "a", encoding="utf-8") as f:

@@ -140,10 +140,10 @@ def test_template_matches_transformers_rendering_and_its_generation_mask(tmp_pat
     from llmkit.recipes.generate import Config, chat_template, encode_prompt
 
     c = Config(out_dir=str(tmp_path), checkpoint="hf:x", system="Be brief.")
-    found = chat_template({"path": "hf:x"}, ours, c)
+    found = chat_template({"path": "hf:x"}, ours, c.chat)
     assert found is not None and found.source == zephyr
     assert encode_prompt(ours, "a dog", found, c.system) == t.prompt_ids(CONV[:2])
-    assert chat_template({"path": "hf:x"}, ours, Config(out_dir=".", checkpoint="x", chat=False)) is None
+    assert chat_template({"path": "hf:x"}, ours, False) is None
 
 
 def test_a_template_that_rewrites_earlier_turns_is_refused(tok):

@@ -155,7 +155,55 @@ def test_a_full_context_says_what_was_dropped_and_ctrl_d_ends(chat_run: Path, tm
     assert PAIRS[1][1] in term.expect(">>> ")
     term.send(PAIRS[2][0])
     shown = term.expect(">>> ")
-    assert PAIRS[2][1] in shown
-    assert "context full (192 tokens): dropped the oldest 2 messages (1 of your turns and their answers)" in shown
+    note = "context full (192 tokens): dropped the oldest 2 messages (1 of your turns and the answers to them)"
+    assert shown.index(note) < shown.index(PAIRS[2][1])  # said before the answer
     os.write(term.master, b"\x04")  # Ctrl-D
     assert term.close() == 0
+
+
+@pytest.mark.slow
+def test_chat_with_an_imported_model_uses_its_own_template(tmp_path: Path) -> None:
+    """``llmkit chat checkpoint=hf:DIR`` (stdin piped): a Hugging Face model's own chat template, and
+    the answers of re-reading the conversation from scratch."""
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from llmkit import loading
+    from llmkit.data.chat_template import resolve_template
+    from llmkit.generation import generate
+    from llmkit.tokenizer import load as load_tokenizer
+
+    specials = ["<|endoftext|>", "<|user|>", "<|assistant|>"]
+    raw = Tokenizer(models.BPE())
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    raw.decoder = decoders.ByteLevel()
+    raw.train_from_iterator([" ".join(w for p in PAIRS for w in p)] * 20, trainers.BpeTrainer(
+        vocab_size=120, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))  # fmt: skip
+    zephyr = ("{% for message in messages %}{{ '<|' + message['role'] + '|>\n' + message['content'] + eos_token + "
+              "'\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}")  # fmt: skip
+    hf_dir = tmp_path / "hf"
+    torch.manual_seed(0)
+    gpt2 = transformers.GPT2Config(vocab_size=raw.get_vocab_size(), n_positions=64, n_embd=32, n_layer=2, n_head=4,
+                                   initializer_range=0.3)  # fmt: skip
+    transformers.GPT2LMHeadModel(gpt2).save_pretrained(hf_dir)
+    raw.save(str(hf_dir / "tokenizer.json"))
+    (hf_dir / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|endoftext|>", "bos_token": "<|endoftext|>",
+        "additional_special_tokens": specials[1:], "chat_template": zephyr}))  # fmt: skip
+    proc = run_llmkit("chat", f"checkpoint=hf:{hf_dir}", "temperature=0", "max_new_tokens=6", "decode_layout=false",
+                      f"out_dir={tmp_path / 'out'}", cwd=tmp_path, input=f"{PAIRS[1][0]}\n{PAIRS[2][0]}\n/exit\n")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "the model's own chat_template template, a context of 64 tokens" in " ".join(proc.stderr.split())
+    turns = [json.loads(line) for line in (tmp_path / "out" / "chat.jsonl").read_text().splitlines()]
+    assert len(turns) == 2 and turns[1]["reused_tokens"] > 0 and all(t["answer"] for t in turns)
+    model, _ = loading.load_model(f"hf:{hf_dir}")
+    tok = load_tokenizer(hf_dir)
+    template = resolve_template("auto", tok, data_format="chat")
+    conversation = []
+    for turn in turns:
+        conversation.append({"role": "user", "content": turn["user"]})
+        ids = template.prompt_ids(conversation)
+        new = [int(t) for t in generate(model, torch.tensor([ids]), max_new_tokens=6, temperature=0, use_cache=False)]
+        new = new[: new.index(tok.eos_id)] if tok.eos_id in new else new
+        assert turn["answer"] == tok.decode(new)
+        conversation.append({"role": "assistant", "content": turn["answer"]})
