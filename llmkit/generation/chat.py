@@ -13,7 +13,8 @@ the conversation rendered from scratch, so its logits are those of re-encoding t
 When a turn would not leave room for ``reply_room`` tokens of answer in ``block_size``, the oldest
 exchanges (a user turn and the answers after it) are dropped, the system message kept, and the
 rest re-encoded; ``Turn.dropped`` says how many messages went. An answer that fills the context
-stops there (``Turn.cut``).
+stops there (``Turn.cut``). An answer interrupted (an exception out of ``write``, Ctrl-C) is not
+added to the conversation; the cache stays consistent with what it holds.
 """
 
 from __future__ import annotations
@@ -154,19 +155,21 @@ class ChatSession:
             seed=s.seed + self.turns,
             kv_cache=self.cache,
         )
-        for step in steps:
-            token = int(step[0])
-            new.append(token)
-            if token in self.end_ids:
-                ended = True
-                break
-            piece = stream.push(token)
-            if write is not None and piece:
-                write(piece)
-        steps.close()
+        try:
+            for step in steps:
+                token = int(step[0])
+                new.append(token)
+                if token in self.end_ids:
+                    ended = True
+                    break
+                piece = stream.push(token)
+                if write is not None and piece:
+                    write(piece)
+        finally:  # an interrupted answer (Ctrl-C) is not kept, but the cache must say what it now holds
+            steps.close()
+            self.cached = (ids + new)[: self.cache.length]
         if write is not None and (rest := stream.flush()):
             write(rest)
-        self.cached = (ids + new)[: self.cache.length]
         fed = self.cache.length - reused
         self.fed_total += fed
         self.turns += 1

@@ -2,7 +2,7 @@
 
 Type a message and the answer streams back token by token. Commands: ``/system TEXT`` (a new
 system message; the conversation starts over), ``/reset`` (forget the conversation, keep the
-system message), ``/exit`` (or Ctrl-D). The conversation goes through the checkpoint's chat
+system message), ``/exit`` (or Ctrl-D); Ctrl-C stops an answer. The conversation goes through the checkpoint's chat
 template (the one it was fine-tuned with, or an imported model's own); the session
 (``llmkit.generation.chat``) feeds the model only the tokens its cache lacks each turn and says
 when the context is full and which turns it dropped. Each turn is appended to
@@ -122,9 +122,9 @@ class Repl:
                 continue
             try:
                 self.turn(line)
-            except KeyboardInterrupt:  # Ctrl-C while answering: end the session cleanly
+            except KeyboardInterrupt:  # Ctrl-C while answering: the answer stops, the session goes on
                 self.write("\n")
-                return
+                self.note("(interrupted: this exchange is not kept)")
 
 
 def run(cfg: Any) -> dict[str, Any]:

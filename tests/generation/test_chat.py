@@ -136,3 +136,24 @@ def test_an_answer_that_fills_the_context_is_cut_and_a_too_long_message_refused(
     with pytest.raises(LlmkitError, match="context is 60 tokens"):
         session.send("a dog runs, a cat sleeps " * 3)
     assert session.messages == before  # a refused message changes nothing
+
+
+def test_an_interrupted_answer_is_not_kept_and_the_cache_stays_consistent(tokenizer) -> None:
+    inner = chat_model(tokenizer)
+    session, template = session_of(inner, tokenizer)
+    session.send("a dog runs")
+    pieces: list[str] = []
+
+    def interrupt(piece: str) -> None:
+        pieces.append(piece)
+        if len(pieces) == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        session.send("a cat sleeps", interrupt)
+    assert len(session.messages) == 2  # only the first exchange
+    assert session.cache.length == len(session.cached)
+    turn = session.send("a dog sleeps")  # the cache holds the interrupted turn's tokens: reuse only what matches
+    prompt = template.prompt_ids(session.conversation()[:-1])
+    assert turn.reused + turn.fed - (len(tokenizer.encode(turn.answer)) + turn.ended - 1) == len(prompt)
+    assert tokenizer.decode(from_scratch(inner, prompt, 12, template.end_of_turn_id)) == turn.answer
