@@ -101,6 +101,11 @@ def test_chat_config_composes_and_a_model_without_a_template_is_refused(tmp_path
         c = config.load(compose("chat", overrides=["checkpoint=ckpt", "out_dir=x"]), Config)
     GlobalHydra.instance().clear()
     assert c.checkpoint == "ckpt" and c.reply_room == 0 and checks.problems("chat", vars(c)) == []
+    from llmkit.cli import _epilog
+
+    help_text = _epilog("chat")  # --help: the examples, and no empty "Config groups" heading (chat has none)
+    assert "llmkit chat checkpoint=runs/chat" in help_text and "Config groups" not in help_text
+    assert "Config groups" in _epilog("pretrain")
     assert checks.problems("chat", {**vars(c), "reply_room": -1, "top_p": 0}) == [
         "top_p: must be a number in (0, 1], or null (no nucleus filter), got 0", "reply_room: must be >= 0, got -1"]
     tok = train(TokenizerConfig(kind="char", vocab_size=0), ["some text"], seed=0)
