@@ -160,12 +160,12 @@ def test_a_tokenizer_without_the_template_tokens_is_a_clear_error():
     with pytest.raises(LlmkitError, match=r"lacks <\|im_start\|>, <\|im_end\|>.*chat_template=plain"):
         resolve_template("chatml", old, data_format="chat")
     assert resolve_template("auto", old, data_format="parallel").end_of_turn_id == old.eos_id  # pairs: plain
-    from llmkit.recipes.generate import Config, chat_template
+    from llmkit.recipes.generate import chat_template
 
     pretrained = {"path": "run/ckpt", "task": None}  # a pretrained checkpoint: raw text unless chat=true
-    assert chat_template(pretrained, old, Config(out_dir=".", checkpoint="x")) is None
+    assert chat_template(pretrained, old, "auto") is None
     with pytest.raises(LlmkitError, match="chat=true: run/ckpt was not fine-tuned with a chat template"):
-        chat_template(pretrained, old, Config(out_dir=".", checkpoint="x", chat=True))
+        chat_template(pretrained, old, True)
 
 
 def test_template_specs_and_bad_templates(tok, tmp_path):
