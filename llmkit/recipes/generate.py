@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from dataclasses import dataclass, field
@@ -89,18 +90,21 @@ def _check_beams(c: Config, given: set[str]) -> None:
         raise ConfigError([f"{p} (num_beams={c.num_beams})" for p in problems], where="generate")
 
 
-def _check_beam_lengths(model: Any, prompts: list[list[int]], c: Config) -> None:
-    """Beam search keeps every beam's whole continuation in the KV cache: it must fit the context."""
-    if c.num_beams == 1:
-        return
-    block = model.config.block_size
+def beam_max_new_tokens(block_size: int, prompts: list[list[int]], c: Config, given: set[str]) -> int:
+    """Beam search keeps every beam's whole continuation in the KV cache: it must fit the context.
+    A ``max_new_tokens`` typed on the command line that does not fit is refused; the config's
+    default is lowered to what fits (the caller says so)."""
     longest = max(len(p) for p in prompts)
-    if longest + c.max_new_tokens > block:
+    room = block_size - longest
+    if longest + c.max_new_tokens <= block_size:
+        return c.max_new_tokens
+    if "max_new_tokens" in given or room < 1:
         raise LlmkitError(
             f"num_beams={c.num_beams}: a prompt of {longest} tokens + max_new_tokens={c.max_new_tokens} is more than "
-            f"the model's context of {block} tokens (beam search does not slide a window over it); set "
-            f"max_new_tokens={max(0, block - longest)} or less, or shorten the prompt."
+            f"the model's context of {block_size} tokens (beam search does not slide a window over it); "
+            + (f"set max_new_tokens={room} or less, or shorten the prompt." if room >= 1 else "shorten the prompt.")
         )
+    return room
 
 
 def _cut_at_stop(text: str, stop: list[str]) -> str:
@@ -227,7 +231,15 @@ def run(cfg: Any) -> list[dict[str, Any]]:
     if note := unknown_characters_warning(tokenizer, _prompts(c)):  # silently <unk> otherwise
         console.print(f"[yellow]warning:[/yellow] {note}", markup=True, highlight=False)
     if c.num_beams > 1:
-        _check_beam_lengths(model, [encode_prompt(tokenizer, p, template, c.system) for p in _prompts(c)], c)
+        ids = [encode_prompt(tokenizer, p, template, c.system) for p in _prompts(c)]
+        fits = beam_max_new_tokens(model.config.block_size, ids, c, _command_line_keys())
+        if fits < c.max_new_tokens:
+            console.print(
+                f"[dim]beam search: max_new_tokens={fits}, what the model's context of {model.config.block_size} "
+                f"tokens leaves after the prompt (the default is {c.max_new_tokens})[/dim]",
+                highlight=False,
+            )
+            c = dataclasses.replace(c, max_new_tokens=fits)
         console.print(
             f"[dim]beam search: {c.num_beams} beams, length_penalty={c.length_penalty}; the prompt is printed, then "
             "the best continuation once the search ends (not token by token)[/dim]",

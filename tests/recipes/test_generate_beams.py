@@ -70,3 +70,17 @@ def test_cli_refuses_what_beam_search_cannot_honour(tiny_run: Path, tmp_path: Pa
     assert "context of 16 tokens" in too_long.stderr and "max_new_tokens=12 or less" in too_long.stderr
     # num_beams < 1 is a value out of range, found with the config's other values (before Hydra runs)
     assert checks.problems("generate", {"num_beams": 0}) == ["num_beams: must be >= 1, got 0"]
+
+
+def test_a_default_max_new_tokens_is_lowered_to_the_context_a_typed_one_refused() -> None:
+    from llmkit.errors import LlmkitError
+    from llmkit.recipes.generate import Config, beam_max_new_tokens
+
+    c = Config(out_dir=".", checkpoint="x", num_beams=4, max_new_tokens=200)
+    prompts = [[1] * 20, [1] * 28]
+    assert beam_max_new_tokens(128, prompts, c, given=set()) == 100  # the longest prompt's room
+    assert beam_max_new_tokens(256, prompts, c, given={"max_new_tokens"}) == 200  # it fits
+    with pytest.raises(LlmkitError, match="set max_new_tokens=100 or less"):
+        beam_max_new_tokens(128, prompts, c, given={"max_new_tokens"})
+    with pytest.raises(LlmkitError, match="shorten the prompt"):
+        beam_max_new_tokens(28, prompts, c, given=set())
