@@ -89,6 +89,8 @@ RULES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "early_stopping.patience": _at_least(1, integer=True),
     },
     "generate": _DECODING,
+    "chat": {k: v for k, v in _DECODING.items() if k not in ("num_samples", "num_beams")}
+    | {"reply_room": _at_least(0, integer=True)},
     "evaluate": {
         "batch_size": _at_least(1, integer=True),
         "max_tokens": _at_least(0, integer=True),

@@ -38,8 +38,10 @@ def _epilog(command: str) -> str:
     recipe = RECIPES[command]
     lines = ["[bold]Examples[/bold]"]
     lines += [escape(f"  llmkit {command} {ex}") for ex in recipe.examples]
-    lines += ["[bold]Config groups[/bold] (pick one with group=option)"]
-    for group, options in paths.config_groups(command).items():
+    groups = paths.config_groups(command)
+    if groups:
+        lines += ["[bold]Config groups[/bold] (pick one with group=option)"]
+    for group, options in groups.items():
         lines.append(f"  {group}: {', '.join(options)}")
     lines.append(f"Show the composed config: llmkit {command} --cfg job")
     return "\n\n".join(lines)

@@ -12,7 +12,7 @@ prompt + max_new_tokens > block_size raises ``ValueError``.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Collection, Generator, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -121,7 +121,8 @@ def generate(
     stop_ids: list[list[int]] | None = None,
     seed: int | None = None,
     use_cache: bool = True,
-) -> Iterator[Tensor]:
+    kv_cache: KVCache | None = None,
+) -> Generator[Tensor, None, None]:
     """Stream up to ``max_new_tokens`` new tokens for ``prompt_ids`` (B, T): yields (B,) per step.
 
     A row finishes when it samples ``eos_id`` or its tokens (prompt included) end with one of
@@ -130,6 +131,11 @@ def generate(
     reproducible with a private ``torch.Generator``; without it the global RNG is used. See the
     module docstring for the cache and ``block_size``. Arguments are checked at call time; the
     model runs in eval mode under ``torch.inference_mode`` while the generator is consumed.
+
+    ``kv_cache``: the caller's cache, holding the keys and values of the first ``kv_cache.length``
+    tokens of ``prompt_ids`` (a chat's history): only the rest of the prompt is fed, and the cache
+    keeps every token fed (the prompt and all new tokens but the last) for the caller's next call.
+    Everything must fit it: ``T + max_new_tokens - 1 <= kv_cache.max_len``.
     """
     _check_sampling_args(temperature, top_k, top_p)
     if prompt_ids.dim() != 2 or prompt_ids.shape[1] == 0:
@@ -143,6 +149,14 @@ def generate(
     fill_id = eos_id if eos_id is not None else model.config.pad_token_id
     if stop_ids and fill_id is None and prompt_ids.shape[0] > 1:
         raise ValueError("stop_ids with batch > 1 needs eos_id or config.pad_token_id to fill finished rows")
+    if kv_cache is not None:
+        T = prompt_ids.shape[1]
+        if kv_cache.length >= T:
+            raise ValueError(f"kv_cache holds {kv_cache.length} tokens, the prompt {T}: at least one must be fed")
+        if T + max_new_tokens - 1 > kv_cache.max_len:
+            raise ValueError(
+                f"prompt {T} + max_new_tokens {max_new_tokens} - 1 exceeds kv_cache.max_len {kv_cache.max_len}"
+            )
     stops = [torch.tensor(s, dtype=prompt_ids.dtype, device=prompt_ids.device) for s in stop_ids or []]
     generator = None
     if seed is not None:
@@ -160,6 +174,7 @@ def generate(
         fill_id=fill_id,
         generator=generator,
         use_cache=use_cache,
+        kv_cache=kv_cache,
     )
 
 
@@ -178,7 +193,8 @@ def _generate(
     fill_id: int | None,
     generator: torch.Generator | None,
     use_cache: bool,
-) -> Iterator[Tensor]:
+    kv_cache: KVCache | None,
+) -> Generator[Tensor, None, None]:
     block_size = model.config.block_size
     B = prompt_ids.shape[0]
     with _eval_mode(model):
@@ -187,7 +203,9 @@ def _generate(
         # Slots for every token the cache will see (the prompt and all but the last new token),
         # not block_size: a full-context cache of a GPT-2-small model is 300 MB to allocate and zero.
         cache_len = min(block_size, prompt_ids.shape[1] + max_new_tokens)
-        cache = model.init_kv_cache(B, cache_len) if use_cache else None
+        cache = model.init_kv_cache(B, cache_len) if use_cache and kv_cache is None else kv_cache
+        if kv_cache is not None:
+            cache_len = kv_cache.max_len
         for _ in range(max_new_tokens):
             if cache is not None and tokens.shape[1] <= cache_len:
                 # The whole prompt on the first step (prefill), then just the newest token.
@@ -218,16 +236,18 @@ def beam_search(
     num_beams: int,
     max_new_tokens: int,
     length_penalty: float = 1.0,
-    eos_id: int | None = None,
+    eos_id: int | Collection[int] | None = None,
 ) -> list[int]:
     """The best continuation (new token ids, eos included if it ended there) of one prompt (1, T).
 
-    HF-style beam search: each step extends every live beam, ranks the 2 * num_beams best
-    (beam, token) pairs by summed log-probability, sets the eos-ending ones among the top
-    num_beams aside as finished hypotheses scored ``sum_logprob / n_new_tokens**length_penalty``
-    and keeps the best num_beams others live. It stops when num_beams hypotheses are finished and
-    none beats the best live beam's current score (HF's ``early_stopping=False``), or after
-    max_new_tokens, when the live beams join the hypotheses. The cache is reordered each step.
+    Hugging Face's beam search (``generate(num_beams=K, do_sample=False)``, ``early_stopping=False``):
+    each step extends every live beam, ranks the (1 + n_eos) * K best (beam, token) pairs (at least
+    2 * K) by summed log-probability, sets the eos-ending ones among the top K aside as finished
+    hypotheses scored ``sum_logprob / n_new_tokens**length_penalty`` (eos counted) and keeps the
+    best K others live. It stops early when K hypotheses are finished and none is worse than the
+    best live beam's score at its current length, or after max_new_tokens, when the live beams
+    join the hypotheses. ``eos_id``: one id or several (a chat model's end of turn and eos). The
+    cache is reordered each step.
     """
     if prompt_ids.dim() != 2 or prompt_ids.shape[0] != 1 or prompt_ids.shape[1] == 0:
         raise ValueError(f"beam_search takes one prompt of shape (1, T), got {tuple(prompt_ids.shape)}")
@@ -236,6 +256,7 @@ def beam_search(
     total = prompt_ids.shape[1] + max_new_tokens
     if total > model.config.block_size:
         raise ValueError(f"prompt + max_new_tokens = {total} exceeds block_size {model.config.block_size}")
+    eos = {eos_id} if isinstance(eos_id, int) else set(eos_id or ())
     device = prompt_ids.device
     with _eval_mode(model):
         cache = model.init_kv_cache(num_beams, total)
@@ -250,19 +271,20 @@ def beam_search(
             logprobs = F.log_softmax(logits.float(), dim=-1)  # (K, V)
             vocab = logprobs.shape[-1]
             scores = (beam_scores[:, None] + logprobs).view(-1)  # (K * V,) summed log-probs
-            top_scores, top_flat = scores.topk(min(2 * num_beams, scores.numel()))
+            keep = max(2, 1 + len(eos)) * num_beams  # enough candidates for K live beams after eos ones
+            top_scores, top_flat = scores.topk(min(keep, scores.numel()))
             live: list[tuple[float, int, int]] = []  # (score, source beam, token), best first
             for rank, (score, flat) in enumerate(zip(top_scores.tolist(), top_flat.tolist(), strict=True)):
                 beam, token = divmod(flat, vocab)
-                if token != eos_id:
+                if token not in eos:
                     live.append((score, beam, token))
                     if len(live) == num_beams:
                         break
                 elif rank < num_beams and score > -math.inf:
                     finished.append((score / (step + 1) ** length_penalty, beams[beam] + [token]))
-            finished = sorted(finished, reverse=True)[:num_beams]
+            finished = sorted(finished, key=lambda f: f[0], reverse=True)[:num_beams]
             if len(finished) == num_beams and finished[-1][0] >= live[0][0] / (step + 1) ** length_penalty:
-                return finished[0][1]
+                return finished[0][1]  # early stop: no live beam is expected to beat a finished one
             beams = [beams[beam] + [token] for _, beam, token in live]
             beam_scores = torch.tensor([score for score, _, _ in live], device=device)
             if step + 1 < max_new_tokens:
@@ -273,4 +295,4 @@ def beam_search(
             (score / max_new_tokens**length_penalty, beam)
             for score, beam in zip(beam_scores.tolist(), beams, strict=True)
         ]
-        return max(finished)[1]
+        return max(finished, key=lambda f: f[0])[1]

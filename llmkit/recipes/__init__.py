@@ -81,11 +81,22 @@ RECIPES: dict[str, Recipe] = {
         Recipe(
             name="generate",
             module="llmkit.recipes.generate",
-            help="Generate text from a checkpoint (greedy, temperature, top-k, top-p; KV cache), streamed.",
+            help="Generate text from a checkpoint (greedy, temperature, top-k, top-p, beam search; KV cache), streamed.",
             examples=(
                 "checkpoint=runs/shakespeare prompt='ROMEO:' max_new_tokens=300",
                 "checkpoint=runs/shakespeare temperature=0 prompt='To be'   # greedy",
+                "checkpoint=runs/shakespeare prompt='ROMEO:' num_beams=4 length_penalty=1.0   # beam search",
                 "checkpoint=runs/shakespeare prompt_file=prompts.txt top_p=0.9 num_samples=3",
+            ),
+        ),
+        Recipe(
+            name="chat",
+            module="llmkit.recipes.chat",
+            help="Chat with a model fine-tuned on chat data (or hf:DIR), streamed; the KV cache kept across turns.",
+            examples=(
+                "checkpoint=runs/chat                      # then type; /system TEXT, /reset, /exit",
+                "checkpoint=runs/chat temperature=0 system='Translate to German.'",
+                "checkpoint=hf:path/to/SmolLM2-135M-Instruct top_p=0.9 max_new_tokens=300",
             ),
         ),
         Recipe(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from llmkit import checks, config, loading
 from llmkit.errors import ConfigError, DataError, LlmkitError
 from llmkit.generation import beam_search, generate
 from llmkit.generation.decode_layout import to_decode_layout
+from llmkit.generation.text import TextStream
 from llmkit.recipes._common import resolve_device, set_threads
 from llmkit.tokenizer.char import unknown_characters_warning
 
@@ -60,8 +62,19 @@ def _prompts(c: Config) -> list[str]:
     return prompts
 
 
-def _check_beams(c: Config) -> None:
-    """Settings that beam search cannot honour, refused before any output."""
+def _command_line_keys() -> set[str]:
+    """The keys set on the command line (``key=value``, ``+key=value``); none for Python callers of ``run``."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return set()
+    return {o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task}
+
+
+def _check_beams(c: Config, given: set[str]) -> None:
+    """Settings that beam search cannot honour, refused before any output. Beam search is
+    deterministic (transformers' ``do_sample=False``): sampling settings typed on the command line
+    with it are refused (the config's defaults for sampling are simply unused)."""
     if c.num_beams == 1:
         return
     problems = []
@@ -69,8 +82,29 @@ def _check_beams(c: Config) -> None:
         problems.append(f"num_samples={c.num_samples}: beam search is deterministic, every sample would be the same")
     if c.repetition_penalty != 1.0:
         problems.append(f"repetition_penalty={c.repetition_penalty}: beam search ranks plain log-probabilities")
+    sampling = {"temperature": c.temperature, "top_k": c.top_k, "top_p": c.top_p}
+    for key, value in sampling.items():
+        if key in given and value not in (None, 0):
+            problems.append(f"{key}={value}: beam search samples nothing (drop {key}, or set num_beams=1 to sample)")
     if problems:
         raise ConfigError([f"{p} (num_beams={c.num_beams})" for p in problems], where="generate")
+
+
+def beam_max_new_tokens(block_size: int, prompts: list[list[int]], c: Config, given: set[str]) -> int:
+    """Beam search keeps every beam's whole continuation in the KV cache: it must fit the context.
+    A ``max_new_tokens`` typed on the command line that does not fit is refused; the config's
+    default is lowered to what fits (the caller says so)."""
+    longest = max(len(p) for p in prompts)
+    room = block_size - longest
+    if longest + c.max_new_tokens <= block_size:
+        return c.max_new_tokens
+    if "max_new_tokens" in given or room < 1:
+        raise LlmkitError(
+            f"num_beams={c.num_beams}: a prompt of {longest} tokens + max_new_tokens={c.max_new_tokens} is more than "
+            f"the model's context of {block_size} tokens (beam search does not slide a window over it); "
+            + (f"set max_new_tokens={room} or less, or shorten the prompt." if room >= 1 else "shorten the prompt.")
+        )
+    return room
 
 
 def _cut_at_stop(text: str, stop: list[str]) -> str:
@@ -78,10 +112,10 @@ def _cut_at_stop(text: str, stop: list[str]) -> str:
     return text[: min(hit)] if hit else text
 
 
-def chat_template(meta: dict[str, Any], tokenizer: Any, c: Config) -> Any:
+def chat_template(meta: dict[str, Any], tokenizer: Any, mode: Literal["auto"] | bool) -> Any:
     """The chat template to prompt with, or None for raw text: with ``chat=auto`` the template of a
     checkpoint fine-tuned with one, else an imported model's own (``chat_template`` in its tokenizer)."""
-    if c.chat is False:
+    if mode is False:
         return None
     if meta.get("task") == "sft" and meta.get("chat_template"):
         from llmkit.finetune.tasks import checkpoint_template
@@ -91,7 +125,7 @@ def chat_template(meta: dict[str, Any], tokenizer: Any, c: Config) -> Any:
         from llmkit.data.chat_template import resolve_template
 
         return resolve_template("auto", tokenizer, data_format="chat")
-    if c.chat is True:
+    if mode is True:
         raise LlmkitError(
             f"chat=true: {meta['path']} was not fine-tuned with a chat template (objective=sft) and its tokenizer "
             "has none; generate from it with chat=auto or chat=false."
@@ -133,14 +167,13 @@ def complete(
             num_beams=c.num_beams,
             max_new_tokens=c.max_new_tokens,
             length_penalty=c.length_penalty,
-            eos_id=stop_id,
+            eos_id=sorted({stop_id, tokenizer.eos_id}),
         )
         final = _cut_at_stop(tokenizer.decode([t for t in best if t not in (stop_id, tokenizer.eos_id)]), c.stop)
         if write is not None:
             write(final)
         return final
-    new: list[int] = []
-    shown = ""
+    stream = TextStream(tokenizer, c.stop)
     for step_ids in generate(
         model,
         prompt_ids,
@@ -157,44 +190,61 @@ def complete(
         token = int(step_ids[0])
         if token in (stop_id, tokenizer.eos_id):
             break
-        new.append(token)
-        text = tokenizer.decode(new)
-        hit = [text.index(s) for s in c.stop if s in text]
-        if hit:
-            text = text[: min(hit)]
-        if write is not None and not text.endswith("\ufffd") and len(text) > len(shown):
-            write(text[len(shown) :])  # decode the whole tail: a piece may complete a multi-byte character
-            shown = text
-        if hit:
+        piece = stream.push(token)
+        if write is not None and piece:
+            write(piece)
+        if stream.stopped:
             break
-    final = _cut_at_stop(tokenizer.decode(new), c.stop)
-    if write is not None and len(final) > len(shown):
-        write(final[len(shown) :])
-    return final
+    rest = stream.flush()
+    if write is not None and rest:
+        write(rest)
+    return stream.text
+
+
+def load_for_decoding(
+    checkpoint: str, *, device: str, decode_layout: Literal["auto"] | bool
+) -> tuple[Any, dict[str, Any], Any]:
+    """The model (in the decode layout on the CPU with ``auto``), its checkpoint meta and its tokenizer."""
+    from llmkit.tokenizer import load as load_tokenizer
+
+    model, meta = loading.load_model(checkpoint, device=resolve_device(device))
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    if decode_layout is True or (decode_layout == "auto" and on_cpu):
+        to_decode_layout(model)  # these commands only decode: matrix-vector products on every core
+    if not meta.get("tokenizer_dir"):
+        raise LlmkitError(f"{meta['path']} has no tokenizer files; this command needs one.")
+    return model, meta, load_tokenizer(meta["tokenizer_dir"])
 
 
 def run(cfg: Any) -> list[dict[str, Any]]:
     c = config.load(cfg, Config)
     checks.require("generate", c)  # every value out of range, before the prompt is echoed
-    _check_beams(c)
-    from llmkit.tokenizer import load as load_tokenizer
-
+    _check_beams(c, _command_line_keys())
     if c.num_samples < 1 or c.max_new_tokens < 0:
         raise LlmkitError("num_samples must be >= 1 and max_new_tokens >= 0.")
     set_threads(c.threads)
-    model, meta = loading.load_model(c.checkpoint, device=resolve_device(c.device))
-    on_cpu = next(model.parameters()).device.type == "cpu"
-    if c.decode_layout is True or (c.decode_layout == "auto" and on_cpu):
-        to_decode_layout(model)  # this command only decodes: matrix-vector products on every core
-    if not meta.get("tokenizer_dir"):
-        raise LlmkitError(f"{meta['path']} has no tokenizer files; this command needs one.")
-    tokenizer = load_tokenizer(meta["tokenizer_dir"])
-    template = chat_template(meta, tokenizer, c)
+    model, meta, tokenizer = load_for_decoding(c.checkpoint, device=c.device, decode_layout=c.decode_layout)
+    template = chat_template(meta, tokenizer, c.chat)
     console = Console(stderr=True)
     if template is not None:
         console.print(f"[dim]chat template: {template.name} (chat=false for raw text)[/dim]", highlight=False)
     if note := unknown_characters_warning(tokenizer, _prompts(c)):  # silently <unk> otherwise
         console.print(f"[yellow]warning:[/yellow] {note}", markup=True, highlight=False)
+    if c.num_beams > 1:
+        ids = [encode_prompt(tokenizer, p, template, c.system) for p in _prompts(c)]
+        fits = beam_max_new_tokens(model.config.block_size, ids, c, _command_line_keys())
+        if fits < c.max_new_tokens:
+            console.print(
+                f"[dim]beam search: max_new_tokens={fits}, what the model's context of {model.config.block_size} "
+                f"tokens leaves after the prompt (the default is {c.max_new_tokens})[/dim]",
+                highlight=False,
+            )
+            c = dataclasses.replace(c, max_new_tokens=fits)
+        console.print(
+            f"[dim]beam search: {c.num_beams} beams, length_penalty={c.length_penalty}; the prompt is printed, then "
+            "the best continuation once the search ends (not token by token)[/dim]",
+            highlight=False,
+        )
     out = sys.stdout
 
     def write(piece: str) -> None:

@@ -140,10 +140,10 @@ def test_template_matches_transformers_rendering_and_its_generation_mask(tmp_pat
     from llmkit.recipes.generate import Config, chat_template, encode_prompt
 
     c = Config(out_dir=str(tmp_path), checkpoint="hf:x", system="Be brief.")
-    found = chat_template({"path": "hf:x"}, ours, c)
+    found = chat_template({"path": "hf:x"}, ours, c.chat)
     assert found is not None and found.source == zephyr
     assert encode_prompt(ours, "a dog", found, c.system) == t.prompt_ids(CONV[:2])
-    assert chat_template({"path": "hf:x"}, ours, Config(out_dir=".", checkpoint="x", chat=False)) is None
+    assert chat_template({"path": "hf:x"}, ours, False) is None
 
 
 def test_a_template_that_rewrites_earlier_turns_is_refused(tok):
@@ -160,12 +160,12 @@ def test_a_tokenizer_without_the_template_tokens_is_a_clear_error():
     with pytest.raises(LlmkitError, match=r"lacks <\|im_start\|>, <\|im_end\|>.*chat_template=plain"):
         resolve_template("chatml", old, data_format="chat")
     assert resolve_template("auto", old, data_format="parallel").end_of_turn_id == old.eos_id  # pairs: plain
-    from llmkit.recipes.generate import Config, chat_template
+    from llmkit.recipes.generate import chat_template
 
     pretrained = {"path": "run/ckpt", "task": None}  # a pretrained checkpoint: raw text unless chat=true
-    assert chat_template(pretrained, old, Config(out_dir=".", checkpoint="x")) is None
+    assert chat_template(pretrained, old, "auto") is None
     with pytest.raises(LlmkitError, match="chat=true: run/ckpt was not fine-tuned with a chat template"):
-        chat_template(pretrained, old, Config(out_dir=".", checkpoint="x", chat=True))
+        chat_template(pretrained, old, True)
 
 
 def test_template_specs_and_bad_templates(tok, tmp_path):
