@@ -18,7 +18,7 @@ from llmkit import checkpoint
 from llmkit.data.task_batches import collate
 from llmkit.finetune.lora import apply_lora, load_adapters
 from llmkit.finetune.pretrained import build_task_model, load_pretrained
-from llmkit.finetune.tasks import encode_task, load_task_data
+from llmkit.finetune.tasks import checkpoint_template, encode_task, load_task_data
 from llmkit.hf import export_hf
 from llmkit.model import CausalLM, MaskedLM, ModelConfig
 
@@ -120,8 +120,9 @@ def _batch(run: Path, meta: dict, tokenizer, encoder: bool) -> dict[str, torch.T
 
     saved = checkpoint.saved_config(checkpoint.resolve(run))["data"]
     rows = load_task_data(meta["task"], config.load(saved, DataConfig), "eval")[:6]
+    template = checkpoint_template(meta, tokenizer) if meta["task"] == "sft" else None
     ex = encode_task(meta["task"], rows, tokenizer, meta["labels"], max_len=24, encoder=encoder,
-                     template=meta.get("prompt_template", ""), source="t")  # fmt: skip
+                     template=template, source="t")  # fmt: skip
     b = collate(ex, tokenizer.pad_id)
     assert (b["attention_mask"] == 0).any()
     return b
