@@ -113,6 +113,8 @@ def check_config(cfg: DataConfig) -> None:
     problems = []
     if not isinstance(cfg.min_chars, int) or cfg.min_chars < 0:
         problems.append(f"data.min_chars: must be an integer >= 0 (0: no length filter), got {cfg.min_chars!r}")
+    if not isinstance(cfg.shard_tokens, int) or cfg.shard_tokens < 1:
+        problems.append(f"data.shard_tokens: must be an integer >= 1 (tokens per shard file), got {cfg.shard_tokens!r}")
     if not 0.0 <= cfg.val_fraction < 1.0:
         problems.append(f"data.val_fraction: {cfg.val_fraction} is not in [0, 1)")
     if cfg.doc_separator == "":

@@ -18,12 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from llmkit.data.loader import read_windows
+from llmkit.data.loader import Tokens, read_windows
+from llmkit.data.sharded import ShardedTokens
 from llmkit.errors import DataError, LlmkitError
 from llmkit.tokenizer.base import Tokenizer
 
 FORMAT = "llmkit.dataset"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: each split lists its shards; 1 (still read): one train.bin / val.bin per dataset
 META_FILE = "meta.json"
 TOKENIZER_DIR = "tokenizer"
 SPLITS = ("train", "val")
@@ -35,19 +36,22 @@ _SAMPLE_WINDOWS = 64  # windows checked in a larger shard (4M tokens: a cheap lo
 
 @dataclass
 class Dataset:
-    """A complete dataset directory: ``meta``, memory-mapped ``train``/``val`` arrays, the tokenizer."""
+    """A complete dataset directory: ``meta``, the ``train``/``val`` token streams, the tokenizer.
+
+    A split of one shard is its memory map; of several, a :class:`ShardedTokens` view of their maps.
+    """
 
     path: Path
     meta: dict
-    train: np.ndarray
-    val: np.ndarray
+    train: Tokens
+    val: Tokens
     tokenizer: Tokenizer
 
     @property
     def eos_id(self) -> int:
         return int(self.meta["document_separator"]["id"])
 
-    def split(self, name: str) -> np.ndarray:
+    def split(self, name: str) -> Tokens:
         if name not in SPLITS:
             raise KeyError(f"no split {name!r}; a dataset has {', '.join(SPLITS)}")
         return self.train if name == "train" else self.val
@@ -57,7 +61,7 @@ class Dataset:
         return iter_documents(self.split(name), self.eos_id)
 
 
-def iter_documents(tokens: np.ndarray, eos_id: int, *, window: int = 1 << 24) -> Iterator[np.ndarray]:
+def iter_documents(tokens: Tokens, eos_id: int, *, window: int = 1 << 24) -> Iterator[np.ndarray]:
     """Split a flat shard at ``eos_id``; scans ``window`` tokens at a time (bounded memory)."""
     start = 0
     n = len(tokens)
@@ -66,7 +70,7 @@ def iter_documents(tokens: np.ndarray, eos_id: int, *, window: int = 1 << 24) ->
         for e in ends.tolist():
             yield np.asarray(tokens[start:e])
             start = e + 1
-    if start < n:  # a shard always ends with eos; anything after it is a truncated document
+    if start < n:  # a split always ends with eos; anything after it is a truncated document
         yield np.asarray(tokens[start:n])
 
 
@@ -95,29 +99,48 @@ def open_dataset(path: str | os.PathLike) -> Dataset:
             f"({FORMAT_VERSION}); upgrade llmkit."
         )
     dtype = np.dtype(meta["dtype"])
-    arrays = {}
+    maps: dict[str, list[tuple[Path, np.ndarray]]] = {}
     for split in SPLITS:
-        info = meta["splits"][split]
-        file = path / info["file"]
-        if not file.is_file():
-            raise LlmkitError(f"{file}: missing; {META_FILE} lists {info['tokens']} {split} tokens.")
-        size, want = file.stat().st_size, info["tokens"] * dtype.itemsize
-        if size != want:
-            raise LlmkitError(
-                f"{file}: {size} bytes, but {META_FILE} says {info['tokens']} tokens x {dtype.itemsize} bytes = {want}; "
-                "the shard is truncated or from another run. Re-run `llmkit tokenize`."
-            )
-        arrays[split] = np.memmap(file, dtype=dtype, mode="r") if size else np.zeros(0, dtype=dtype)
+        maps[split] = []
+        for shard in split_shards(meta, split):
+            file = path / shard["file"]
+            if not file.is_file():
+                raise LlmkitError(
+                    f"{file}: missing; {META_FILE} lists it with {shard['tokens']} {split} tokens. Re-run `llmkit tokenize`."
+                )
+            size, want = file.stat().st_size, shard["tokens"] * dtype.itemsize
+            if size != want:
+                raise LlmkitError(
+                    f"{file}: {size} bytes, but {META_FILE} says {shard['tokens']} tokens x {dtype.itemsize} bytes = "
+                    f"{want}; the shard is truncated or from another run. Re-run `llmkit tokenize`."
+                )
+            maps[split].append((file, np.memmap(file, dtype=dtype, mode="r") if size else np.zeros(0, dtype=dtype)))
     tokenizer = load(path / meta["tokenizer"]["dir"])
     vocab = int(meta.get("vocab_size") or tokenizer.vocab_size)
     for split in SPLITS:  # a cheap look at the ids: all of a small shard, spread windows of a large one
-        check_ids(arrays[split], vocab, path / meta["splits"][split]["file"], dataset=path, full=False)
+        for file, tokens in maps[split]:
+            check_ids(tokens, vocab, file, dataset=path, full=False)
     if tokenizer.checksum() != meta["tokenizer"]["checksum"]:
         raise LlmkitError(
             f"{path / meta['tokenizer']['dir']}: the tokenizer's checksum does not match {meta_path}; the shards "
             "were encoded with another tokenizer. Re-run `llmkit tokenize`."
         )
-    return Dataset(path=path, meta=meta, train=arrays["train"], val=arrays["val"], tokenizer=tokenizer)
+    streams = {s: _stream([t for _, t in maps[s]], dtype) for s in SPLITS}
+    return Dataset(path=path, meta=meta, train=streams["train"], val=streams["val"], tokenizer=tokenizer)
+
+
+def split_shards(meta: dict, split: str) -> list[dict]:
+    """The shards of ``split`` (``file``, ``tokens``, ``sha256`` or None), in stream order, for either
+    format version (1: one ``file`` per split)."""
+    info = meta["splits"][split]
+    if "shards" in info:
+        return list(info["shards"])
+    return [{"file": info["file"], "tokens": info["tokens"], "sha256": info.get("sha256")}]
+
+
+def _stream(shards: list[np.ndarray], dtype: np.dtype) -> Tokens:
+    """One shard as it is (its memory map); several as one :class:`ShardedTokens` stream."""
+    return shards[0] if len(shards) == 1 else ShardedTokens(shards, dtype)
 
 
 def check_ids(tokens: np.ndarray, vocab_size: int, file: Path, *, dataset: Path, full: bool = True) -> None:
@@ -157,14 +180,18 @@ def verify_dataset(path: str | os.PathLike) -> dict[str, Any]:
     vocab = int(ds.meta.get("vocab_size") or ds.tokenizer.vocab_size)
     report = {}
     for split in SPLITS:
+        recorded = True
+        for shard in split_shards(ds.meta, split):
+            file = ds.path / shard["file"]
+            want = shard.get("sha256")
+            recorded &= want is not None
+            if want is not None and sha256_file(file) != want:
+                raise DataError(
+                    f"{file} does not match its sha256 in {ds.path / META_FILE}: the shard was modified or damaged "
+                    "after it was written. Re-run `llmkit tokenize` to rebuild it."
+                )
+            tokens = np.memmap(file, dtype=np.dtype(ds.meta["dtype"]), mode="r") if shard["tokens"] else np.zeros(0)
+            check_ids(tokens, vocab, file, dataset=ds.path, full=True)
         info = ds.meta["splits"][split]
-        file = ds.path / info["file"]
-        want = info.get("sha256")
-        if want is not None and sha256_file(file) != want:
-            raise DataError(
-                f"{file} does not match its sha256 in {ds.path / META_FILE}: the shard was modified or damaged "
-                "after it was written. Re-run `llmkit tokenize` to rebuild it."
-            )
-        check_ids(ds.split(split), vocab, file, dataset=ds.path, full=True)
-        report[split] = {"tokens": int(info["tokens"]), "sha256": "ok" if want is not None else "not recorded"}
+        report[split] = {"tokens": int(info["tokens"]), "sha256": "ok" if recorded else "not recorded"}
     return report

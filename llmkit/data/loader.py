@@ -12,11 +12,17 @@ from __future__ import annotations
 import mmap
 import os
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
 import torch
 
 from llmkit.errors import DataError
+
+if TYPE_CHECKING:
+    from llmkit.data.sharded import ShardedTokens
+
+Tokens = Union[np.ndarray, "ShardedTokens"]  # one shard (a memmap) or several read as one stream
 
 _VAL_STREAM = 0x5EED_0001  # separates the validation draws from the training ones
 
@@ -25,7 +31,7 @@ def _rng(*words: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(w) & 0xFFFFFFFF for w in words]))
 
 
-def read_windows(tokens: np.ndarray, starts: np.ndarray, length: int) -> np.ndarray:
+def read_windows(tokens: Tokens, starts: np.ndarray, length: int) -> np.ndarray:
     """``tokens[s : s + length]`` for each ``s`` of ``starts``, as one (len(starts), length) int64 array.
 
     A memory-mapped shard is read with ``os.pread``: slicing the map would map the pages touched
@@ -33,6 +39,8 @@ def read_windows(tokens: np.ndarray, starts: np.ndarray, length: int) -> np.ndar
     random windows map most of a shard) and the resident memory would grow with the corpus;
     ``pread`` copies just the bytes asked for (``scripts/bench_memory.py`` measures both).
     """
+    if hasattr(tokens, "windows"):  # several shards as one stream (llmkit.data.sharded)
+        return tokens.windows(starts, length)
     # only a whole-file map (its base is the mmap itself): a slice of one keeps the parent's offset
     whole_map = None
     if isinstance(tokens, np.memmap) and isinstance(tokens.base, mmap.mmap) and tokens.ndim == 1:
@@ -65,7 +73,7 @@ class RandomWindows:
 
     def __init__(
         self,
-        tokens: np.ndarray,
+        tokens: Tokens,
         *,
         block_size: int,
         batch_size: int,
@@ -105,7 +113,7 @@ class RandomWindows:
             yield self._gather(self.offsets(_VAL_STREAM, i))
 
 
-def sequential_windows(tokens: np.ndarray, *, block_size: int, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
+def sequential_windows(tokens: Tokens, *, block_size: int, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
     """Every token of ``tokens`` predicted exactly once, in non-overlapping windows (for evaluation).
 
     The last window may be shorter; ``labels`` is padded with -100 (ignored) to make a full batch.

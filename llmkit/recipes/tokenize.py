@@ -193,7 +193,7 @@ def _encode(c: Config, tok: Any, corpus: Any, out: Path) -> dict:
     workers = encode_workers(c.workers, corpus.text_bytes, c.encode_backend)
     t_enc = time.perf_counter()
     with (
-        DatasetWriter(out, tok) as writer,
+        DatasetWriter(out, tok, shard_tokens=c.data.shard_tokens) as writer,
         ShardEncoder(tok, tokenizer_dir=writer.staged_tokenizer, workers=workers, backend=c.encode_backend) as encoder,
         progress("encode", total=corpus.total_bytes, unit="bytes", enabled=c.progress) as bar,
     ):
