@@ -9,20 +9,15 @@ For data parallelism the *global* batch is drawn first and rank ``r`` takes its 
 
 from __future__ import annotations
 
-import mmap
-import os
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Union
 
 import numpy as np
 import torch
 
+from llmkit.data.sharded import ShardedTokens, read_shard_windows
 from llmkit.errors import DataError
 
-if TYPE_CHECKING:
-    from llmkit.data.sharded import ShardedTokens
-
-Tokens = Union[np.ndarray, "ShardedTokens"]  # one shard (a memmap) or several read as one stream
+Tokens = np.ndarray | ShardedTokens  # one shard (a memmap) or several read as one stream
 
 _VAL_STREAM = 0x5EED_0001  # separates the validation draws from the training ones
 
@@ -32,36 +27,11 @@ def _rng(*words: int) -> np.random.Generator:
 
 
 def read_windows(tokens: Tokens, starts: np.ndarray, length: int) -> np.ndarray:
-    """``tokens[s : s + length]`` for each ``s`` of ``starts``, as one (len(starts), length) int64 array.
-
-    A memory-mapped shard is read with ``os.pread``: slicing the map would map the pages touched
-    into this process (on recent kernels whole large folios of the page cache, so a few hundred
-    random windows map most of a shard) and the resident memory would grow with the corpus;
-    ``pread`` copies just the bytes asked for (``scripts/bench_memory.py`` measures both).
-    """
-    if hasattr(tokens, "windows"):  # several shards as one stream (llmkit.data.sharded)
+    """``tokens[s : s + length]`` for each ``s`` of ``starts``, as one (len(starts), length) int64 array,
+    read without mapping pages into this process (:func:`llmkit.data.sharded.read_shard_windows`)."""
+    if isinstance(tokens, ShardedTokens):  # several shards as one stream
         return tokens.windows(starts, length)
-    # only a whole-file map (its base is the mmap itself): a slice of one keeps the parent's offset
-    whole_map = None
-    if isinstance(tokens, np.memmap) and isinstance(tokens.base, mmap.mmap) and tokens.ndim == 1:
-        whole_map = tokens
-    path = whole_map.filename if whole_map is not None else None
-    if whole_map is None or path is None or not hasattr(os, "pread"):
-        return np.stack([np.asarray(tokens[s : s + length]) for s in starts]).astype(np.int64)
-    item = tokens.dtype.itemsize
-    rows = np.empty((len(starts), length), dtype=tokens.dtype)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        for row, s in enumerate(starts):
-            data = os.pread(fd, length * item, whole_map.offset + int(s) * item)
-            if len(data) != length * item:
-                raise DataError(
-                    f"{path}: expected {length} tokens at token {int(s)}, the file ends first (truncated?)."
-                )
-            rows[row] = np.frombuffer(data, dtype=tokens.dtype)
-    finally:
-        os.close(fd)
-    return rows.astype(np.int64)
+    return read_shard_windows(tokens, starts, length)
 
 
 class RandomWindows:

@@ -11,7 +11,7 @@ A dataset directory (the ``out_dir`` of ``llmkit tokenize``)::
 A split larger than ``shard_tokens`` (``data.shard_tokens``) is several files, ``train-00000.bin``,
 ``train-00001.bin``, ..., cut at exactly that many tokens (a document may continue in the next
 file); read back they are one stream (``llmkit.data.sharded``). A dataset tokenized as tasks
-(``llmkit.data.task_run``) lists the shards of its tasks, which stay where the tasks wrote them.
+(``llmkit.data.shard_tasks``) lists the shards of its tasks, which stay where the tasks wrote them.
 
 Writes are ordered so that an interrupted run never leaves a dataset that looks complete: the
 tokenizer and shards are written under temporary names; only at the end are the old meta.json
@@ -114,7 +114,7 @@ class DatasetWriter:
     Leaving the block without ``commit`` (an exception, Ctrl-C) deletes the temporary files.
     Each split is cut into shards of ``shard_tokens`` tokens (the last one shorter): the token
     stream does not depend on it. ``tokenizer_copy=False`` writes no tokenizer folder (a task of a
-    tokenization spread over tasks: ``llmkit.data.task_run``); its meta.json says where it is.
+    tokenization spread over tasks: ``llmkit.data.shard_tasks``); its meta.json says where it is.
     """
 
     def __init__(
