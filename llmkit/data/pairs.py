@@ -361,7 +361,7 @@ class NSPPairBatches(_EncoderBatches):
 
 
 def masked_windows(
-    tokens: np.ndarray,
+    tokens: Tokens,
     *,
     vocab: EncoderVocab,
     eos_id: int,

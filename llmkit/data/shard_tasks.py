@@ -105,13 +105,21 @@ def merge(out_dir: Path, plan: Path, n_tasks: int, extra: dict) -> dict:
     with the plan's tokenizer copied to ``out_dir/tokenizer``; meta.json last. Returns the meta."""
     from llmkit.data.shards import remove_stale_shards
 
-    metas = []
+    missing = []
     for k in range(n_tasks):
-        path = plan / f"{k:05d}"
-        why = task_state(path, plan.name.removeprefix("tasks-"), checksums=False)
+        why = task_state(plan / f"{k:05d}", plan.name.removeprefix("tasks-"), checksums=False)
         if why is not None:
-            raise DataError(f"{path}: task {k} is not done ({why}); run it (data.task_index={k}), then merge again.")
-        metas.append(json.loads((path / META_FILE).read_text(encoding="utf-8")))
+            missing.append(f"{plan / f'{k:05d}'}: task {k} is not done ({why}); run it (data.task_index={k})")
+    if missing:
+        more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
+        raise DataError("; ".join(missing[:5]) + more + ", then merge again.")
+    metas = [json.loads((plan / f"{k:05d}" / META_FILE).read_text(encoding="utf-8")) for k in range(n_tasks)]
+    if not sum(m["splits"][s]["documents"] for m in metas for s in SPLITS):
+        h = [m["hygiene"] for m in metas]
+        raise DataError(
+            f"No document in any of the {n_tasks} tasks: the corpus holds no text, or data.min_chars dropped all "
+            f"{sum(x['documents_read'] for x in h)} documents read. Check data.paths and data.min_chars."
+        )
     first = metas[0]
     splits = {}
     for split in SPLITS:

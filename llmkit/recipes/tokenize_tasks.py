@@ -67,7 +67,8 @@ def tokenize_tasks(c: Config) -> dict:
     elif not (plan / PLAN_FILE).is_file():
         raise DataError(
             f"{plan}: no task plan for this corpus and config in {out} (a changed file or option makes a new "
-            f"plan). Run `llmkit tokenize out_dir={out} data.tasks={c.data.tasks} step=plan` (same options) first."
+            f"plan). Run `llmkit tokenize {'dataset_dir' if c.dataset_dir else 'out_dir'}={out} "
+            f"data.tasks={c.data.tasks} step=plan` (with the same options) first."
         )
     _, tasks = read_plan(plan)
     if c.step == "plan":
@@ -82,13 +83,13 @@ def tokenize_tasks(c: Config) -> dict:
         tokens = sum(meta["splits"][s]["tokens"] for s in meta["splits"])
         return _say({"step": "task", "task": k, "ran": True, "tokens": tokens}, f"task {k}: {tokens:,} tokens")
     ran: list[int] = []
+    text = 0  # bytes of text encoded now
     t_enc = time.perf_counter()
     if c.step == "all":
-        ran = _run_local(tasks, c, args)
+        ran, text = _run_local(tasks, c, args)
     t_enc = time.perf_counter() - t_enc
     meta = merge(out, plan, len(tasks), _extra(c))
-    text = sum(r["text_bytes"] for r in meta["sources"])
-    mb_per_s = round(text / 1e6 / max(t_enc, 1e-9), 3) if ran else 0.0  # of the text, if all tasks ran now
+    mb_per_s = round(text / 1e6 / max(t_enc, 1e-9), 3) if ran else 0.0
     seconds = {"encode": t_enc, "total": time.perf_counter() - t0}
     summary = summarize(c, out, meta, corpus, seconds, mb_per_s)
     summary["tasks"] = {"count": len(tasks), "ran": ran, "skipped": [k for k in range(len(tasks)) if k not in ran]}
@@ -122,8 +123,9 @@ def _ensure_plan(c: Config, corpus: Any, plan: Path, fp: str) -> None:
         shutil.rmtree(staged, ignore_errors=True)
 
 
-def _run_local(tasks: list[list[Piece]], c: Config, args: dict) -> list[int]:
-    """Run the tasks that are not done, ``c.workers`` local processes at a time; return their indices.
+def _run_local(tasks: list[list[Piece]], c: Config, args: dict) -> tuple[list[int], int]:
+    """Run the tasks that are not done, ``c.workers`` local processes at a time; return their indices
+    and the bytes of text they encoded.
     Every task runs even if one fails; then the first failure is raised (re-running runs only those)."""
     from llmkit.data.encoding import _start_method, default_workers
     from llmkit.progress import progress
@@ -136,11 +138,12 @@ def _run_local(tasks: list[list[Piece]], c: Config, args: dict) -> list[int]:
             todo.append(k)
     workers = min(c.workers or default_workers(), len(todo))
     errors = []
+    text = 0
     with progress("tasks", total=len(todo), unit="items", label="tasks", enabled=c.progress) as bar:
         if workers <= 1:
             for k in todo:
                 try:
-                    run_task(k, tasks[k], **args)
+                    text += run_task(k, tasks[k], **args)["encode"]["text_bytes"]
                 except Exception as e:  # the other tasks go on; this one runs again next time
                     errors.append((k, e))
                 bar.update(1)
@@ -156,7 +159,7 @@ def _run_local(tasks: list[list[Piece]], c: Config, args: dict) -> list[int]:
                 for future in as_completed(futures):
                     k = futures[future]
                     try:
-                        future.result()
+                        text += future.result()["encode"]["text_bytes"]
                     except BrokenProcessPool:
                         errors.append((k, DataError(f"task {k}: its process died (killed?); run the command again")))
                     except Exception as e:
@@ -167,7 +170,7 @@ def _run_local(tasks: list[list[Piece]], c: Config, args: dict) -> list[int]:
         failed = ", ".join(str(k) for k, _ in errors)
         log.error("task(s) %s failed; the others are done: the same command runs only the failed ones", failed)
         raise errors[0][1]
-    return todo
+    return todo, text
 
 
 def _extra(c: Config) -> dict:

@@ -196,3 +196,12 @@ def test_an_error_in_a_later_piece_names_the_line_of_the_file(tmp_path):
         tokenize_corpus(c)
     done = sorted(p.parent.name for p in (tmp_path / "ds").glob("tasks-*/*/meta.json"))
     assert done == ["00000", "00001", "00002"] and not os.path.exists(tmp_path / "ds" / "meta.json")
+
+
+def test_tasks_that_keep_no_document_are_an_error_not_an_empty_dataset(tmp_path, corpus_dir):
+    _, ref = build(tmp_path, "ref", corpus_dir, tasks=1)
+    c = Config(out_dir=str(tmp_path / "ds"), tokenizer=TokenizerConfig(path=str(ref / "tokenizer")),
+               data=data(corpus_dir, tasks=2, min_chars=10**6), workers=1, progress=False)
+    with pytest.raises(DataError, match=r"No document in any of the 2 tasks: .* dropped all \d+ documents"):
+        tokenize_corpus(c)
+    assert not (tmp_path / "ds" / "meta.json").exists()
