@@ -1,8 +1,9 @@
 """A tokenized dataset, read back: the format, ``open_dataset`` and its checks, ``verify_dataset``.
 
 ``open_dataset`` checks what is cheap: meta.json, each shard's size against its token count, the
-tokenizer's checksum, and that token ids are inside the vocabulary (every id of a shard up to
-``FULL_SCAN_TOKENS``, evenly spread windows of a larger one). ``verify_dataset`` (``llmkit tokenize
+tokenizer's checksum, and that token ids are inside the vocabulary (every id of a split up to
+``FULL_SCAN_TOKENS``; of a larger one, 64 evenly spread windows shared out over its shards by size,
+at least one at the start of each shard). ``verify_dataset`` (``llmkit tokenize
 verify=DIR``) checks everything: the sha256 of each shard against meta.json and every id.
 Datasets written before shards had checksums still open (and verify their ids).
 """
@@ -29,9 +30,9 @@ META_FILE = "meta.json"
 TOKENIZER_DIR = "tokenizer"
 SPLITS = ("train", "val")
 
-FULL_SCAN_TOKENS = 1 << 22  # below this many tokens (8 MB of uint16) open_dataset checks every id
+FULL_SCAN_TOKENS = 1 << 22  # up to this many tokens in a split (8 MB of uint16) open_dataset checks every id
 _WINDOW = 1 << 16  # tokens per scanned window
-_SAMPLE_WINDOWS = 64  # windows checked in a larger shard (4M tokens: a cheap look at every start)
+_SAMPLE_WINDOWS = 64  # windows checked in a larger split (4M tokens), shared out over its shards
 
 
 @dataclass
@@ -117,9 +118,11 @@ def open_dataset(path: str | os.PathLike) -> Dataset:
             maps[split].append((file, np.memmap(file, dtype=dtype, mode="r") if size else np.zeros(0, dtype=dtype)))
     tokenizer = load(path / meta["tokenizer"]["dir"])
     vocab = int(meta.get("vocab_size") or tokenizer.vocab_size)
-    for split in SPLITS:  # a cheap look at the ids: all of a small shard, spread windows of a large one
-        for file, tokens in maps[split]:
-            check_ids(tokens, vocab, file, dataset=path, full=False)
+    for split in SPLITS:  # a cheap look at the ids: all of a small split, spread windows of a large one
+        total = sum(len(t) for _, t in maps[split])
+        for file, tokens in maps[split]:  # the windows shared out by size, at least one per shard
+            share = max(1, round(_SAMPLE_WINDOWS * len(tokens) / max(1, total)))
+            check_ids(tokens, vocab, file, dataset=path, full=total <= FULL_SCAN_TOKENS, samples=share)
     if tokenizer.checksum() != meta["tokenizer"]["checksum"]:
         raise LlmkitError(
             f"{path / meta['tokenizer']['dir']}: the tokenizer's checksum does not match {meta_path}; the shards "
@@ -143,19 +146,22 @@ def _stream(shards: list[np.ndarray], dtype: np.dtype) -> Tokens:
     return shards[0] if len(shards) == 1 else ShardedTokens(shards, dtype)
 
 
-def check_ids(tokens: np.ndarray, vocab_size: int, file: Path, *, dataset: Path, full: bool = True) -> None:
+def check_ids(
+    tokens: np.ndarray, vocab_size: int, file: Path, *, dataset: Path, full: bool = True, samples: int = _SAMPLE_WINDOWS
+) -> None:
     """Raise a DataError naming ``file`` and the offset of the first id >= ``vocab_size``.
 
-    ``full=False`` reads all of a shard up to ``FULL_SCAN_TOKENS`` and evenly spread windows of a larger one.
+    ``full=False`` reads ``samples`` evenly spread windows of ``_WINDOW`` tokens (the first at the
+    shard's start), or all of a shard no longer than they are.
     """
     n = len(tokens)
     if n == 0:
         return
     starts: Sequence[int]
-    if full or n <= FULL_SCAN_TOKENS:
+    if full or n <= samples * _WINDOW:  # no fewer tokens than the windows would read
         starts = range(0, n, _WINDOW)
     else:
-        starts = sorted({int(x) for x in np.linspace(0, n - _WINDOW, _SAMPLE_WINDOWS)})
+        starts = sorted({int(x) for x in np.linspace(0, max(0, n - _WINDOW), samples)})
     for lo in starts:
         # os.pread, not a slice of the map: slicing would map the pages into this process and the
         # resident memory would grow with the corpus (scripts/bench_memory.py)

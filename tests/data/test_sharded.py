@@ -130,3 +130,34 @@ def test_shard_tokens_must_be_positive(tmp_path):
 
     with pytest.raises(ConfigError, match="data.shard_tokens"):
         build(tmp_path, "ds", shard_tokens=0)
+
+
+def test_opening_a_large_split_of_many_shards_reads_a_sample_of_each(tmp_path, monkeypatch):
+    """open_dataset's id check reads as much of 40 shards as of one (64 windows of 64K tokens in all,
+    at least one per shard, each shard's start among them); verify reads everything."""
+    from llmkit.data import dataset as dataset_module
+    from llmkit.data.shards import DatasetWriter
+    from llmkit.tokenizer.char import CharTokenizer
+
+    tok = CharTokenizer([chr(c) for c in range(32, 127)], user_special_tokens=[], byte_fallback=False)
+    ids = np.random.default_rng(0).integers(tok.char_offset, tok.vocab_size, size=20_000_000).astype(np.uint16)
+    with DatasetWriter(tmp_path / "ds", tok, shard_tokens=500_000) as w:
+        w.append("train", ids, 1)
+        w.append("val", ids[:1000], 1)
+        w.commit()
+    read = []
+    original = dataset_module.read_windows
+
+    def counting(tokens, starts, length):
+        read.append(len(starts) * length)
+        return original(tokens, starts, length)
+
+    monkeypatch.setattr(dataset_module, "read_windows", counting)
+    open_dataset(tmp_path / "ds")
+    assert 40 * 65536 <= sum(read) <= 80 * 65536 + 1000  # 2 windows per shard, not 20M tokens
+    poked = np.memmap(tmp_path / "ds" / "train-00033.bin", dtype=np.uint16, mode="r+")
+    poked[0] = 60000  # the start of every shard is looked at
+    poked.flush()
+    del poked
+    with pytest.raises(DataError, match=r"train-00033\.bin: token id 60000 at offset 0"):
+        open_dataset(tmp_path / "ds")
