@@ -205,3 +205,23 @@ def test_tasks_that_keep_no_document_are_an_error_not_an_empty_dataset(tmp_path,
     with pytest.raises(DataError, match=r"No document in any of the 2 tasks: .* dropped all \d+ documents"):
         tokenize_corpus(c)
     assert not (tmp_path / "ds" / "meta.json").exists()
+
+
+def test_a_ranged_source_record_sees_a_change_in_its_bytes(tmp_path, corpus_dir):
+    """pretrain's dataset cache asks readers.unchanged of every source record; a task's piece of a
+    file is checked by the sha256 of its own byte range."""
+    import shutil
+
+    from llmkit.data.readers import unchanged
+
+    corpus = tmp_path / "corpus"
+    shutil.copytree(corpus_dir, corpus)
+    _, out = build(tmp_path, "ds", corpus, tasks=3)
+    records = [r for r in json.loads((out / "meta.json").read_text())["sources"] if "range" in r]
+    assert records and all(unchanged(r) for r in records)
+    record = records[-1]
+    start, end = record["range"]
+    raw = bytearray(open(record["path"], "rb").read())
+    raw[start + 2] = ord("Q") if raw[start + 2] != ord("Q") else ord("R")  # same size, other bytes
+    open(record["path"], "wb").write(bytes(raw))
+    assert not unchanged(record)
