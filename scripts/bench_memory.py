@@ -24,6 +24,7 @@ tokens, 200 steps, 2 repeats): peak RSS 382.5 vs 383.6 MB, anonymous 281 vs 282,
 
     python scripts/bench_memory.py                       # 10M vs 100M tokens, 200 steps each, 2 repeats
     python scripts/bench_memory.py --quick               # 2M vs 20M tokens, 20 steps, 1 repeat
+    python scripts/bench_memory.py --quick --shard-tokens 1000000   # the same, 2 vs 20 shard files
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ VAL_TOKENS = 200_000
 CHUNK = 1 << 24  # tokens written per chunk (32 MB of uint16): writing stays in bounded memory
 
 
-def write_dataset(out_dir: Path, train_tokens: int) -> Path:
+def write_dataset(out_dir: Path, train_tokens: int, shard_tokens: int = 1 << 28) -> Path:
     """A complete llmkit dataset of random ids over a char tokenizer of the printable ASCII."""
     from llmkit.data.shards import DatasetWriter
     from llmkit.tokenizer.char import train_char
@@ -57,7 +58,7 @@ def write_dataset(out_dir: Path, train_tokens: int) -> Path:
     tok = train_char(TokenizerConfig(kind="char", vocab_size=0, character_coverage=1.0, byte_fallback=False,
                                      user_special_tokens=[]), [text], seed=SEED)
     rng = np.random.default_rng(SEED)
-    with DatasetWriter(out_dir, tok) as w:
+    with DatasetWriter(out_dir, tok, shard_tokens=shard_tokens) as w:
         for split, n in (("train", train_tokens), ("val", VAL_TOKENS)):
             left = n
             while left > 0:
@@ -124,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--workdir", default=None, help="where datasets and runs go (default: a temp dir, removed)")
     p.add_argument("--quick", action="store_true", help="2M vs 20M tokens, 20 steps, 1 repeat")
+    p.add_argument("--shard-tokens", type=int, default=1 << 28, help="tokens per shard file (smaller: many shards)")
     p.add_argument("--out", default="bench_memory.json")
     args = p.parse_args(argv)
     if args.quick:
@@ -135,9 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     datasets = {}
     for name, n in sizes.items():
         t0 = time.perf_counter()
-        datasets[name] = write_dataset(work / f"data_{name}", n)
-        print(f"dataset {name}: {n:,} train tokens ({(work / f'data_{name}' / 'train.bin').stat().st_size / 2**20:.0f} MiB)"
-              f" written in {time.perf_counter() - t0:.1f}s", flush=True)
+        datasets[name] = write_dataset(work / f"data_{name}", n, args.shard_tokens)
+        files = sorted((work / f"data_{name}").glob("train*.bin"))
+        print(f"dataset {name}: {n:,} train tokens ({sum(f.stat().st_size for f in files) / 2**20:.0f} MiB in "
+              f"{len(files)} shard(s)) written in {time.perf_counter() - t0:.1f}s", flush=True)
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in sizes}
     for rep in range(args.repeats):
         for name in sizes:

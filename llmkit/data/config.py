@@ -25,6 +25,12 @@ class DataConfig:
     # ---- hygiene (off by default): documents dropped before the split, counted in meta.json
     drop_duplicates: bool = False  # drop a document whose exact text came earlier (a 16-byte hash per document)
     min_chars: int = 0  # drop documents with fewer characters (leading/trailing whitespace not counted)
+    # ---- the tokenized dataset (llmkit tokenize): shard files, tokenization as independent tasks
+    shard_tokens: int = 1 << 28  # tokens per shard file (512 MiB of uint16): smaller corpora are one file per split
+    tasks: int = (
+        0  # 0: one pass in this process; N: N independent tasks by file and byte range (llmkit.data.shard_plan)
+    )
+    task_index: int | None = None  # with step=task: run only this task (a SLURM array job, a multirun job)
     # ---- fine-tuning tasks
     # auto: from the file suffix; sft also reads chat (JSONL "messages") and alpaca (instruction/input/output)
     format: Literal["auto", "tsv", "csv", "jsonl", "conll", "parallel", "chat", "alpaca"] = "auto"

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import glob as globlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,6 +113,8 @@ def check_config(cfg: DataConfig) -> None:
     problems = []
     if not isinstance(cfg.min_chars, int) or cfg.min_chars < 0:
         problems.append(f"data.min_chars: must be an integer >= 0 (0: no length filter), got {cfg.min_chars!r}")
+    if not isinstance(cfg.shard_tokens, int) or cfg.shard_tokens < 1:
+        problems.append(f"data.shard_tokens: must be an integer >= 1 (tokens per shard file), got {cfg.shard_tokens!r}")
     if not 0.0 <= cfg.val_fraction < 1.0:
         problems.append(f"data.val_fraction: {cfg.val_fraction} is not in [0, 1)")
     if cfg.doc_separator == "":
@@ -332,19 +334,21 @@ def _documents_split(seed: int, index: int, fraction: float, *, last: bool, n_va
     return "val" if unit_hash(seed, index) < fraction else "train"
 
 
-def sample_for_training(corpus: Corpus, seed: int, budget: int) -> list[str]:
+def sample_for_training(
+    corpus: Corpus, seed: int, budget: int, docs: Iterable[tuple[str, str]] | None = None
+) -> list[str]:
     """A seeded sample of the training documents, at most ``budget`` characters (memory is bounded).
 
     Each training document is kept with probability ``budget / train bytes`` (a seeded hash of its
     index, salted apart from the split); the first non-empty one is always kept, and the last kept
-    one is cut to fit the budget.
+    one is cut to fit the budget. ``docs``: the ``(split, text)`` stream to sample (default: ``corpus.split``).
     """
     train_bytes = sum(s.size for s in corpus.sources if s.role != "val") or 1
     p = min(1.0, budget / train_bytes)
     salt = seed ^ 0x5A17
     sample: list[str] = []
     used = 0
-    for index, (split, doc) in enumerate(corpus.split(seed)):
+    for index, (split, doc) in enumerate(corpus.split(seed) if docs is None else docs):
         if split != "train" or not doc or used >= budget:
             continue
         if sample and p < 1.0 and unit_hash(salt, index) >= p:

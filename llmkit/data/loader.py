@@ -9,14 +9,15 @@ For data parallelism the *global* batch is drawn first and rank ``r`` takes its 
 
 from __future__ import annotations
 
-import mmap
-import os
 from collections.abc import Iterator
 
 import numpy as np
 import torch
 
+from llmkit.data.sharded import ShardedTokens, read_shard_windows
 from llmkit.errors import DataError
+
+Tokens = np.ndarray | ShardedTokens  # one shard (a memmap) or several read as one stream
 
 _VAL_STREAM = 0x5EED_0001  # separates the validation draws from the training ones
 
@@ -25,35 +26,12 @@ def _rng(*words: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(w) & 0xFFFFFFFF for w in words]))
 
 
-def read_windows(tokens: np.ndarray, starts: np.ndarray, length: int) -> np.ndarray:
-    """``tokens[s : s + length]`` for each ``s`` of ``starts``, as one (len(starts), length) int64 array.
-
-    A memory-mapped shard is read with ``os.pread``: slicing the map would map the pages touched
-    into this process (on recent kernels whole large folios of the page cache, so a few hundred
-    random windows map most of a shard) and the resident memory would grow with the corpus;
-    ``pread`` copies just the bytes asked for (``scripts/bench_memory.py`` measures both).
-    """
-    # only a whole-file map (its base is the mmap itself): a slice of one keeps the parent's offset
-    whole_map = None
-    if isinstance(tokens, np.memmap) and isinstance(tokens.base, mmap.mmap) and tokens.ndim == 1:
-        whole_map = tokens
-    path = whole_map.filename if whole_map is not None else None
-    if whole_map is None or path is None or not hasattr(os, "pread"):
-        return np.stack([np.asarray(tokens[s : s + length]) for s in starts]).astype(np.int64)
-    item = tokens.dtype.itemsize
-    rows = np.empty((len(starts), length), dtype=tokens.dtype)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        for row, s in enumerate(starts):
-            data = os.pread(fd, length * item, whole_map.offset + int(s) * item)
-            if len(data) != length * item:
-                raise DataError(
-                    f"{path}: expected {length} tokens at token {int(s)}, the file ends first (truncated?)."
-                )
-            rows[row] = np.frombuffer(data, dtype=tokens.dtype)
-    finally:
-        os.close(fd)
-    return rows.astype(np.int64)
+def read_windows(tokens: Tokens, starts: np.ndarray, length: int) -> np.ndarray:
+    """``tokens[s : s + length]`` for each ``s`` of ``starts``, as one (len(starts), length) int64 array,
+    read without mapping pages into this process (:func:`llmkit.data.sharded.read_shard_windows`)."""
+    if isinstance(tokens, ShardedTokens):  # several shards as one stream
+        return tokens.windows(starts, length)
+    return read_shard_windows(tokens, starts, length)
 
 
 class RandomWindows:
@@ -65,7 +43,7 @@ class RandomWindows:
 
     def __init__(
         self,
-        tokens: np.ndarray,
+        tokens: Tokens,
         *,
         block_size: int,
         batch_size: int,
@@ -105,7 +83,7 @@ class RandomWindows:
             yield self._gather(self.offsets(_VAL_STREAM, i))
 
 
-def sequential_windows(tokens: np.ndarray, *, block_size: int, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
+def sequential_windows(tokens: Tokens, *, block_size: int, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
     """Every token of ``tokens`` predicted exactly once, in non-overlapping windows (for evaluation).
 
     The last window may be shorter; ``labels`` is padded with -100 (ignored) to make a full batch.

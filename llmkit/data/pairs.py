@@ -29,6 +29,7 @@ from llmkit.data.masking import Masking, mask_tokens
 from llmkit.errors import DataError, LlmkitError
 
 if TYPE_CHECKING:
+    from llmkit.data.loader import Tokens
     from llmkit.data.shards import Dataset
     from llmkit.tokenizer.base import Tokenizer
 
@@ -137,7 +138,7 @@ class EncoderVocab:
 # ---------------------------------------------------------------------------- documents and pairs
 
 
-def document_index(tokens: np.ndarray, eos_id: int, *, window: int = 1 << 22) -> tuple[np.ndarray, np.ndarray]:
+def document_index(tokens: Tokens, eos_id: int, *, window: int = 1 << 22) -> tuple[np.ndarray, np.ndarray]:
     """``(starts, lengths)`` of the documents of a flat shard (each followed by ``eos_id``).
 
     Scans ``window`` tokens at a time, so memory is O(window + #documents), not O(shard). A
@@ -203,7 +204,7 @@ class _EncoderBatches:
 
     def __init__(
         self,
-        tokens: np.ndarray,
+        tokens: Tokens,
         *,
         vocab: EncoderVocab,
         eos_id: int,
@@ -281,7 +282,7 @@ class MLMBatches(_EncoderBatches):
 
     stream = _MLM_STREAM
 
-    def __init__(self, tokens: np.ndarray, *, within_documents: bool = False, **kwargs) -> None:
+    def __init__(self, tokens: Tokens, *, within_documents: bool = False, **kwargs) -> None:
         super().__init__(tokens, **kwargs)
         self.within_documents = within_documents
         self.padded = within_documents  # windows across documents always fill the block
@@ -323,7 +324,7 @@ class NSPPairBatches(_EncoderBatches):
 
     stream = _NSP_STREAM
 
-    def __init__(self, tokens: np.ndarray, **kwargs) -> None:
+    def __init__(self, tokens: Tokens, **kwargs) -> None:
         super().__init__(tokens, **kwargs)
         if self.block_size < 5:
             raise ValueError(f"sentence pairs need block_size >= 5, got {self.block_size}")
@@ -360,7 +361,7 @@ class NSPPairBatches(_EncoderBatches):
 
 
 def masked_windows(
-    tokens: np.ndarray,
+    tokens: Tokens,
     *,
     vocab: EncoderVocab,
     eos_id: int,

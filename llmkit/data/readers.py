@@ -48,6 +48,8 @@ class Source:
     size: int
     compression: Literal["gzip", "zstd"] | None = None  # text / jsonl: decompressed as it is read
     files: list[str] = field(default_factory=list)  # arrow: the Arrow files of a datasets folder
+    start: int = 0  # a task's piece of a plain text / JSONL file: bytes [start, end) (llmkit.data.shard_plan)
+    end: int | None = None
     text_bytes: int = 0  # uncompressed bytes of the text the last full pass read (before: an estimate)
     sha256: str | None = None
     documents: int = 0
@@ -67,7 +69,25 @@ class Source:
             "characters": self.characters,
             "encoding_replacements": self.replacements,
             **({"files": self.files} if self.files else {}),
+            **({"range": [self.start, self.end]} if self.ranged else {}),
         }
+
+    @property
+    def ranged(self) -> bool:
+        """Whether this is a byte range of the file (a task's piece), not all of it."""
+        return self.start > 0 or (self.end is not None and self.end < self.size)
+
+    def lines_before(self) -> int:
+        """The lines of the file before ``start`` (counted only for an error message's line number)."""
+        if not self.start:
+            return 0
+        n = 0
+        with open(self.path, "rb") as f:
+            left = self.start
+            while left > 0 and (chunk := f.read(min(CHUNK, left))):
+                n += chunk.count(b"\n")
+                left -= len(chunk)
+        return n
 
 
 def unchanged(record: dict) -> bool:
@@ -79,6 +99,10 @@ def unchanged(record: dict) -> bool:
     files = record.get("files") or [record.get("path", "")]
     if not all(os.path.isfile(f) for f in files) or sum(os.path.getsize(f) for f in files) != record.get("bytes"):
         return False
+    if record.get("range"):  # a task's piece of the file: the checksum is of those bytes
+        start, end = record["range"]
+        with open_metered(files[0], None, start=start, end=end) as f:
+            return f.raw.finish() == record.get("sha256")  # type: ignore[attr-defined]
     return sha256_files(files) == record.get("sha256")
 
 
@@ -114,6 +138,7 @@ def split_document(text: str, sep: str | None) -> list[str]:
 
 def _utf8_error(src: Source, offset: int, line: int, e: UnicodeDecodeError) -> DataError:
     bad = e.object[e.start : e.end]
+    offset, line = offset + src.start, line + src.lines_before()  # a task's piece: in file coordinates
     return DataError(
         f"{src.path}: invalid UTF-8 at byte offset {offset} (line {line}): {e.reason} "
         f"(bytes {bad.hex(' ')}). Re-encode the file as UTF-8, or set data.encoding_errors=replace to "
@@ -143,7 +168,7 @@ def _read_text(src: Source, sep: str | None, errors: str, progress: Progress) ->
         carry = [parts.pop()]
         yield from parts
 
-    with open_metered(src.path, src.compression, progress) as f:
+    with open_metered(src.path, src.compression, progress, start=src.start, end=src.end) as f:
         while chunk := f.read(CHUNK):
             pending = decoder.getstate()[0]
             try:
@@ -175,7 +200,7 @@ def _read_jsonl(src: Source, sep: str | None, field_name: str, errors: str, prog
     offset = lineno = 0
     start_replaced = _replaced[0]
     handler = "strict" if errors == "fail" else "llmkit.replace"
-    with open_metered(src.path, src.compression, progress) as f:
+    with open_metered(src.path, src.compression, progress, start=src.start, end=src.end) as f:
         for lineno, raw in enumerate(_lines(f, src), 1):
             try:
                 line = raw.decode("utf-8", errors=handler)
@@ -188,23 +213,25 @@ def _read_jsonl(src: Source, sep: str | None, field_name: str, errors: str, prog
                 record = json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(
-                    f"{src.path}:{lineno}: not valid JSON ({e.msg} at column {e.colno}). Each line of a JSONL "
+                    f"{src.path}:{lineno + src.lines_before()}: not valid JSON ({e.msg} at column {e.colno}). Each line of a JSONL "
                     "file must be one JSON object."
                 ) from None
             if not isinstance(record, dict):
                 raise DataError(
-                    f"{src.path}:{lineno}: a JSON {type(record).__name__}, not an object; each line "
+                    f"{src.path}:{lineno + src.lines_before()}: a JSON {type(record).__name__}, not an object; each line "
                     f"of a JSONL file must be an object with a {field_name!r} field."
                 )
             if field_name not in record:
                 keys = ", ".join(map(repr, list(record)[:8])) or "none"
                 raise DataError(
-                    f"{src.path}:{lineno}: no field {field_name!r} in this record (its fields: {keys}). "
+                    f"{src.path}:{lineno + src.lines_before()}: no field {field_name!r} in this record (its fields: {keys}). "
                     "Set data.jsonl_field to the field that holds the text."
                 )
             text = record[field_name]
             if not isinstance(text, str):
-                raise DataError(f"{src.path}:{lineno}: field {field_name!r} is a {type(text).__name__}, not a string.")
+                raise DataError(
+                    f"{src.path}:{lineno + src.lines_before()}: field {field_name!r} is a {type(text).__name__}, not a string."
+                )
             yield from split_document(text, sep)
         src.sha256 = f.raw.finish()  # type: ignore[attr-defined]
         src.text_bytes = f.raw.produced  # type: ignore[attr-defined]

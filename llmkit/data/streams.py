@@ -57,12 +57,24 @@ def _decompressor(kind: str) -> Any:
 class Metered(io.RawIOBase):
     """A readable binary stream of ``path``'s (decompressed) bytes; hashes and counts the file's bytes."""
 
-    def __init__(self, path: str, compression: str | None, progress: _Progress | None = None) -> None:
+    def __init__(
+        self,
+        path: str,
+        compression: str | None,
+        progress: _Progress | None = None,
+        *,
+        start: int = 0,
+        end: int | None = None,
+    ) -> None:
+        if compression and (start or end is not None):
+            raise ValueError("a byte range of a compressed file cannot be read on its own")
         self.path = path
         self.compression = compression
         self.progress = progress
         self.digest = hashlib.sha256()
         self.file = open(path, "rb")  # closed in close()
+        self.file.seek(start)
+        self.left = None if end is None else end - start  # file bytes of the range not yet read
         self.consumed = 0  # file bytes read
         self.produced = 0  # decompressed bytes returned
         self._dec: Any = _decompressor(compression) if compression else None
@@ -80,7 +92,9 @@ class Metered(io.RawIOBase):
         super().close()
 
     def _raw(self) -> bytes:
-        chunk = self.file.read(CHUNK)
+        chunk = self.file.read(CHUNK if self.left is None else min(CHUNK, self.left))
+        if self.left is not None:
+            self.left -= len(chunk)
         self.consumed += len(chunk)
         self.digest.update(chunk)
         if self.progress is not None:
@@ -139,9 +153,12 @@ class Metered(io.RawIOBase):
         return self.digest.hexdigest()
 
 
-def open_metered(path: str, compression: str | None, progress: _Progress | None = None) -> io.BufferedReader:
-    """``path``'s decompressed bytes as a buffered stream (lines, ``read(n)``); ``.raw`` is the :class:`Metered`."""
-    return io.BufferedReader(Metered(path, compression, progress), buffer_size=CHUNK)
+def open_metered(
+    path: str, compression: str | None, progress: _Progress | None = None, *, start: int = 0, end: int | None = None
+) -> io.BufferedReader:
+    """``path``'s decompressed bytes as a buffered stream (lines, ``read(n)``); ``.raw`` is the :class:`Metered`.
+    ``start`` / ``end``: only that byte range of an uncompressed file (a task's piece of it)."""
+    return io.BufferedReader(Metered(path, compression, progress, start=start, end=end), buffer_size=CHUNK)
 
 
 def head(path: str, compression: str | None, n: int) -> tuple[bytes, str | None]:

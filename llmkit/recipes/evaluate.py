@@ -20,7 +20,7 @@ from rich.table import Table
 
 from llmkit import checkpoint, checks, config, loading
 from llmkit.data.config import DataConfig
-from llmkit.data.loader import sequential_windows
+from llmkit.data.loader import Tokens, sequential_windows
 from llmkit.errors import DataError, LlmkitError
 from llmkit.finetune.config import GenerationEvalConfig
 from llmkit.io import write_json
@@ -48,7 +48,7 @@ class Config:
     generation: GenerationEvalConfig = field(default_factory=GenerationEvalConfig)  # sft: decoding
 
 
-def _tokens_and_text(c: Config, tokenizer: Any, meta: dict[str, Any]) -> tuple[np.ndarray, str]:
+def _tokens_and_text(c: Config, tokenizer: Any, meta: dict[str, Any]) -> tuple[Tokens, str]:
     if c.text_file:
         path = Path(c.text_file)
         if not path.is_file():
@@ -174,7 +174,7 @@ def evaluate_encoder(
 _MIN_DOC_TOKENS = 8  # MLM evaluation skips shorter documents (WikiText's blank lines and headings)
 
 
-def _train_split(meta: dict[str, Any], tokenizer: Any) -> np.ndarray | None:
+def _train_split(meta: dict[str, Any], tokenizer: Any) -> Tokens | None:
     """The train split of the checkpoint's dataset, if it is still there (for the unigram baseline)."""
     from llmkit.data.shards import open_dataset
 

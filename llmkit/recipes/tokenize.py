@@ -5,6 +5,10 @@
            --seeded sample-->  train tokenizer
            --stream, split, encode in worker processes-->  out_dir/
                                   tokenizer/  train.bin  val.bin  meta.json (written last)
+                                  (train-00000.bin, ... past data.shard_tokens tokens)
+
+With ``data.tasks=N`` the corpus is tokenized as N independent tasks by file and byte range, run as
+local processes or as the jobs of a multirun (a SLURM array), then merged: ``llmkit.recipes.tokenize_tasks``.
 
 ``run(cfg)`` is the Hydra entry point; ``tokenize_corpus(Config)`` is the same job for Python
 callers (``llmkit pretrain`` builds its cached dataset with it).
@@ -15,47 +19,24 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from llmkit import config
-from llmkit.data.config import DataConfig
 from llmkit.errors import DiskFullError
-from llmkit.io import disk_full_message, free_bytes, human_bytes, is_disk_full
-from llmkit.tokenizer.config import TokenizerConfig
+from llmkit.io import disk_full_message, is_disk_full
+from llmkit.recipes.tokenize_setup import (  # noqa: F401  (Config, encode_workers, ...: imported from here)
+    SMALL_CORPUS_BYTES,
+    Config,
+    build_tokenizer,
+    check_space,
+    empty_val_warning,
+    encode_workers,
+    summarize,
+)
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Config:
-    out_dir: str
-    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    seed: int = 1337
-    data_root: str = "data"
-    workers: int = 0  # encoding workers; 0 = one per CPU core, or in-process for a small corpus
-    encode_backend: Literal["processes", "threads"] = "processes"
-    progress: bool = True
-    verify: str | None = None  # a dataset directory: check its shards' sha256 and every token id, write nothing
-
-
-SMALL_CORPUS_BYTES = 16 * 2**20
-"""Below this, ``workers=0`` encodes in this process: a worker pool's start-up and hand-offs cost more
-than it saves (scripts/bench_tokenize.py, 2 cores: the 2.1 MB tinystories slice 12.0 MB/s in-process vs
-9.0 with processes; wikitext2's 10.8 MB 15.3 either way)."""
-
-
-def encode_workers(workers: int, corpus_bytes: int, backend: str = "processes") -> int:
-    """The encoder count: ``workers`` when set; else (worker processes) 1 for a small corpus and one
-    per core otherwise; SentencePiece threads: one per core."""
-    from llmkit.data.encoding import default_workers
-
-    if workers:
-        return workers
-    return 1 if backend == "processes" and corpus_bytes < SMALL_CORPUS_BYTES else default_workers()
 
 
 def run(cfg: Any) -> dict:
@@ -63,7 +44,8 @@ def run(cfg: Any) -> dict:
     if c.verify:
         return verify(c.verify)
     summary = tokenize_corpus(c)
-    print_summary(summary)
+    if "step" not in summary:  # step=plan / step=task said what they did
+        print_summary(summary)
     return summary
 
 
@@ -80,11 +62,14 @@ def verify(path: str) -> dict:
 
 
 def tokenize_corpus(c: Config) -> dict:
-    """Build the dataset directory ``c.out_dir``; return a summary (tokens, documents, MB/s, paths)."""
-    import llmkit.tokenizer
-    from llmkit.data.corpus import Corpus, sample_for_training
-    from llmkit.errors import DataError
+    """Build the dataset directory ``c.out_dir``; return a summary (tokens, documents, MB/s, paths).
+    With ``data.tasks`` the corpus is tokenized as independent tasks (``llmkit.recipes.tokenize_tasks``)."""
+    from llmkit.data.corpus import Corpus
 
+    if c.data.tasks or c.step != "all" or c.data.task_index is not None:
+        from llmkit.recipes.tokenize_tasks import tokenize_tasks  # noqa: I001
+
+        return tokenize_tasks(c)
     t0 = time.perf_counter()
     corpus = Corpus(c.data, data_root=c.data_root)  # missing paths, binary files, empty files: fail now
     log.info(
@@ -93,41 +78,10 @@ def tokenize_corpus(c: Config) -> dict:
         corpus.total_bytes / 1e6,
         corpus.text_bytes / 1e6,
     )
-
-    tokens_per_byte = 1.0  # at most one token per byte (+ separators) for char and byte-fallback tokenizers
-    if c.tokenizer.path:
-        tok = llmkit.tokenizer.load(c.tokenizer.path)
-        log.info("reusing %s tokenizer from %s (vocab %d)", tok.kind, c.tokenizer.path, tok.vocab_size)
-    else:
-        llmkit.tokenizer.check_special_tokens(c.tokenizer.user_special_tokens)
-        sample = sample_for_training(corpus, c.seed, c.tokenizer.train_sample_bytes)
-        if not sample:
-            raise DataError(
-                "No training documents: every non-empty document went to the validation split. "
-                "Lower data.val_fraction or add data.paths."
-            )
-        log.info(
-            "training a %s tokenizer (vocab %d) on a %.1f MB sample of %d documents",
-            c.tokenizer.kind,
-            c.tokenizer.vocab_size,
-            sum(map(len, sample)) / 1e6,
-            len(sample),
-        )
-        tok = llmkit.tokenizer.train(c.tokenizer, sample, seed=c.seed)
-        probe = "".join(sample)[: 1 << 18]  # tokens per byte, for the expected size of the shards
-        tokens_per_byte = len(tok.encode(probe)) / max(1, len(probe.encode("utf-8"))) if probe else 1.0
-        del sample, probe
+    tok, tokens_per_byte = build_tokenizer(c, corpus)
     t_tok = time.perf_counter() - t0
-
     out = Path(c.out_dir)
-    need = int(corpus.text_bytes * tokens_per_byte * tok.dtype.itemsize * 1.05) + (1 << 20)
-    free = free_bytes(out)
-    if free is not None and free < need:
-        raise DiskFullError(
-            f"Tokenizing into {out} needs about {human_bytes(need)} for its shards ({human_bytes(corpus.text_bytes)} "
-            f"of text, {tokens_per_byte:.2f} tokens per byte, {tok.dtype.itemsize} bytes per token), but only "
-            f"{human_bytes(free)} are free there. Free some space or choose another out_dir. Nothing was written."
-        )
+    need = check_space(corpus, tok, tokens_per_byte, out)
     try:
         meta = _encode(c, tok, corpus, out)
     except OSError as e:
@@ -137,50 +91,9 @@ def tokenize_corpus(c: Config) -> dict:
             disk_full_message("Tokenizing", out, need)
             + (" The partial shards were removed; an earlier dataset there is unchanged.")
         ) from None
-    splits, stats = meta["splits"], meta["encode"]
-    if splits["val"]["tokens"] == 0:
-        _warn(empty_val_warning(c.data, splits["train"]["documents"]))
-    return {
-        "out_dir": str(out),
-        "tokenizer_dir": str(out / "tokenizer"),
-        "meta": str(out / "meta.json"),
-        "tokenizer": {"kind": tok.kind, "vocab_size": tok.vocab_size, "checksum": tok.checksum()},
-        "dtype": meta["dtype"],
-        "train_tokens": splits["train"]["tokens"],
-        "val_tokens": splits["val"]["tokens"],
-        "train_documents": splits["train"]["documents"],
-        "val_documents": splits["val"]["documents"],
-        "corpus_bytes": corpus.total_bytes,
-        "text_bytes": corpus.text_bytes,
-        "encoding_replacements": meta["encoding_replacements"],
-        "hygiene": meta["hygiene"],
-        "encode_mb_per_s": stats["mb_per_s"],
-        "seconds": {
-            "tokenizer": round(t_tok, 3),
-            "encode": round(stats["seconds"], 3),
-            "total": round(time.perf_counter() - t0, 3),
-        },
-    }
-
-
-def empty_val_warning(data: Any, n_documents: int) -> str:
-    """What to say when the validation split came out empty: why, and the settings that fix it."""
-    why = (
-        f"{n_documents} document{'s' if n_documents != 1 else ''} and data.val_fraction={data.val_fraction}"
-        if data.split == "documents"
-        else f"data.split={data.split}, data.val_fraction={data.val_fraction}"
-    )
-    return (
-        "the validation split is empty (" + why + "), so training will measure no validation loss. "
-        "Fix: give more documents (data.split=documents sends whole documents to validation), or "
-        "data.split=tail (the last data.val_fraction of the text validates), or data.val_paths=[FILE]."
-    )
-
-
-def _warn(text: str) -> None:
-    from rich.console import Console
-
-    Console(stderr=True, highlight=False).print(f"[yellow]warning:[/yellow] {text}", markup=True)
+    stats = meta["encode"]
+    seconds = {"tokenizer": t_tok, "encode": stats["seconds"], "total": time.perf_counter() - t0}
+    return summarize(c, out, meta, corpus, seconds, stats["mb_per_s"])
 
 
 def _encode(c: Config, tok: Any, corpus: Any, out: Path) -> dict:
@@ -193,7 +106,7 @@ def _encode(c: Config, tok: Any, corpus: Any, out: Path) -> dict:
     workers = encode_workers(c.workers, corpus.text_bytes, c.encode_backend)
     t_enc = time.perf_counter()
     with (
-        DatasetWriter(out, tok) as writer,
+        DatasetWriter(out, tok, shard_tokens=c.data.shard_tokens) as writer,
         ShardEncoder(tok, tokenizer_dir=writer.staged_tokenizer, workers=workers, backend=c.encode_backend) as encoder,
         progress("encode", total=corpus.total_bytes, unit="bytes", enabled=c.progress) as bar,
     ):
@@ -235,7 +148,12 @@ def print_summary(s: dict) -> None:
     table.add_row("dataset", s["out_dir"])
     table.add_row("tokenizer", f"{tok['kind']}, vocab {tok['vocab_size']:,}, shards {s['dtype']}")
     for split in ("train", "val"):
-        table.add_row(split, f"{s[f'{split}_tokens']:,} tokens, {s[f'{split}_documents']:,} documents")
+        n = s["shards"][split]
+        files = f" in {n} shards" if n > 1 else ""
+        table.add_row(split, f"{s[f'{split}_tokens']:,} tokens, {s[f'{split}_documents']:,} documents{files}")
+    if "tasks" in s:
+        t = s["tasks"]
+        table.add_row("tasks", f"{t['count']}: {len(t['ran'])} run now, {len(t['skipped'])} done before")
     files = f" ({s['corpus_bytes'] / 1e6:.1f} MB of files)" if s["corpus_bytes"] != s["text_bytes"] else ""
     table.add_row(
         "encoded",

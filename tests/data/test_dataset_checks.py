@@ -31,9 +31,10 @@ def dataset(tmp_path):
 def test_meta_records_each_shards_sha256(dataset):
     meta = json.loads((dataset / "meta.json").read_text())
     for split in ("train", "val"):
-        info = meta["splits"][split]
+        (info,) = meta["splits"][split]["shards"]  # a small corpus: one shard per split
+        assert info["file"] == f"{split}.bin"
         assert info["sha256"] == sha256_file(dataset / info["file"])
-        assert info["bytes"] == (dataset / info["file"]).stat().st_size
+        assert info["bytes"] == (dataset / info["file"]).stat().st_size == meta["splits"][split]["bytes"]
     assert set(verify_dataset(dataset)) == {"train", "val"}
 
 
@@ -58,11 +59,34 @@ def test_a_modified_shard_fails_verification(dataset):
         verify_dataset(dataset)
 
 
+def _as_format_1(meta, *, checksums=True):
+    """meta.json as llmkit wrote it before shards were listed: one file per split (format_version 1)."""
+    meta["format_version"] = 1
+    for split, info in meta["splits"].items():
+        (shard,) = info.pop("shards")
+        info["file"] = shard["file"]
+        if checksums:
+            info["sha256"] = shard["sha256"]
+        else:
+            del info["bytes"]
+    return meta
+
+
+def test_a_format_1_dataset_still_opens_and_verifies(dataset):
+    tokens = {s: open_dataset(dataset).split(s).tolist() for s in ("train", "val")}
+    meta = json.loads((dataset / "meta.json").read_text())
+    (dataset / "meta.json").write_text(json.dumps(_as_format_1(meta)))
+    ds = open_dataset(dataset)
+    assert {s: ds.split(s).tolist() for s in ("train", "val")} == tokens
+    assert verify_dataset(dataset)["val"]["sha256"] == "ok"
+    _poke(dataset, "val", 3, 5)  # a format-1 checksum is checked too
+    with pytest.raises(DataError, match=r"val\.bin does not match its sha256"):
+        verify_dataset(dataset)
+
+
 def test_a_dataset_without_checksums_still_opens(dataset):
     meta = json.loads((dataset / "meta.json").read_text())
-    for info in meta["splits"].values():
-        del info["sha256"], info["bytes"]
-    (dataset / "meta.json").write_text(json.dumps(meta))
+    (dataset / "meta.json").write_text(json.dumps(_as_format_1(meta, checksums=False)))
     open_dataset(dataset)
     assert verify_dataset(dataset)["train"]["sha256"] == "not recorded"
 

@@ -248,3 +248,26 @@ def test_init_from_continues_pretraining_on_new_text_with_the_checkpoints_tokeni
                       cwd=tmp_path)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "holds another model" in proc.stderr and "model.n_embd: checkpoint 32 vs this run 64" in proc.stderr
+
+
+@pytest.mark.slow
+def test_a_many_shard_dataset_trains_to_the_same_weights(char_dataset, tmp_path):
+    """The same corpus in 18 shards per split (train windows read across shard boundaries): the
+    same batches, so bit-identical weights and the same logged losses as from one shard."""
+    many = tmp_path / "many"
+    proc = run_llmkit("tokenize", "tokenizer=char", f"out_dir={many}", "progress=false", "data.shard_tokens=30000",
+                      cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert len(json.loads((many / "meta.json").read_text())["splits"]["train"]["shards"]) > 10
+    steps = ["trainer.max_steps=12", "trainer.eval_every=6", "trainer.save_every=12", "trainer.log_every=3",
+             "trainer.grad_accum=2"]
+    runs = {}
+    for name, dataset in (("one", char_dataset), ("many", many)):
+        proc = _pretrain(tmp_path / name, dataset, *steps)
+        assert proc.returncode == 0, proc.stderr
+        runs[name] = load_file(str(tmp_path / name / "checkpoints" / "step_0000012" / "model.safetensors"))
+    assert runs["one"].keys() == runs["many"].keys()
+    for k in runs["one"]:
+        assert torch.equal(runs["one"][k], runs["many"][k]), k
+    losses = [[(r.get("train_loss"), r.get("val_loss")) for r in _metrics(tmp_path / n)] for n in ("one", "many")]
+    assert losses[0] == losses[1] and any(v for _, v in losses[0])
