@@ -295,7 +295,7 @@ def tokenization_agreement(task: str, c: Any, ref: Reference) -> dict[str, Any]:
     kind = "seq_cls" if task == "sst2" else "token_cls"
     tok = load_hf_tokenizer(ref.model_dir)
     rows = load_task_data(kind, c.data, "train")
-    ours = encode_task(kind, rows, tok, ref.labels, max_len=c.max_len, encoder=True, template="", source="train")
+    ours = encode_task(kind, rows, tok, ref.labels, max_len=c.max_len, encoder=True, template=None, source="train")
     ids = sum(list(a.input_ids) != b["input_ids"] for a, b in zip(ours, ref.train))
     labels = 0 if ref.seq else sum(list(a.labels) != b["labels"] for a, b in zip(ours, ref.train))
     return {"examples": len(ours), "input_ids_differ": int(ids), "labels_differ": int(labels)}

@@ -22,16 +22,33 @@ class DataConfig:
     split: Literal["documents", "tail"] = "documents"
     val_fraction: float = 0.1
     encoding_errors: Literal["fail", "replace"] = "fail"  # invalid UTF-8: stop, or replace and count
+    # ---- hygiene (off by default): documents dropped before the split, counted in meta.json
+    drop_duplicates: bool = False  # drop a document whose exact text came earlier (a 16-byte hash per document)
+    min_chars: int = 0  # drop documents with fewer characters (leading/trailing whitespace not counted)
     # ---- fine-tuning tasks
-    format: Literal["auto", "tsv", "csv", "jsonl", "conll", "parallel"] = "auto"  # auto: from the file suffix
+    # auto: from the file suffix; sft also reads chat (JSONL "messages") and alpaca (instruction/input/output)
+    format: Literal["auto", "tsv", "csv", "jsonl", "conll", "parallel", "chat", "alpaca"] = "auto"
     train_path: str | None = None
     eval_path: str | None = None  # validation file; `llmkit evaluate ... data.eval_path=FILE` scores any file
     train_target_path: str | None = None  # parallel: the line-aligned target file
     eval_target_path: str | None = None
-    text_column: str = "sentence"  # seq_cls; also the text of *.tsv/*.csv files in a pretraining corpus
+    # the text column: null = "sentence" in tables (seq_cls, *.tsv/*.csv in a corpus), "text" in
+    # *.parquet files and datasets folders of a pretraining corpus
+    text_column: str | None = None
     text_pair_column: str | None = None  # seq_cls on sentence pairs
     label_column: str = "label"
     source_column: str = "prompt"  # sft tables
     target_column: str = "response"
     max_train_examples: int = 0  # 0 = all
+    packing: bool = False  # sft: training examples packed into full rows (document masking; llmkit.data.packing)
     max_eval_examples: int = 0
+
+    @property
+    def table_text_column(self) -> str:
+        """The text column of a TSV/CSV table (``sentence``, GLUE's name, unless set)."""
+        return self.text_column or "sentence"
+
+    @property
+    def record_text_column(self) -> str:
+        """The text column of a Parquet file or datasets folder (``text``, Hugging Face's usual name, unless set)."""
+        return self.text_column or "text"

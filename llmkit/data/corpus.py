@@ -1,12 +1,15 @@
 """Reading a corpus: sources -> documents -> (split, document), streaming and with clear errors.
 
 Sources are text files, directories (searched with ``data.glob``), glob patterns, JSONL files
-(``*.jsonl``, the text in ``data.jsonl_field``), tables with a header (``*.tsv`` / ``*.csv``, the
+(``*.jsonl``, the text in ``data.jsonl_field``; also ``*.jsonl.gz`` / ``*.jsonl.zst``, and
+``*.txt.gz`` / ``*.txt.zst``, decompressed as they are read), Parquet files and Hugging Face
+``datasets`` folders written by ``save_to_disk`` (the text in ``data.text_column``, ``text`` unless
+set; see ``llmkit.data.columnar``), tables with a header (``*.tsv`` / ``*.csv``, the
 text in ``data.text_column``: a fine-tuning data set's sentences, labels ignored, make a corpus) or
 the offline built-in corpus (the documentation text in the standard library module
 ``pydoc_data.topics``, one document per topic).
 
-A document is a file, a JSONL record, a table row or a built-in topic, further cut at
+A document is a file, a JSONL record, a table or Parquet row or a built-in topic, further cut at
 ``data.doc_separator`` when it is set. The separator belongs to no document (it becomes the eos
 token in the shards); a separator at the very end of a source ends the last document and adds no
 empty one, so
@@ -28,8 +31,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from llmkit.data import columnar
 from llmkit.data.config import DataConfig
+from llmkit.data.hygiene import DocumentFilter
 from llmkit.data.readers import CHUNK, Role, Source, read_source, split_document
+from llmkit.data.streams import compression_of, estimated_size, strip_compression
+from llmkit.data.streams import head as stream_head
 from llmkit.errors import ConfigError, DataError
 
 SNIFF = 8192
@@ -44,6 +51,7 @@ class Corpus:
     data_root: str | None = None
     sources: list[Source] = field(default_factory=list)
     bytes_read: int = 0  # bytes consumed by the current pass (for progress bars)
+    hygiene: DocumentFilter = field(default_factory=DocumentFilter)  # the current pass's filter and counts
 
     def __post_init__(self) -> None:
         check_config(self.cfg)
@@ -51,14 +59,24 @@ class Corpus:
 
     @property
     def total_bytes(self) -> int:
+        """The files' bytes (compressed ones as stored): what progress bars count."""
         return sum(s.size for s in self.sources)
 
+    @property
+    def text_bytes(self) -> int:
+        """The text's uncompressed bytes: measured by the last full pass, else estimated from the files."""
+        return sum(s.text_bytes for s in self.sources)
+
     def documents(self) -> Iterator[tuple[Source, str]]:
-        """Every document of every source, in order. Resets and refills each source's counters."""
+        """Every document of every source, in order, less those the hygiene options drop
+        (:mod:`llmkit.data.hygiene`). Resets and refills each source's counters."""
         self.bytes_read = 0
+        self.hygiene = keep = DocumentFilter(min_chars=self.cfg.min_chars, drop_duplicates=self.cfg.drop_duplicates)
         for src in self.sources:
             src.documents = src.characters = src.replacements = 0
             for doc in read_source(src, self.cfg, self):
+                if not keep.keep(doc):
+                    continue
                 src.documents += 1
                 src.characters += len(doc)
                 yield src, doc
@@ -78,6 +96,12 @@ class Corpus:
     def check_not_empty(self) -> None:
         """After a pass: raise DataError if no source held any text."""
         if not any(s.characters for s in self.sources):
+            h = self.hygiene
+            if h.short or h.duplicate:
+                raise DataError(
+                    f"No document is left: of {h.read} documents, {h.short} are shorter than data.min_chars="
+                    f"{h.min_chars} and {h.duplicate} are duplicates. Lower data.min_chars."
+                )
             names = ", ".join(s.path for s in self.sources[:5]) + (" ..." if len(self.sources) > 5 else "")
             raise DataError(
                 f"The corpus is empty: {names} hold{'s' if len(self.sources) == 1 else ''} no text. "
@@ -87,6 +111,8 @@ class Corpus:
 
 def check_config(cfg: DataConfig) -> None:
     problems = []
+    if not isinstance(cfg.min_chars, int) or cfg.min_chars < 0:
+        problems.append(f"data.min_chars: must be an integer >= 0 (0: no length filter), got {cfg.min_chars!r}")
     if not 0.0 <= cfg.val_fraction < 1.0:
         problems.append(f"data.val_fraction: {cfg.val_fraction} is not in [0, 1)")
     if cfg.doc_separator == "":
@@ -116,7 +142,8 @@ def _resolve(cfg: DataConfig, data_root: str | None) -> list[Source]:
         from pydoc_data import topics
 
         path = topics.__file__
-        sources.append(Source(path=path, role="split", format="builtin", size=os.path.getsize(path)))
+        size = os.path.getsize(path)
+        sources.append(Source(path=path, role="split", format="builtin", size=size, text_bytes=size))
     seen: set[str] = set()
     val_given = bool(cfg.val_paths)
     missing_under_root = False
@@ -134,10 +161,12 @@ def _resolve(cfg: DataConfig, data_root: str | None) -> list[Source]:
                 if real in seen:
                     continue
                 seen.add(real)
-                fmt = _source_format(f)
-                sources.append(Source(path=f, role=role, format=fmt, size=os.path.getsize(f)))  # type: ignore[arg-type]
+                sources.extend(_sources_of(f, role, problems))  # type: ignore[arg-type]
     for src in sources:
-        if src.format != "builtin":
+        if src.format in ("parquet", "arrow"):
+            columnar.check_schema(src.files or [src.path], src.format, cfg.record_text_column, problems)
+            src.text_bytes = columnar.estimated_text_bytes(src.files or [src.path], src.format, cfg.record_text_column)
+        elif src.format != "builtin":
             _sniff(src, problems)
     if problems:
         msg = _join_problems(problems)
@@ -167,6 +196,8 @@ def _expand(p: str, pattern: str, where: str, problems: list[str]) -> list[str] 
     path = Path(p).expanduser()
     if path.is_file():
         return [str(path)]
+    if path.is_dir() and (columnar.is_dataset_folder(path) or columnar.is_dataset_dict(path)):
+        return [str(path)]  # a datasets save_to_disk folder is one source (or a train and a validation one)
     if path.is_dir():
         files = sorted(str(f) for f in path.glob(pattern) if f.is_file())
         if not files:
@@ -181,22 +212,44 @@ def _expand(p: str, pattern: str, where: str, problems: list[str]) -> list[str] 
     return None
 
 
-def _source_format(path: str) -> str:
-    name = path.lower()
+def _sources_of(path: str, role: Role, problems: list[str]) -> list[Source]:
+    """The source(s) a file or datasets folder is: a DatasetDict gives its train and validation splits."""
+    folder = Path(path)
+    if folder.is_dir():
+        if columnar.is_dataset_dict(folder):
+            return [
+                s
+                for split, sub in columnar.dict_splits(folder, problems)
+                for s in _sources_of(str(sub), "val" if split == columnar.VALIDATION_SPLIT else role, problems)
+            ]
+        files = columnar.arrow_files(folder, problems)
+        size = sum(os.path.getsize(f) for f in files)
+        return [Source(path=path, role=role, format="arrow", size=size, files=files)] if files else []
+    compression = compression_of(path)
+    name = strip_compression(path.lower())
+    fmt = "text"
     if name.endswith((".jsonl", ".ndjson")):
-        return "jsonl"
-    if name.endswith((".tsv", ".csv")):
-        return "table"
-    return "text"
+        fmt = "jsonl"
+    elif name.endswith(".parquet") and not compression:
+        fmt = "parquet"
+    elif name.endswith((".tsv", ".csv")):
+        if compression:
+            problems.append(f"{path}: compressed tables are not read; decompress it, or convert it to *.jsonl.gz.")
+        fmt = "table"
+    size = os.path.getsize(path)
+    text = estimated_size(path, compression) if compression else size  # measured by each pass
+    return [Source(path=path, role=role, format=fmt, size=size, compression=compression, text_bytes=text)]  # type: ignore[arg-type]
 
 
 def _sniff(src: Source, problems: list[str]) -> None:
-    """A NUL byte in the first 8 KiB marks a binary file (as git and grep decide)."""
+    """A NUL byte in the first 8 KiB (decompressed) marks a binary file (as git and grep decide)."""
     try:
-        with open(src.path, "rb") as f:
-            head = f.read(SNIFF)
+        head, problem = stream_head(src.path, src.compression, SNIFF)
     except OSError as e:
         problems.append(f"{src.path}: cannot be read ({e.strerror}).")
+        return
+    if problem:
+        problems.append(problem)
         return
     nul = head.find(b"\x00")
     if nul < 0:

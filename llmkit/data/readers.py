@@ -1,21 +1,23 @@
-"""Readers of corpus sources: text files, JSONL, TSV/CSV tables and the built-in corpus -> documents.
+"""Readers of corpus sources: text files, JSONL (plain, ``.gz`` or ``.zst``), TSV/CSV tables, Parquet
+files, datasets folders and the built-in corpus -> documents.
 
 Each reader streams one ``Source`` (memory holds one document at a time), fills in its checksum
-and the number of U+FFFD replacements, and adds the bytes it consumed to ``progress.bytes_read``
-(the corpus, for progress bars). Invalid UTF-8, malformed JSONL lines and missing fields or
+(of the file as stored, compressed or not) and the number of U+FFFD replacements, and adds the
+file bytes it consumed to ``progress.bytes_read`` (the corpus, for progress bars). Decompression:
+``llmkit.data.streams``; Parquet and datasets folders: ``llmkit.data.columnar``. Invalid UTF-8, malformed JSONL lines and missing fields or
 columns raise a DataError naming the file and line (and byte offset where it helps).
 """
 
 from __future__ import annotations
 
 import codecs
-import hashlib
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Literal, Protocol
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
 
 from llmkit.data.config import DataConfig
+from llmkit.data.streams import open_metered
 from llmkit.errors import DataError
 
 CHUNK = 1 << 20
@@ -42,8 +44,11 @@ class Source:
 
     path: str
     role: Role
-    format: Literal["text", "jsonl", "table", "builtin"]
+    format: Literal["text", "jsonl", "table", "builtin", "parquet", "arrow"]
     size: int
+    compression: Literal["gzip", "zstd"] | None = None  # text / jsonl: decompressed as it is read
+    files: list[str] = field(default_factory=list)  # arrow: the Arrow files of a datasets folder
+    text_bytes: int = 0  # uncompressed bytes of the text the last full pass read (before: an estimate)
     sha256: str | None = None
     documents: int = 0
     characters: int = 0
@@ -54,12 +59,27 @@ class Source:
             "path": self.path,
             "split": self.role,
             "format": self.format,
+            "compression": self.compression,
             "bytes": self.size,
+            "text_bytes": self.text_bytes,
             "sha256": self.sha256,
             "documents": self.documents,
             "characters": self.characters,
             "encoding_replacements": self.replacements,
+            **({"files": self.files} if self.files else {}),
         }
+
+
+def unchanged(record: dict) -> bool:
+    """Whether the source a meta.json ``sources`` entry describes still has its size and checksum."""
+    import os
+
+    from llmkit.data.columnar import sha256_files
+
+    files = record.get("files") or [record.get("path", "")]
+    if not all(os.path.isfile(f) for f in files) or sum(os.path.getsize(f) for f in files) != record.get("bytes"):
+        return False
+    return sha256_files(files) == record.get("sha256")
 
 
 class Progress(Protocol):
@@ -76,7 +96,9 @@ def read_source(src: Source, cfg: DataConfig, progress: Progress) -> Iterator[st
     if src.format == "jsonl":
         return _read_jsonl(src, sep, cfg.jsonl_field, cfg.encoding_errors, progress)
     if src.format == "table":
-        return _read_table(src, sep, cfg.text_column, progress)
+        return _read_table(src, sep, cfg.table_text_column, progress)
+    if src.format in ("parquet", "arrow"):
+        return _read_columnar(src, sep, cfg.record_text_column, progress)
     return _read_text(src, sep, cfg.encoding_errors, progress)
 
 
@@ -102,7 +124,6 @@ def _utf8_error(src: Source, offset: int, line: int, e: UnicodeDecodeError) -> D
 def _read_text(src: Source, sep: str | None, errors: str, progress: Progress) -> Iterator[str]:
     """Stream a text file in chunks, decode incrementally, cut at ``sep``."""
     decoder = codecs.getincrementaldecoder("utf-8")("strict" if errors == "fail" else "llmkit.replace")
-    digest = hashlib.sha256()
     offset = lines = 0
     carry: list[str] = []  # text after the last separator seen
     tail = sep[:-1] if sep else ""
@@ -122,9 +143,8 @@ def _read_text(src: Source, sep: str | None, errors: str, progress: Progress) ->
         carry = [parts.pop()]
         yield from parts
 
-    with open(src.path, "rb") as f:
+    with open_metered(src.path, src.compression, progress) as f:
         while chunk := f.read(CHUNK):
-            digest.update(chunk)
             pending = decoder.getstate()[0]
             try:
                 text = decoder.decode(chunk)
@@ -133,7 +153,6 @@ def _read_text(src: Source, sep: str | None, errors: str, progress: Progress) ->
                 raise _utf8_error(src, at, lines + (pending + chunk)[: e.start].count(b"\n") + 1, e) from None
             offset += len(chunk)
             lines += chunk.count(b"\n")
-            progress.bytes_read += len(chunk)
             yield from pieces(text, final=False)
         pending = decoder.getstate()[0]
         try:
@@ -141,7 +160,8 @@ def _read_text(src: Source, sep: str | None, errors: str, progress: Progress) ->
         except UnicodeDecodeError as e:
             raise _utf8_error(src, offset - len(pending) + e.start, lines + 1, e) from None
         yield from pieces(text, final=True)
-    src.sha256 = digest.hexdigest()
+        src.sha256 = f.raw.finish()  # type: ignore[attr-defined]
+        src.text_bytes = f.raw.produced  # type: ignore[attr-defined]
     src.replacements = _replaced[0] - start_replaced
     last = "".join(carry)
     if sep is None:
@@ -152,14 +172,11 @@ def _read_text(src: Source, sep: str | None, errors: str, progress: Progress) ->
 
 
 def _read_jsonl(src: Source, sep: str | None, field_name: str, errors: str, progress: Progress) -> Iterator[str]:
-    digest = hashlib.sha256()
-    offset = 0
+    offset = lineno = 0
     start_replaced = _replaced[0]
     handler = "strict" if errors == "fail" else "llmkit.replace"
-    with open(src.path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            digest.update(raw)
-            progress.bytes_read += len(raw)
+    with open_metered(src.path, src.compression, progress) as f:
+        for lineno, raw in enumerate(_lines(f, src), 1):
             try:
                 line = raw.decode("utf-8", errors=handler)
             except UnicodeDecodeError as e:
@@ -189,8 +206,24 @@ def _read_jsonl(src: Source, sep: str | None, field_name: str, errors: str, prog
             if not isinstance(text, str):
                 raise DataError(f"{src.path}:{lineno}: field {field_name!r} is a {type(text).__name__}, not a string.")
             yield from split_document(text, sep)
-    src.sha256 = digest.hexdigest()
+        src.sha256 = f.raw.finish()  # type: ignore[attr-defined]
+        src.text_bytes = f.raw.produced  # type: ignore[attr-defined]
     src.replacements = _replaced[0] - start_replaced
+
+
+def _lines(f: Any, src: Source) -> Iterator[bytes]:
+    """The lines of a (decompressing) stream; a damaged compressed file's error names the line it reached."""
+    n = 0
+    it = iter(f)
+    while True:
+        try:
+            raw = next(it)
+        except StopIteration:
+            return
+        except DataError as e:
+            raise DataError(f"{e} It was read up to line {n} of the decompressed JSONL.") from None
+        n += 1
+        yield raw
 
 
 def _read_table(src: Source, sep: str | None, column: str, progress: Progress) -> Iterator[str]:
@@ -222,3 +255,18 @@ def _read_builtin(src: Source, sep: str | None, progress: Progress) -> Iterator[
         text = topics.topics[key]
         progress.bytes_read += int(len(text) * scale)
         yield from split_document(text, sep)
+
+
+def _read_columnar(src: Source, sep: str | None, column: str, progress: Progress) -> Iterator[str]:
+    from llmkit.data import columnar
+
+    files = src.files or [src.path]
+    counted = columnar.TextBytes()
+    if src.format == "parquet":
+        texts = columnar.read_parquet(src.path, column, progress, counted)
+    else:
+        texts = columnar.read_arrow(files, column, progress, counted)
+    for text in texts:
+        yield from split_document(text, sep)
+    src.sha256 = columnar.sha256_files(files)
+    src.text_bytes = counted.n

@@ -28,6 +28,8 @@ class Example:
     labels: np.ndarray  # () for sequence labels, (T,) for token labels
     token_type_ids: np.ndarray | None = None
     word_starts: np.ndarray | None = None  # token_cls: position of each word's first sub-token (-1: truncated)
+    input_pos: np.ndarray | None = None  # packed rows: each token's position within its own example
+    document_ids: np.ndarray | None = None  # packed rows: which example of the row each token belongs to
 
 
 def _label_id(label: str, label_to_id: dict[str, int], where: str) -> int:
@@ -154,6 +156,10 @@ def collate(examples: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]
     token_level = examples[0].labels.ndim == 1
     labels = torch.full((B, T), IGNORE_INDEX, dtype=torch.long) if token_level else torch.empty(B, dtype=torch.long)
     types = torch.zeros((B, T), dtype=torch.long) if examples[0].token_type_ids is not None else None
+    packed = examples[0].document_ids is not None
+    # packed rows: padding is position 0 of a document of its own (-1), which no real token sees
+    pos = torch.zeros((B, T), dtype=torch.long) if packed else None
+    docs = torch.full((B, T), -1, dtype=torch.long) if packed else None
     for i, e in enumerate(examples):
         n = len(e.input_ids)
         ids[i, :n] = torch.from_numpy(e.input_ids)
@@ -164,9 +170,14 @@ def collate(examples: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]
             labels[i] = int(e.labels)
         if types is not None:
             types[i, :n] = torch.from_numpy(e.token_type_ids)
+        if pos is not None and docs is not None:
+            pos[i, :n] = torch.from_numpy(e.input_pos)
+            docs[i, :n] = torch.from_numpy(e.document_ids)
     batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
     if types is not None:
         batch["token_type_ids"] = types
+    if pos is not None and docs is not None:
+        batch["input_pos"], batch["document_ids"] = pos, docs
     return batch
 
 

@@ -12,8 +12,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from llmkit.data.task_batches import Example, eval_batches, render_prompt
-from llmkit.data.tasks import TaggedSentence, TextPair
+from llmkit.data.chat import Conversation
+from llmkit.data.chat_template import ChatTemplate
+from llmkit.data.task_batches import Example, eval_batches
+from llmkit.data.tasks import TaggedSentence
 from llmkit.generation import beam_search, generate
 from llmkit.model.heads import CausalLM
 
@@ -94,9 +96,9 @@ def evaluate_token_cls(
 def evaluate_sft(
     model: CausalLM,
     tokenizer: Any,
-    pairs: Sequence[TextPair],
+    conversations: Sequence[Conversation],
     *,
-    template: str,
+    template: ChatTemplate,
     max_new_tokens: int,
     num_beams: int = 1,
     length_penalty: float = 1.0,
@@ -107,8 +109,10 @@ def evaluate_sft(
     device = next(model.parameters()).device
     metrics = GenerationMetrics()
     block = model.config.block_size
-    for i, pair in enumerate(pairs):
-        prompt = tokenizer.encode(render_prompt(template, pair.source))[-(block - max_new_tokens) :]
+    # an answer ends at the template's end-of-turn token (<|im_end|>; eos for the plain template)
+    stop_id = template.end_of_turn_id if template.end_of_turn_id is not None else tokenizer.eos_id
+    for i, conv in enumerate(conversations):
+        prompt = template.prompt_ids(conv.prompt)[-(block - max_new_tokens) :]
         ids = torch.tensor([prompt], dtype=torch.long, device=device)
         if num_beams > 1:
             new = beam_search(
@@ -117,18 +121,18 @@ def evaluate_sft(
                 num_beams=num_beams,
                 max_new_tokens=max_new_tokens,
                 length_penalty=length_penalty,
-                eos_id=tokenizer.eos_id,
+                eos_id=stop_id,
             )
         else:
             new = [
-                int(t[0])
-                for t in generate(model, ids, max_new_tokens=max_new_tokens, temperature=0.0, eos_id=tokenizer.eos_id)
+                int(t[0]) for t in generate(model, ids, max_new_tokens=max_new_tokens, temperature=0.0, eos_id=stop_id)
             ]
-        new = [t for t in new if t != tokenizer.eos_id]
-        hypothesis = tokenizer.decode(new).strip()
-        metrics.update([hypothesis], [pair.target])
+        if stop_id in new:
+            new = new[: new.index(stop_id)]
+        hypothesis = tokenizer.decode([t for t in new if t != tokenizer.eos_id]).strip()
+        metrics.update([hypothesis], [conv.reference])
         if writer is not None:
-            writer.write({"index": i, "source": pair.source, "prediction": hypothesis, "reference": pair.target})
+            writer.write({"index": i, "source": conv.source, "prediction": hypothesis, "reference": conv.reference})
     result = metrics.compute()
     flat: dict[str, float] = {k: result[k] for k in ("bleu", "chrf", "rouge1", "rouge2", "rougeL") if k in result}
     return flat, metrics

@@ -60,13 +60,13 @@ def load_pretrained(spec: str) -> Pretrained:
 TASK_MODELS = {"sft": "CausalLM", "seq_cls": "SequenceClassifier", "token_cls": "TokenClassifier"}
 
 
-def new_task_model(task: str, cfg: ModelConfig, *, num_labels: int = 0) -> nn.Module:
+def new_task_model(task: str, cfg: ModelConfig, *, num_labels: int = 0, head_bias: bool = True) -> nn.Module:
     """A freshly initialised model for ``task`` (a decoder for sft, a classifier with ``num_labels`` else)."""
     if task not in TASK_MODELS:
         raise LlmkitError(f"unknown fine-tuning task {task!r}; llmkit fine-tunes {', '.join(TASK_MODELS)}")
     if task == "sft":
         return model_class(TASK_MODELS[task]).from_config(cfg)
-    return task_model_class(TASK_MODELS[task]).from_config(cfg, num_labels=num_labels)
+    return task_model_class(TASK_MODELS[task]).from_config(cfg, num_labels=num_labels, head_bias=head_bias)
 
 
 def _all_names(pre: Pretrained) -> dict[str, torch.Tensor]:
@@ -80,12 +80,14 @@ def _all_names(pre: Pretrained) -> dict[str, torch.Tensor]:
     return with_tied(pre.tensors, tied_groups(skeleton))
 
 
-def build_task_model(task: str, pre: Pretrained, *, num_labels: int = 0, dropout: float | None = None) -> nn.Module:
+def build_task_model(
+    task: str, pre: Pretrained, *, num_labels: int = 0, dropout: float | None = None, head_bias: bool = True
+) -> nn.Module:
     """The model for ``task`` with the pretrained trunk loaded; new heads keep their fresh init."""
     cfg = pre.config if dropout is None else dataclasses.replace(pre.config, dropout=dropout)
     if task == "sft" and not cfg.causal:
         raise LlmkitError(f"objective=sft generates text and needs a decoder (GPT/Llama); {pre.source} is an encoder.")
-    model = new_task_model(task, cfg, num_labels=num_labels)
+    model = new_task_model(task, cfg, num_labels=num_labels, head_bias=head_bias)
     own = model.state_dict()
     wanted = {k: v for k, v in _all_names(pre).items() if k in own}
     if task == "sft":  # the whole decoder, LM head included
@@ -104,16 +106,17 @@ def task_model_from_checkpoint(meta: dict[str, Any], path: Path) -> nn.Module:
     cfg = ModelConfig.from_dict(meta["model_config"])
     task = meta["task"]
     labels = meta.get("labels", [])
+    head_bias = meta.get("head_bias", True)
     if "base" in meta:  # LoRA: rebuild the base, add the adapters, fold them in
         from llmkit.finetune.lora import apply_lora, load_adapters, merge_lora
 
         base = load_pretrained(meta["base"])
-        model = build_task_model(task, base, num_labels=len(labels), dropout=cfg.dropout)
+        model = build_task_model(task, base, num_labels=len(labels), dropout=cfg.dropout, head_bias=head_bias)
         lora = meta["lora"]
         apply_lora(model, rank=lora["rank"], alpha=lora["alpha"], dropout=0.0, targets=lora["targets"])
         load_adapters(model, load_file(str(path / "model.safetensors")), what=f"The adapters in {path}")
         merge_lora(model)
         return model
-    model = new_task_model(task, cfg, num_labels=len(labels))
+    model = new_task_model(task, cfg, num_labels=len(labels), head_bias=head_bias)
     checkpoint.load_weights(model, path)
     return model

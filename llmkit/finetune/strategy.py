@@ -55,6 +55,7 @@ class FinetuneConfig:
     lora_dropout: float = 0.05  # on the adapter path's input
     lora_targets: list[str] = field(default_factory=lambda: ["attn.c_attn", "attn.c_proj"])
     train_head: bool = True  # freeze/lora: the task head (classifier, pooler) trains
+    head_bias: bool = True  # false: a classifier head without bias (what transformers' GPT-2/Llama score has)
     layerwise_lr_decay: float = 1.0  # 1.0 = off; else block i of n gets lr * decay ** (n - i)
 
     def __post_init__(self) -> None:

@@ -9,9 +9,11 @@ from typing import Any
 
 from rich.console import Console
 
+from llmkit.data.chat import Conversation, encode_conversations, from_pair, read_alpaca, read_chat
+from llmkit.data.chat_template import ChatTemplate, plain_template
 from llmkit.data.config import DataConfig
-from llmkit.data.task_batches import encode_labelled, encode_pairs, encode_tagged
-from llmkit.data.tasks import LabelledText, TaggedSentence, TextPair, read_conll, read_labelled, read_text_pairs
+from llmkit.data.task_batches import encode_labelled, encode_tagged
+from llmkit.data.tasks import LabelledText, TaggedSentence, read_conll, read_labelled, read_text_pairs
 from llmkit.errors import LlmkitError
 from llmkit.finetune.config import GenerationEvalConfig
 from llmkit.finetune.evaluation import evaluate_seq_cls, evaluate_sft, evaluate_token_cls
@@ -28,26 +30,31 @@ def load_task_data(task: str, data: DataConfig, split: str) -> list:
     if not path:
         raise LlmkitError(f"data.{split}_path is not set; data={data.name} has no {split} file for fine-tuning.")
     limit = data.max_train_examples if split == "train" else data.max_eval_examples
-    rows: Iterator[LabelledText | TaggedSentence | TextPair]
+    rows: Iterator[LabelledText | TaggedSentence | Conversation]
     if task == "seq_cls":
         rows = read_labelled(
             path,
-            text_column=data.text_column,
+            text_column=data.table_text_column,
             label_column=data.label_column,
             text_pair_column=data.text_pair_column,
             fmt=data.format,
         )
     elif task == "token_cls":
         rows = read_conll(path)
-    else:
+    elif data.format == "chat":
+        rows = read_chat(path)
+    elif data.format == "alpaca":
+        rows = read_alpaca(path)
+    else:  # prompt/response pairs: one user turn and its answer
         target = data.train_target_path if split == "train" else data.eval_target_path
-        rows = read_text_pairs(
+        pairs = read_text_pairs(
             path,
             target_path=target,
             source_column=data.source_column,
             target_column=data.target_column,
             fmt=data.format,
         )
+        rows = (from_pair(p, f"{path} pair {i}") for i, p in enumerate(pairs, 1))
     out = []
     for row in rows:
         out.append(row)
@@ -68,14 +75,30 @@ def label_set(task: str, rows: list, given: list[str]) -> list[str]:
 
 
 def encode_task(
-    task: str, rows: list, tokenizer: Any, labels: list[str], *, max_len: int, encoder: bool, template: str, source: str
+    task: str,
+    rows: list,
+    tokenizer: Any,
+    labels: list[str],
+    *,
+    max_len: int,
+    encoder: bool,
+    template: ChatTemplate | None,
+    source: str,
 ) -> list:
     label_to_id = {label: i for i, label in enumerate(labels)}
     if task == "seq_cls":
         return encode_labelled(rows, tokenizer, label_to_id, max_len=max_len, encoder=encoder, source=source)
     if task == "token_cls":
         return encode_tagged(rows, tokenizer, label_to_id, max_len=max_len, encoder=encoder, source=source)
-    return encode_pairs(rows, tokenizer, template=template, max_len=max_len)
+    assert template is not None, "sft examples need a chat template"
+    return encode_conversations(rows, template, max_len=max_len)
+
+
+def checkpoint_template(meta: dict[str, Any], tokenizer: Any) -> ChatTemplate:
+    """The chat template a fine-tuned checkpoint was trained with (checkpoints from before chat
+    templates: their prompt template, as the ``plain`` template that reproduces their tokens)."""
+    source = meta.get("chat_template") or plain_template(meta.get("prompt_template") or "{source}\n")
+    return ChatTemplate(source, tokenizer, name=meta.get("chat_template_name", "the checkpoint's"))
 
 
 def task_metrics(
@@ -87,7 +110,7 @@ def task_metrics(
     labels: list[str],
     *,
     batch_size: int,
-    template: str,
+    template: ChatTemplate | None,
     generation: GenerationEvalConfig,
     writer: Any = None,
     max_generate: int = 0,
@@ -98,6 +121,7 @@ def task_metrics(
         )
     if task == "token_cls":
         return evaluate_token_cls(model, examples, rows, labels, batch_size=batch_size, writer=writer)
+    assert template is not None, "sft evaluation needs a chat template"
     return evaluate_sft(
         model,
         tokenizer,
@@ -143,6 +167,7 @@ def evaluate_task_checkpoint(
         )
     labels = meta.get("labels", [])
     rows = load_task_data(task, data, "eval")
+    template = checkpoint_template(meta, tokenizer) if task == "sft" else None
     if task != "sft":
         seen = {r.label for r in rows} if task == "seq_cls" else {t for r in rows for t in r.tags}
         unknown = sorted(seen - set(labels))
@@ -158,7 +183,7 @@ def evaluate_task_checkpoint(
         labels,
         max_len=meta["max_len"],
         encoder=not model.config.causal,
-        template=meta.get("prompt_template", ""),
+        template=template,
         source=str(data.eval_path),
     )
     from llmkit.metric.io import PredictionWriter
@@ -172,7 +197,7 @@ def evaluate_task_checkpoint(
             rows,
             labels,
             batch_size=batch_size,
-            template=meta.get("prompt_template", ""),
+            template=template,
             generation=generation,
             writer=writer,
         )

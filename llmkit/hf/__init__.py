@@ -15,8 +15,11 @@ Supported ``model_type``s and what they become::
 
 Modules, top to bottom:
 
+    peft.py      a LoRA fine-tune of an hf: base as a PEFT adapter directory (``format=peft``)
+    heads.py     fine-tuned classifiers as ``*For{Sequence,Token}Classification`` (head bias, pooling, labels)
     refs.py      ``hf:DIR`` / ``hf:pkg:NAME`` references -> directory, model, tokenizer
-    weights.py   parameter-name tables, ``load_hf`` (import) and ``export_hf``
+    weights.py   parameter-name tables and ``load_hf`` (import)
+    writer.py    ``export_hf``: tensors under Hugging Face names, config.json, tokenizer, written atomically
     configs.py   ``config.json`` <-> ``ModelConfig``
     files.py     reading ``config.json`` and the weight files (safetensors, ``weights_only`` torch)
 
@@ -37,7 +40,8 @@ from llmkit.hf.refs import (
     package_model_dir,
     resolve_init,
 )
-from llmkit.hf.weights import export_hf, load_hf
+from llmkit.hf.weights import load_hf
+from llmkit.hf.writer import export_hf
 from llmkit.tokenizer.hf import HFTokenizer, HFTokenizerError, export_tokenizer, is_hf_tokenizer_dir, load_hf_tokenizer
 
 __all__ = [

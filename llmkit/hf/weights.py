@@ -11,15 +11,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from llmkit.hf.configs import config_from_hf, config_to_hf, export_family
-from llmkit.hf.files import CONFIG_FILE, SAFETENSORS_FILE, HFFormatError, load_hf_tensors, read_hf_config
+from llmkit.hf.configs import config_from_hf
+from llmkit.hf.files import CONFIG_FILE, HFFormatError, load_hf_tensors, read_hf_config
 from llmkit.model.config import ModelConfig
 from llmkit.model.registry import model_class
 from llmkit.model.state_dict import few, key_problems, tied_groups, with_tied
@@ -139,6 +138,13 @@ def _distilbert_names(cfg: ModelConfig) -> list[_Row]:
     return rows
 
 
+def from_hf_parts(parts: list[Tensor], how: str) -> Tensor:
+    """The llmkit tensor of one table row from its Hugging Face tensors (see the table legend)."""
+    if how == "t":
+        return parts[0].t()
+    return torch.cat(parts, dim=0) if how == "cat" else parts[0]
+
+
 _NAME_TABLES = {"gpt2": _gpt2_names, "llama": _llama_names, "bert": _bert_names, "distilbert": _distilbert_names}
 # Prefix of the trunk in "ForXxx" checkpoints; base-model checkpoints (GPT2Model, BertModel) lack it.
 _BASE_PREFIX = {"gpt2": "transformer.", "llama": "model.", "bert": "bert.", "distilbert": "distilbert."}
@@ -210,13 +216,7 @@ def load_hf(
             continue
         present_by_group.setdefault(group, []).append(ours)
         used.update(theirs)
-        parts = [tensors[n] for n in theirs]
-        if how == "t":
-            t = parts[0].t()
-        elif how == "cat":
-            t = torch.cat(parts, dim=0)
-        else:
-            t = parts[0]
+        t = from_hf_parts([tensors[n] for n in theirs], how)
         if ours == "transformer.wpe.weight" and config.block_size < full_block:
             t = t[: config.block_size]  # (block_size, n_embd): positions beyond block_size are never used
         converted[ours] = t
@@ -258,127 +258,3 @@ def load_hf(
         "eos_token_id": raw.get("eos_token_id"),
     }
     return model, config, info
-
-
-# ---------------------------------------------------------------------------- export
-
-
-def _own_state(model: nn.Module | Mapping[str, Tensor]) -> dict[str, Tensor]:
-    sd = model.state_dict() if isinstance(model, nn.Module) else dict(model)
-    out = {}
-    for k, v in sd.items():
-        for prefix in ("_orig_mod.", "module."):  # torch.compile / DDP wrappers
-            k = k.removeprefix(prefix)
-        out[k] = v
-    return out
-
-
-def _add_zero_biases(state: dict[str, Tensor], table: list[_Row], cfg: ModelConfig) -> None:
-    """A bias-free model's biases as zeros: GPT-2 / BERT have a bias in every linear and norm layer,
-    and a zero bias computes exactly what no bias does."""
-    for ours, _theirs, _how, _group in table:
-        if not ours.endswith(".bias") or ours in state:
-            continue
-        weight = state.get(ours.removesuffix("bias") + "weight")
-        like = next(iter(state.values()))
-        if ours == "mlm_head.bias":  # the output bias: one per token (the decoder weight may be tied away)
-            state[ours] = torch.zeros(cfg.vocab_size, dtype=like.dtype, device=like.device)
-        elif weight is not None:  # a linear's (out, in) or a norm's (n,) weight: one bias per row
-            state[ours] = torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device)
-
-
-def export_hf(
-    model: nn.Module | Mapping[str, Tensor],
-    model_config: ModelConfig,
-    out_dir: str | os.PathLike,
-    *,
-    tokenizer: Any | None = None,
-    dtype: torch.dtype | None = None,
-    overwrite: bool = False,
-) -> Path:
-    """Write an llmkit ``CausalLM`` / ``MaskedLM`` (or its state dict) as a Hugging Face directory.
-
-    Writes ``config.json`` and ``model.safetensors`` (and, with ``tokenizer``, its Hugging Face
-    tokenizer files: see ``llmkit.tokenizer.hf.export_tokenizer``). Causal models become
-    ``GPT2LMHeadModel`` (learned or sinusoidal positions, LayerNorm, GELU) or ``LlamaForCausalLM``
-    (RoPE, RMSNorm, SwiGLU, GQA); encoders become ``BertForPreTraining``. Sinusoidal positions
-    are written as the position table they define (the same function; Hugging Face then treats it
-    as learned), and an encoder without token types gets a one-row zero token-type table.
-    Options no Hugging Face architecture expresses raise ``HFFormatError`` naming each of them.
-    LoRA adapters must be merged first (unknown parameters are refused). ``dtype`` converts the
-    weights (default: as they are). The directory is written atomically.
-    """
-    from safetensors.torch import save_file
-
-    from llmkit.io import atomic_dir, write_json
-    from llmkit.model.positions import sinusoidal_table
-
-    cfg = model_config
-    family, problems = export_family(cfg)
-    if problems:
-        raise HFFormatError(
-            f"Cannot export this model as a Hugging Face {family} model; it has "
-            + "; ".join(problems)
-            + ". No transformers architecture computes the same function."
-        )
-    state = _own_state(model)
-    tied = tied_groups(state)
-    first = next(iter(state.values()), None)
-    if first is None:
-        raise HFFormatError("export_hf got an empty model.")
-    dtype = dtype or next((v.dtype for v in state.values() if v.is_floating_point()), torch.float32)
-
-    if family == "bert" and cfg.type_vocab_size == 0:
-        state["transformer.wtt.weight"] = torch.zeros(1, cfg.n_embd, dtype=first.dtype, device=first.device)
-        cfg_rows = dataclasses.replace(cfg, type_vocab_size=1)
-    else:
-        cfg_rows = cfg
-    if cfg.pos == "sinusoidal":
-        state["transformer.wpe.weight"] = sinusoidal_table(cfg.block_size, cfg.n_embd)
-    table = _NAME_TABLES[family](cfg_rows)
-    if family in ("gpt2", "bert") and not cfg.bias:
-        _add_zero_biases(state, table, cfg)
-    out: dict[str, Tensor] = {}
-    missing: list[str] = []
-    used: set[str] = set()
-    for ours, theirs, how, _group in table:
-        if ours not in state:
-            missing.append(ours)
-            continue
-        used.add(ours)
-        t = state[ours].detach()
-        if how == "t":
-            out[theirs[0]] = t.t()
-        elif how == "cat":
-            hd = cfg.head_dim
-            sizes = [cfg.n_head * hd, cfg.kv_heads * hd, cfg.kv_heads * hd]
-            for name, part in zip(theirs, t.split(sizes, dim=0), strict=True):
-                out[name] = part
-        else:
-            out[theirs[0]] = t
-    unknown = sorted(k for k in state if k not in used and not any(a in used for a in tied.get(k, ())))
-    if missing or unknown:
-        parts = []
-        if missing:
-            parts.append(f"missing {few(missing)}")
-        if unknown:
-            parts.append(f"parameters with no Hugging Face place: {few(unknown)}")
-        hint = " (merge LoRA adapters before exporting)" if any("lora" in k for k in unknown) else ""
-        raise HFFormatError(f"Cannot export as {family}: {'; '.join(parts)}{hint}.")
-    if family == "bert" and not cfg.tie_weights:
-        out["cls.predictions.decoder.bias"] = out["cls.predictions.bias"].clone()  # what 5.x uses when untied
-    out = {k: v.to(device="cpu", dtype=dtype).contiguous() for k, v in out.items()}
-
-    out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise HFFormatError(
-            f"{out_dir} exists and is not empty; overwrite it on purpose (overwrite=True; llmkit export ... overwrite=true) or choose another."
-        )
-    with atomic_dir(out_dir, overwrite=True) as tmp:
-        save_file(out, str(tmp / SAFETENSORS_FILE), metadata={"format": "pt"})
-        write_json(tmp / CONFIG_FILE, config_to_hf(cfg, family, dtype, tokenizer))
-        if tokenizer is not None:
-            from llmkit.tokenizer.hf import export_tokenizer
-
-            export_tokenizer(tokenizer, tmp)
-    return out_dir

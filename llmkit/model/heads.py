@@ -72,8 +72,11 @@ class CausalLM(nn.Module):
         attention_mask: Tensor | None = None,
         kv_cache: KVCache | None = None,
         input_pos: Tensor | None = None,
+        document_ids: Tensor | None = None,
     ) -> Tensor:
-        hidden = self.transformer(idx, attention_mask=attention_mask, kv_cache=kv_cache, input_pos=input_pos)
+        hidden = self.transformer(
+            idx, attention_mask=attention_mask, kv_cache=kv_cache, input_pos=input_pos, document_ids=document_ids
+        )
         return self.lm_head(hidden)  # (B, T, vocab_size)
 
     def init_kv_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
@@ -140,15 +143,18 @@ class NSPHead(nn.Module):
 class ClassificationHead(nn.Module):
     """Dropout + linear over the last dim: (..., C) -> (..., num_labels).
 
-    ``dropout`` defaults to ``config.dropout``.
+    ``dropout`` defaults to ``config.dropout``. ``bias=False``: no bias (transformers' GPT-2 / Llama
+    sequence classifiers score without one; ``llmkit.hf.heads``).
     """
 
-    def __init__(self, *, config: ModelConfig, num_labels: int, dropout: float | None = None) -> None:
+    def __init__(
+        self, *, config: ModelConfig, num_labels: int, dropout: float | None = None, bias: bool = True
+    ) -> None:
         super().__init__()
         if num_labels <= 0:
             raise ValueError(f"num_labels must be > 0, got {num_labels}")
         self.drop = nn.Dropout(config.dropout if dropout is None else dropout)
-        self.proj = nn.Linear(config.n_embd, num_labels)
+        self.proj = nn.Linear(config.n_embd, num_labels, bias=bias)
         self.apply(partial(init_weights, std=config.init_std))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -255,10 +261,12 @@ class SequenceClassifier(nn.Module):
         self.head = head
 
     @classmethod
-    def from_config(cls, config: ModelConfig, *, num_labels: int, dropout: float | None = None) -> SequenceClassifier:
+    def from_config(
+        cls, config: ModelConfig, *, num_labels: int, dropout: float | None = None, head_bias: bool = True
+    ) -> SequenceClassifier:
         return cls(
             transformer=Transformer(config=config),
-            head=SequenceClassificationHead(config=config, num_labels=num_labels, dropout=dropout),
+            head=SequenceClassificationHead(config=config, num_labels=num_labels, dropout=dropout, bias=head_bias),
             pooler=None if config.causal else Pooler(config=config),
         )
 
@@ -280,10 +288,12 @@ class TokenClassifier(nn.Module):
         self.head = head
 
     @classmethod
-    def from_config(cls, config: ModelConfig, *, num_labels: int, dropout: float | None = None) -> TokenClassifier:
+    def from_config(
+        cls, config: ModelConfig, *, num_labels: int, dropout: float | None = None, head_bias: bool = True
+    ) -> TokenClassifier:
         return cls(
             transformer=Transformer(config=config),
-            head=TokenClassificationHead(config=config, num_labels=num_labels, dropout=dropout),
+            head=TokenClassificationHead(config=config, num_labels=num_labels, dropout=dropout, bias=head_bias),
         )
 
     def forward(

@@ -210,6 +210,7 @@ class Transformer(nn.Module):
         attention_mask: Tensor | None = None,
         kv_cache: KVCache | None = None,
         input_pos: Tensor | None = None,
+        document_ids: Tensor | None = None,
     ) -> Tensor:
         """Hidden states (B, T, n_embd) of token ids ``idx`` (B, T).
 
@@ -217,7 +218,10 @@ class Transformer(nn.Module):
             see: S = T without a cache, S = kv_cache.length + T with one.
         kv_cache: keys/values of earlier tokens; the new ones are appended (causal models only).
         input_pos: absolute positions, (T,) or (B, T); default kv_cache.length + arange(T).
-            Per-row positions serve left-padded batches.
+            Per-row positions serve left-padded batches and packed rows.
+        document_ids: (B, T) ints for packed rows (several examples in one row): a token attends
+            only to tokens of its own document (document masking; give positions restarting per
+            document in ``input_pos``). Not with a KV cache.
         """
         B, T = idx.shape
         block_size = self.config.block_size
@@ -241,6 +245,16 @@ class Transformer(nn.Module):
             # (T, hd) or (B, T, hd) -> (1|B, 1, T, hd): broadcast over heads
             rope = (self.rope_cos[input_pos].unsqueeze(-3), self.rope_sin[input_pos].unsqueeze(-3))
         mask, is_causal = self._attention_mask(attention_mask, batch=B, T=T, start=start, device=idx.device)
+        if document_ids is not None:
+            if kv_cache is not None or document_ids.shape != (B, T):
+                raise ValueError(f"document_ids must be (batch, T) = ({B}, {T}) and come without a KV cache")
+            # block-diagonal: query t sees key s only within its own document (B, 1, T, T)
+            same = (document_ids[:, :, None] == document_ids[:, None, :])[:, None]
+            if mask is None and is_causal:
+                mask = torch.ones(T, T, dtype=torch.bool, device=idx.device).tril()
+            mask = same if mask is None else same & mask
+            mask = mask | ~mask.any(dim=-1, keepdim=True)  # a query with no key (padding) sees all: no NaN
+            is_causal = False
         for block in self.h:
             x = block(x, rope=rope, mask=mask, is_causal=is_causal, kv_cache=kv_cache)
         if kv_cache is not None:

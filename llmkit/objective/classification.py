@@ -84,13 +84,19 @@ class TokenClassificationObjective(_Classification):
 
 
 class InstructionObjective(CausalLMObjective):
-    """Next-token cross-entropy on the response tokens only (prompt and padding labels are -100)."""
+    """Next-token cross-entropy on the assistant tokens only (prompt, user turns and padding are -100).
+
+    ``chat_template`` names how conversations become text (``llmkit.data.chat_template``):
+    auto | chatml | plain | Jinja source; ``prompt_template`` is the user turn of ``plain``."""
 
     task = "sft"
     name = "sft"
 
-    def __init__(self, *, label_smoothing: float = 0.0, prompt_template: str = "{source}\n") -> None:
+    def __init__(
+        self, *, label_smoothing: float = 0.0, prompt_template: str = "{source}\n", chat_template: str = "auto"
+    ) -> None:
         super().__init__(label_smoothing=label_smoothing)
         if "{source}" not in prompt_template:
             raise ValueError("objective.prompt_template must contain '{source}'")
         self.prompt_template = prompt_template
+        self.chat_template = chat_template

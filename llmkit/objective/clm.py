@@ -39,7 +39,9 @@ class CausalLMObjective:
         return {"lm": (batch["labels"] != IGNORE_INDEX).sum()}
 
     def __call__(self, model: nn.Module, batch: Batch) -> LossOutput:
-        logits = model(batch["input_ids"], attention_mask=batch.get("attention_mask"))  # (B, T, V)
+        # packed rows (llmkit.data.packing) carry per-document positions and ids
+        packed = {k: batch[k] for k in ("input_pos", "document_ids") if k in batch}
+        logits = model(batch["input_ids"], attention_mask=batch.get("attention_mask"), **packed)  # (B, T, V)
         return LossOutput(
             {"lm": token_cross_entropy(logits, batch["labels"], label_smoothing=self.label_smoothing)}, {}
         )

@@ -11,6 +11,12 @@ work without llmkit. The files are written in a temporary folder first and moved
 ``config.json`` last, so an interrupted export is never read as a model. Afterwards the directory
 is read back through llmkit's importer and its logits compared with the checkpoint's
 (``verify=false`` skips this).
+
+A fine-tuned classifier becomes the ``*ForSequenceClassification`` / ``*ForTokenClassification``
+class that computes its logits, with its labels (``llmkit.hf.heads``); a LoRA fine-tune is merged
+first. ``format=peft`` writes the LoRA adapters of a fine-tune of an ``hf:`` base alone, as a PEFT
+adapter directory (``adapter_config.json`` moved in last; ``llmkit.hf.peft``). Every check runs
+before anything is written.
 """
 
 from __future__ import annotations
@@ -18,16 +24,19 @@ from __future__ import annotations
 import shutil
 import tempfile
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from rich.console import Console
+from safetensors.torch import load_file
 
 from llmkit import config, gguf, hf, loading
 from llmkit.errors import LlmkitError
-from llmkit.hf import HFFormatError, export_hf, load_hf
-from llmkit.hf.files import CONFIG_FILE
+from llmkit.hf import HFFormatError, export_hf, heads, load_hf, peft
+from llmkit.hf.files import CONFIG_FILE, SAFETENSORS_FILE
+from llmkit.hf.writer import stored_dtype, write_hf_dir
 from llmkit.model import ModelConfig
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -37,7 +46,7 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 class Config:
     out_dir: str
     checkpoint: str
-    format: Literal["hf", "gguf"] = "hf"
+    format: Literal["hf", "peft", "gguf"] = "hf"  # peft: the LoRA adapters of a fine-tune of an hf: base, for PEFT
     outtype: Literal["f32", "f16", "q8_0"] = "f16"  # gguf: tensor type (llama.cpp's convert_hf_to_gguf --outtype)
     dtype: Literal["float32", "float16", "bfloat16"] | None = None  # null: as stored
     include_tokenizer: bool = True  # write the tokenizer files beside the weights
@@ -78,7 +87,7 @@ def _logits(model: torch.nn.Module, causal: bool, idx: torch.Tensor) -> torch.Te
     return model.mlm_head(model.encode(idx))  # type: ignore[operator]  # encoders: MLM logits at every position
 
 
-def verify(model: torch.nn.Module, config: ModelConfig, directory: Path, dtype: torch.dtype | None) -> float:
+def verify(model: torch.nn.Module, *, config: ModelConfig, directory: Path, dtype: torch.dtype | None) -> float:
     """Largest |logit difference| between ``model`` and ``directory`` read back; raises past the tolerance."""
     back, _, _ = load_hf(directory, dtype=torch.float32)
     model = model.float().eval()
@@ -111,32 +120,64 @@ def export_gguf(c: Config, say=print) -> Path:
     return path
 
 
+def _plan(c: Config, model: torch.nn.Module, meta: dict[str, Any], tokenizer: Any) -> tuple[Any, Any, str]:
+    """How to write the export (everything checked now, before anything is written), how to verify
+    it, and the file whose arrival makes the directory whole: a language model (``export_hf``), a
+    fine-tuned classifier (``llmkit.hf.heads``) or LoRA adapters for PEFT (``llmkit.hf.peft``)."""
+    cfg = ModelConfig.from_dict(meta["model_config"])
+    dtype = DTYPES[c.dtype] if c.dtype else None
+    ids = tokenizer
+    if ids is None and Path(meta.get("tokenizer_dir") or "").is_dir():
+        ids = _tokenizer(meta)  # its pad / eos ids, even when its files are not written
+    pad_id, eos_id = getattr(ids, "pad_id", None), getattr(ids, "eos_id", None)
+    if c.format == "peft":
+        weights = Path(meta.get("path", "")) / "model.safetensors"
+        adapters = load_file(str(weights)) if "base" in meta and weights.is_file() else {}
+        tensors, adapter_config = peft.prepare_peft_export(model, meta, adapters, pad_id=pad_id, eos_id=eos_id)
+        write = partial(write_hf_dir, tensors=tensors, config=adapter_config, tokenizer=tokenizer,
+                        dtype=dtype or stored_dtype(adapters), weights_file=peft.ADAPTER_WEIGHTS,
+                        config_file=peft.ADAPTER_CONFIG)  # fmt: skip
+        return write, partial(peft.verify_peft_export, meta=meta, adapters=adapters), peft.ADAPTER_CONFIG
+    if meta.get("task") in heads.TASKS:
+        tensors, hf_config, dtype_out = heads.prepare_task_export(
+            model, cfg, task=meta["task"], labels=meta.get("labels", []), tokenizer=tokenizer, pad_id=pad_id,
+            eos_id=eos_id, dtype=dtype,
+        )  # fmt: skip
+        write = partial(write_hf_dir, tensors=tensors, config=hf_config, tokenizer=tokenizer, dtype=dtype_out)
+        return write, partial(heads.verify_task_export, model, dtype=dtype), CONFIG_FILE
+    write = partial(export_hf, model, cfg, tokenizer=tokenizer, dtype=dtype)
+    return write, partial(verify, model, config=cfg, dtype=dtype), CONFIG_FILE
+
+
 def export(c: Config, say=print) -> Path:
-    """Write checkpoint ``c.checkpoint`` into ``c.out_dir`` as a Hugging Face directory; return it."""
+    """Write checkpoint ``c.checkpoint`` into ``c.out_dir`` (a Hugging Face or PEFT directory, or a GGUF file); return it."""
     if c.format == "gguf":
         return export_gguf(c, say)
     out = Path(c.out_dir)
-    if not c.overwrite and any((out / name).exists() for name in (CONFIG_FILE, "model.safetensors")):
+    files = (peft.ADAPTER_CONFIG, peft.ADAPTER_WEIGHTS) if c.format == "peft" else (CONFIG_FILE, SAFETENSORS_FILE)
+    if not c.overwrite and any((out / name).exists() for name in files):
         raise LlmkitError(
             f"{out} already holds an exported model; overwrite=true replaces it, or choose another out_dir."
         )
     model, meta = _load(c.checkpoint)
-    cfg = ModelConfig.from_dict(meta["model_config"])
     tokenizer = _tokenizer(meta) if c.include_tokenizer else None
-    dtype = DTYPES[c.dtype] if c.dtype else None
+    write, check, last = _plan(c, model, meta, tokenizer)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".export-", dir=out) as tmp:
-        staged = export_hf(model, cfg, Path(tmp) / "model", tokenizer=tokenizer, dtype=dtype)
-        if c.verify:
-            diff = verify(model, cfg, staged, dtype)
-            say(f"verify: the export read back gives the checkpoint's logits to {diff:.3g}")
+        staged = write(Path(tmp) / "model")
+        if c.verify and check is not None:
+            diff = check(directory=staged)
+            what = "adapters" if c.format == "peft" else "logits"
+            say(f"verify: the export read back gives the checkpoint's {what} to {diff:.3g}")
         names = sorted(p.name for p in staged.iterdir())
-        for name in sorted(names, key=lambda n: n == CONFIG_FILE):  # config.json last: then it is a model
+        for name in sorted(names, key=lambda n: n == last):  # config.json last: then it is a model
             target = out / name
             if target.is_dir():
                 shutil.rmtree(target)
             (staged / name).replace(target)
     say(f"wrote {out}: {', '.join(names)}")
+    if c.format == "peft":
+        say(f"load it with: {peft.usage(meta, pad_id=getattr(tokenizer, 'pad_id', None))}")
     return out
 
 

@@ -16,8 +16,11 @@ from hydra.utils import instantiate
 from rich.console import Console
 
 from llmkit import checks, config
+from llmkit.data.chat_template import resolve_template
 from llmkit.data.config import DataConfig
+from llmkit.data.packing import fill_ratio, pack_examples
 from llmkit.data.task_batches import ExampleBatches, epochs_to_steps, eval_batches
+from llmkit.errors import ConfigError
 from llmkit.finetune.config import GenerationEvalConfig
 from llmkit.finetune.pretrained import build_task_model, load_pretrained
 from llmkit.finetune.strategy import FinetuneConfig, apply_strategy
@@ -80,9 +83,15 @@ def _run(c: Config, job: training.Run) -> dict[str, float]:
 
     objective = instantiate(c.objective, _convert_="all")
     task = objective.task
-    template = getattr(objective, "prompt_template", "")
+    if c.data.packing and task != "sft":
+        raise ConfigError([f"data.packing=true packs generation examples (objective=sft); this run is {task}"])
     pre = load_pretrained(c.init_from)
     tokenizer = pre.tokenizer
+    template = None
+    if task == "sft":  # every conversation through one chat template (llmkit.data.chat_template)
+        template = resolve_template(
+            objective.chat_template, tokenizer, data_format=c.data.format, prompt_template=objective.prompt_template
+        )
     encoder = not pre.config.causal
     train_rows = load_task_data(task, c.data, "train")
     eval_rows = load_task_data(task, c.data, "eval")
@@ -109,16 +118,33 @@ def _run(c: Config, job: training.Run) -> dict[str, float]:
         source=str(c.data.eval_path),
     )
 
-    model = build_task_model(task, pre, num_labels=len(labels), dropout=c.dropout).to(device)
+    packing_note = ""
+    if c.data.packing:
+        unpacked = len(train)
+        train = pack_examples(train, block_size=max_len, seed=c.seed)
+        packing_note = f" packed into {len(train):,} rows ({100 * fill_ratio(train, max_len):.0f}% full)"
+        train_examples = unpacked
+    else:
+        train_examples = len(train)
+
+    model = build_task_model(task, pre, num_labels=len(labels), dropout=c.dropout, head_bias=c.finetune.head_bias).to(
+        device
+    )
     report = apply_strategy(model, c.finetune)
     lora = c.finetune.strategy == "lora"
     extra = {
         "task": task,
         "labels": labels,
         "max_len": max_len,
-        "prompt_template": template,
+        "prompt_template": getattr(objective, "prompt_template", ""),
+        **(
+            {"chat_template": template.source, "chat_template_name": template.name, "end_of_turn": template.end_of_turn}
+            if template is not None
+            else {}
+        ),
         "init_from": c.init_from,
         "strategy": c.finetune.strategy,
+        "head_bias": c.finetune.head_bias,
     }
     if lora:  # adapters + head only; the base is referenced, not copied
         extra["base"] = str(Path(pre.source).resolve()) if not pre.source.startswith("hf:") else pre.source
@@ -197,7 +223,7 @@ def _run(c: Config, job: training.Run) -> dict[str, float]:
     job.say(
         f"finetune: {task} from {pre.source} ({pre.model_class}) on {device}{job.describe_ranks()} ({job.precision}); "
         f"{report.trainable:,} of {report.total:,} parameters trainable ({100 * report.fraction:.2f}%, "
-        f"{c.finetune.strategy}); {len(train):,} train / {len(val):,} eval examples; {max_steps} steps "
+        f"{c.finetune.strategy}); {train_examples:,} train{packing_note} / {len(val):,} eval examples; {max_steps} steps "
         f"({batches.steps_per_epoch}/epoch); run dir {job.out_dir}"
     )
     final = job.fit(trainer, command="finetune")

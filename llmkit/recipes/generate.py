@@ -40,6 +40,11 @@ class Config:
     device: str = "auto"
     threads: int = 0
     decode_layout: Literal["auto"] | bool = "auto"  # auto: on for the CPU; see llmkit.generation.decode_layout
+    # auto: a checkpoint fine-tuned with a chat template (objective=sft), or an imported model with its own,
+    # is prompted through it (the prompt as the user turn, add_generation_prompt) and stops at its
+    # end-of-turn token; false: raw text
+    chat: Literal["auto"] | bool = "auto"
+    system: str | None = None  # chat: a system message before the prompt
     data_root: str = "data"
 
 
@@ -73,10 +78,52 @@ def _cut_at_stop(text: str, stop: list[str]) -> str:
     return text[: min(hit)] if hit else text
 
 
-def complete(model: Any, tokenizer: Any, prompt: str, c: Config, seed: int, write: Any | None) -> str:
+def chat_template(meta: dict[str, Any], tokenizer: Any, c: Config) -> Any:
+    """The chat template to prompt with, or None for raw text: with ``chat=auto`` the template of a
+    checkpoint fine-tuned with one, else an imported model's own (``chat_template`` in its tokenizer)."""
+    if c.chat is False:
+        return None
+    if meta.get("task") == "sft" and meta.get("chat_template"):
+        from llmkit.finetune.tasks import checkpoint_template
+
+        return checkpoint_template(meta, tokenizer)
+    if getattr(tokenizer, "chat_template", None):
+        from llmkit.data.chat_template import resolve_template
+
+        return resolve_template("auto", tokenizer, data_format="chat")
+    if c.chat is True:
+        raise LlmkitError(
+            f"chat=true: {meta['path']} was not fine-tuned with a chat template (objective=sft) and its tokenizer "
+            "has none; generate from it with chat=auto or chat=false."
+        )
+    return None
+
+
+def encode_prompt(tokenizer: Any, prompt: str, template: Any, system: str | None) -> list[int]:
+    """The prompt's token ids: through the chat template when there is one, else the raw text."""
+    if template is not None:
+        messages = [{"role": "system", "content": system}] if system else []
+        return template.prompt_ids([*messages, {"role": "user", "content": prompt}])
+    return tokenizer.encode(prompt, bos=getattr(tokenizer, "add_bos", False)) if prompt else [tokenizer.eos_id]
+
+
+def complete(
+    model: Any,
+    tokenizer: Any,
+    prompt: str,
+    c: Config,
+    seed: int,
+    write: Any | None,
+    *,
+    template: Any = None,
+) -> str:
     """Generate one completion of ``prompt``; ``write`` receives each new piece of text as it is decoded
-    (beam search: the whole completion at the end, when the best beam is known)."""
-    ids = tokenizer.encode(prompt, bos=getattr(tokenizer, "add_bos", False)) if prompt else [tokenizer.eos_id]
+    (beam search: the whole completion at the end, when the best beam is known). With a chat
+    ``template`` the prompt is its user turn and the answer ends at the end-of-turn token."""
+    ids = encode_prompt(tokenizer, prompt, template, c.system)
+    stop_id = tokenizer.eos_id
+    if template is not None and template.end_of_turn_id is not None:
+        stop_id = template.end_of_turn_id
     device = next(model.parameters()).device
     prompt_ids = torch.tensor([ids], dtype=torch.long, device=device)
     if c.num_beams > 1:
@@ -86,9 +133,9 @@ def complete(model: Any, tokenizer: Any, prompt: str, c: Config, seed: int, writ
             num_beams=c.num_beams,
             max_new_tokens=c.max_new_tokens,
             length_penalty=c.length_penalty,
-            eos_id=tokenizer.eos_id,
+            eos_id=stop_id,
         )
-        final = _cut_at_stop(tokenizer.decode([t for t in best if t != tokenizer.eos_id]), c.stop)
+        final = _cut_at_stop(tokenizer.decode([t for t in best if t not in (stop_id, tokenizer.eos_id)]), c.stop)
         if write is not None:
             write(final)
         return final
@@ -102,12 +149,13 @@ def complete(model: Any, tokenizer: Any, prompt: str, c: Config, seed: int, writ
         top_k=c.top_k,
         top_p=c.top_p,
         repetition_penalty=c.repetition_penalty,
-        eos_id=tokenizer.eos_id,
+        eos_id=stop_id,
+        stop_ids=[[tokenizer.eos_id]] if stop_id != tokenizer.eos_id else None,
         seed=seed,
         use_cache=c.use_cache,
     ):
         token = int(step_ids[0])
-        if token == tokenizer.eos_id:
+        if token in (stop_id, tokenizer.eos_id):
             break
         new.append(token)
         text = tokenizer.decode(new)
@@ -141,7 +189,10 @@ def run(cfg: Any) -> list[dict[str, Any]]:
     if not meta.get("tokenizer_dir"):
         raise LlmkitError(f"{meta['path']} has no tokenizer files; this command needs one.")
     tokenizer = load_tokenizer(meta["tokenizer_dir"])
+    template = chat_template(meta, tokenizer, c)
     console = Console(stderr=True)
+    if template is not None:
+        console.print(f"[dim]chat template: {template.name} (chat=false for raw text)[/dim]", highlight=False)
     if note := unknown_characters_warning(tokenizer, _prompts(c)):  # silently <unk> otherwise
         console.print(f"[yellow]warning:[/yellow] {note}", markup=True, highlight=False)
     out = sys.stdout
@@ -154,11 +205,12 @@ def run(cfg: Any) -> list[dict[str, Any]]:
     for p_i, prompt in enumerate(_prompts(c)):
         for s_i in range(c.num_samples):
             console.print(f"[dim]--- sample {s_i + 1}/{c.num_samples} of prompt {p_i + 1}[/dim]")
+            shown = prompt + ("\n" if template is not None else "")  # a chat answer starts on its own line
             if c.stream:
-                write(prompt)
-            text = complete(model, tokenizer, prompt, c, c.seed + s_i, write if c.stream else None)
+                write(shown)
+            text = complete(model, tokenizer, prompt, c, c.seed + s_i, write if c.stream else None, template=template)
             if not c.stream:
-                write(prompt + text)
+                write(shown + text)
             write("\n")
             records.append({"prompt": prompt, "sample": s_i, "seed": c.seed + s_i, "completion": text})
     path = Path(c.out_dir) / "generations.jsonl"

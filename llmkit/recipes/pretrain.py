@@ -25,7 +25,6 @@ from llmkit.data.loader import RandomWindows
 from llmkit.data.pairs import MLMBatches, NSPPairBatches
 from llmkit.data.shards import open_dataset
 from llmkit.errors import LlmkitError
-from llmkit.io import sha256_file
 from llmkit.logger import LoggerConfig
 from llmkit.model import ModelConfig, registry
 from llmkit.optim import build_optimizer, for_device
@@ -77,13 +76,11 @@ def prepare_dataset(c: Config) -> Path:
 
 
 def _sources_unchanged(dataset: Path) -> bool:
-    """Whether every source file recorded in the cached dataset's meta.json still has its size and checksum."""
+    """Whether every source (file or datasets folder) recorded in the cached dataset's meta.json still has its size and checksum."""
     meta = json.loads((dataset / "meta.json").read_text(encoding="utf-8"))
-    for src in meta.get("sources", []):
-        path = Path(src.get("path", ""))
-        if not path.is_file() or path.stat().st_size != src.get("bytes") or sha256_file(path) != src.get("sha256"):
-            return False
-    return True
+    from llmkit.data.readers import unchanged
+
+    return all(unchanged(src) for src in meta.get("sources", []))
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,10 @@
 """``llmkit tokenize``: train (or reuse) a tokenizer, encode a corpus into train/val token shards.
 
-    corpus (files / JSONL / built-in)  --seeded sample-->  train tokenizer
-                                       --stream, split, encode in worker processes-->  out_dir/
-                                           tokenizer/  train.bin  val.bin  meta.json (written last)
+    corpus (text, JSONL[.gz|.zst], TSV/CSV, Parquet, datasets folders, built-in)
+      -> documents, less duplicates / short ones (data.drop_duplicates, data.min_chars; off by default)
+           --seeded sample-->  train tokenizer
+           --stream, split, encode in worker processes-->  out_dir/
+                                  tokenizer/  train.bin  val.bin  meta.json (written last)
 
 ``run(cfg)`` is the Hydra entry point; ``tokenize_corpus(Config)`` is the same job for Python
 callers (``llmkit pretrain`` builds its cached dataset with it).
@@ -85,7 +87,12 @@ def tokenize_corpus(c: Config) -> dict:
 
     t0 = time.perf_counter()
     corpus = Corpus(c.data, data_root=c.data_root)  # missing paths, binary files, empty files: fail now
-    log.info("corpus: %d source(s), %.1f MB", len(corpus.sources), corpus.total_bytes / 1e6)
+    log.info(
+        "corpus: %d source(s), %.1f MB (%.1f MB of text)",
+        len(corpus.sources),
+        corpus.total_bytes / 1e6,
+        corpus.text_bytes / 1e6,
+    )
 
     tokens_per_byte = 1.0  # at most one token per byte (+ separators) for char and byte-fallback tokenizers
     if c.tokenizer.path:
@@ -113,11 +120,11 @@ def tokenize_corpus(c: Config) -> dict:
     t_tok = time.perf_counter() - t0
 
     out = Path(c.out_dir)
-    need = int(corpus.total_bytes * tokens_per_byte * tok.dtype.itemsize * 1.05) + (1 << 20)
+    need = int(corpus.text_bytes * tokens_per_byte * tok.dtype.itemsize * 1.05) + (1 << 20)
     free = free_bytes(out)
     if free is not None and free < need:
         raise DiskFullError(
-            f"Tokenizing into {out} needs about {human_bytes(need)} for its shards ({human_bytes(corpus.total_bytes)} "
+            f"Tokenizing into {out} needs about {human_bytes(need)} for its shards ({human_bytes(corpus.text_bytes)} "
             f"of text, {tokens_per_byte:.2f} tokens per byte, {tok.dtype.itemsize} bytes per token), but only "
             f"{human_bytes(free)} are free there. Free some space or choose another out_dir. Nothing was written."
         )
@@ -144,7 +151,9 @@ def tokenize_corpus(c: Config) -> dict:
         "train_documents": splits["train"]["documents"],
         "val_documents": splits["val"]["documents"],
         "corpus_bytes": corpus.total_bytes,
+        "text_bytes": corpus.text_bytes,
         "encoding_replacements": meta["encoding_replacements"],
+        "hygiene": meta["hygiene"],
         "encode_mb_per_s": stats["mb_per_s"],
         "seconds": {
             "tokenizer": round(t_tok, 3),
@@ -181,7 +190,7 @@ def _encode(c: Config, tok: Any, corpus: Any, out: Path) -> dict:
     from llmkit.data.shards import DatasetWriter
     from llmkit.progress import progress
 
-    workers = encode_workers(c.workers, corpus.total_bytes, c.encode_backend)
+    workers = encode_workers(c.workers, corpus.text_bytes, c.encode_backend)
     t_enc = time.perf_counter()
     with (
         DatasetWriter(out, tok) as writer,
@@ -192,12 +201,13 @@ def _encode(c: Config, tok: Any, corpus: Any, out: Path) -> dict:
             writer, corpus.split(c.seed), bytes_read=lambda: corpus.bytes_read, on_progress=bar.update
         )
         stats["seconds"] = time.perf_counter() - t_enc  # with the pool's start-up
-        mb_per_s = corpus.total_bytes / 1e6 / max(stats["seconds"], 1e-9)
+        mb_per_s = corpus.text_bytes / 1e6 / max(stats["seconds"], 1e-9)  # of text, measured by this pass
         return writer.commit(
             {
                 "document_separator": {"token": "eos", "id": tok.eos_id, "text": c.data.doc_separator},
                 "sources": [s.record() for s in corpus.sources],
                 "encoding_replacements": sum(s.replacements for s in corpus.sources),
+                "hygiene": corpus.hygiene.counts(),  # of the encoding pass: read, dropped short / duplicate
                 "split": {
                     "method": "val_paths" if c.data.val_paths else c.data.split,
                     "val_fraction": c.data.val_fraction,
@@ -226,10 +236,18 @@ def print_summary(s: dict) -> None:
     table.add_row("tokenizer", f"{tok['kind']}, vocab {tok['vocab_size']:,}, shards {s['dtype']}")
     for split in ("train", "val"):
         table.add_row(split, f"{s[f'{split}_tokens']:,} tokens, {s[f'{split}_documents']:,} documents")
+    files = f" ({s['corpus_bytes'] / 1e6:.1f} MB of files)" if s["corpus_bytes"] != s["text_bytes"] else ""
     table.add_row(
         "encoded",
-        f"{s['corpus_bytes'] / 1e6:.1f} MB at {s['encode_mb_per_s']:.1f} MB/s ({s['seconds']['total']:.1f} s in all)",
+        f"{s['text_bytes'] / 1e6:.1f} MB{files} at {s['encode_mb_per_s']:.1f} MB/s ({s['seconds']['total']:.1f} s in all)",
     )
+    h = s["hygiene"]
+    if h["min_chars"] or h["drop_duplicates"]:
+        table.add_row(
+            "hygiene",
+            f"{h['documents_read']:,} documents read, {h['dropped_duplicate']:,} dropped as duplicates, "
+            f"{h['dropped_short']:,} as shorter than {h['min_chars']} characters",
+        )
     if s["encoding_replacements"]:
         table.add_row("invalid UTF-8", f"{s['encoding_replacements']} sequences replaced by U+FFFD")
     Console().print(table)

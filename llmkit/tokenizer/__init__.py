@@ -9,11 +9,13 @@
     tok.save("my_tok")
 
 Special ids are the same for every kind: pad=0, unk=1, bos=2, eos=3, then the user special
-tokens in config order ([CLS]=4, [SEP]=5, [MASK]=6 by default).
+tokens in config order ([CLS]=4, [SEP]=5, [MASK]=6 by default), then the chat tokens
+(``tokenizer.chat_tokens``, by default ChatML's <|im_start|>=7 and <|im_end|>=8).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -59,6 +61,9 @@ def train(cfg: TokenizerConfig, texts: Iterable[str], *, seed: int) -> Tokenizer
     Raises DataError when the text cannot support ``cfg.vocab_size`` (the message names the limit).
     """
     check_special_tokens(cfg.user_special_tokens)
+    extra = [t for t in cfg.chat_tokens if t not in cfg.user_special_tokens]
+    if extra:  # the chat tokens follow the user special tokens (ids 4 + len(user) ...)
+        cfg = dataclasses.replace(cfg, user_special_tokens=check_special_tokens([*cfg.user_special_tokens, *extra]))
     if cfg.kind == "char":
         from llmkit.tokenizer.char import train_char
 

@@ -43,6 +43,7 @@ TOKENIZER_JSON = "tokenizer.json"  # same name as llmkit's meta file: told apart
 VOCAB_TXT = "vocab.txt"
 SP_MODEL = "tokenizer.model"
 CONFIG_FILES = ("tokenizer_config.json", "special_tokens_map.json")
+CHAT_TEMPLATE_FILE = "chat_template.jinja"  # where transformers >= 4.43 saves a chat template
 ROLES = ("pad", "unk", "bos", "eos", "cls", "sep", "mask")
 _LLMKIT_META = re.compile(rb'"format"\s*:\s*"' + re.escape(FORMAT.encode()) + rb'"')
 # Well-known special tokens, used only when a directory has no tokenizer_config.json / special_tokens_map.json.
@@ -139,7 +140,7 @@ class HFTokenizer(Tokenizer):
                     f"nor a Hugging Face tokenizers file that the tokenizers library can read: {e}."
                 ) from None
             self.backend: Any = TokenizersBackend(raw)
-            self._files = {n: files[n] for n in (TOKENIZER_JSON, *CONFIG_FILES) if n in files}
+            self._files = {n: files[n] for n in (TOKENIZER_JSON, *CONFIG_FILES, CHAT_TEMPLATE_FILE) if n in files}
         elif VOCAB_TXT in files:
             self.backend_name = "wordpiece"
             defaults = {"unk": "[UNK]", "sep": "[SEP]", "pad": "[PAD]", "cls": "[CLS]", "mask": "[MASK]"}
@@ -147,7 +148,7 @@ class HFTokenizer(Tokenizer):
             named = {r: named[r] if f"{r}_token" in self.config else defaults.get(r) for r in ROLES}
             specials = {r: t for r, t in named.items() if t is not None}
             self.backend = TokenizersBackend(wordpiece(files[VOCAB_TXT], self.config, specials, source))
-            self._files = {n: files[n] for n in (VOCAB_TXT, *CONFIG_FILES) if n in files}
+            self._files = {n: files[n] for n in (VOCAB_TXT, *CONFIG_FILES, CHAT_TEMPLATE_FILE) if n in files}
         elif SP_MODEL in files:
             self.backend_name = "sentencepiece"
             try:
@@ -158,7 +159,7 @@ class HFTokenizer(Tokenizer):
             for role, i in (("unk", sp.unk_id()), ("bos", sp.bos_id()), ("eos", sp.eos_id()), ("pad", sp.pad_id())):
                 if named[role] is None and f"{role}_token" not in self.config and i >= 0:
                     named[role] = sp.id_to_piece(i)
-            self._files = {n: files[n] for n in (SP_MODEL, *CONFIG_FILES) if n in files}
+            self._files = {n: files[n] for n in (SP_MODEL, *CONFIG_FILES, CHAT_TEMPLATE_FILE) if n in files}
         else:
             raise HFTokenizerError(f"{source}: no {TOKENIZER_JSON}, {VOCAB_TXT} or {SP_MODEL}; not an HF tokenizer.")
 
@@ -189,6 +190,18 @@ class HFTokenizer(Tokenizer):
         self.add_eos = bool(self.suffix_ids) and self.suffix_ids[0] == self.eos_id
         self._drop = {i for i in (ids.get("pad"), self.bos_id, self.eos_id) if i is not None}
         self._checksum: str | None = None
+
+    @property
+    def chat_template(self) -> str | None:
+        """The model's own chat template (Jinja): ``chat_template.jinja``, else tokenizer_config.json's
+        ``chat_template`` (a string, or a list of named templates: the one named "default")."""
+        if CHAT_TEMPLATE_FILE in self._files:
+            return self._files[CHAT_TEMPLATE_FILE].decode("utf-8")
+        value = self.config.get("chat_template")
+        if isinstance(value, list):
+            named = {t.get("name"): t.get("template") for t in value if isinstance(t, Mapping)}
+            value = named.get("default")
+        return value if isinstance(value, str) and value.strip() else None
 
     def _additional_special_tokens(self) -> list[str]:
         extra = self.config.get("additional_special_tokens") or self.config.get("extra_special_tokens") or []
@@ -280,7 +293,7 @@ class HFTokenizer(Tokenizer):
         directory = Path(directory)
         if not directory.is_dir():
             raise HFTokenizerError(f"{directory}: no such tokenizer directory.")
-        names = [TOKENIZER_JSON, VOCAB_TXT, SP_MODEL, *CONFIG_FILES]
+        names = [TOKENIZER_JSON, VOCAB_TXT, SP_MODEL, *CONFIG_FILES, CHAT_TEMPLATE_FILE]
         if (directory / TOKENIZER_JSON).is_file() and _is_llmkit_meta(directory / TOKENIZER_JSON):
             raise HFTokenizerError(f"{directory / META_FILE} is an llmkit tokenizer; use llmkit.tokenizer.load.")
         files = {n: (directory / n).read_bytes() for n in names if (directory / n).is_file()}

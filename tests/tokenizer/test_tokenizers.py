@@ -55,12 +55,32 @@ def test_special_ids_are_fixed_for_every_kind(bpe_tokenizer, unigram_tokenizer, 
     for tok in (bpe_tokenizer, unigram_tokenizer, char):
         assert (tok.pad_id, tok.unk_id, tok.bos_id, tok.eos_id) == (0, 1, 2, 3)
         assert (tok.cls_id, tok.sep_id, tok.mask_id) == (4, 5, 6)
-        assert tok.special_ids == {0, 1, 2, 3, 4, 5, 6}
-        assert [tok.id_to_piece(i) for i in range(7)] == ["<pad>", "<unk>", "<s>", "</s>", "[CLS]", "[SEP]", "[MASK]"]
+        assert tok.special_ids == {0, 1, 2, 3, 4, 5, 6, 7, 8}  # 7, 8: the chat tokens
+        assert [tok.id_to_piece(i) for i in range(9)] == ["<pad>", "<unk>", "<s>", "</s>", "[CLS]", "[SEP]", "[MASK]",
+                                                          "<|im_start|>", "<|im_end|>"]  # fmt: skip
+
+
+def test_chat_tokens_are_single_tokens_and_tokenizers_without_them_still_load(tmp_path, pydoc_texts):
+    from llmkit.tokenizer import load
+
+    for kind in ("bpe", "char"):
+        tok = train(TokenizerConfig(kind=kind, vocab_size=600 if kind == "bpe" else 0), pydoc_texts[:40], seed=0)
+        start, end = tok.special_tokens["<|im_start|>"], tok.special_tokens["<|im_end|>"]
+        assert (start, end) == (7, 8)
+        if kind == "bpe":  # SentencePiece matches its user-defined symbols in text
+            assert tok.encode("<|im_start|>user\nhi<|im_end|>")[0] == start
+        old = train(TokenizerConfig(kind=kind, vocab_size=600 if kind == "bpe" else 0, chat_tokens=[]),
+                    pydoc_texts[:40], seed=0)  # fmt: skip
+        assert "<|im_end|>" not in old.special_tokens and old.special_ids == {0, 1, 2, 3, 4, 5, 6}
+        again = load(old.save(tmp_path / kind))
+        assert again.special_tokens == old.special_tokens and again.checksum() == old.checksum()
+    listed = train(TokenizerConfig(kind="char", vocab_size=0, user_special_tokens=["<|im_end|>"]), ["ab"], seed=0)
+    assert listed.user_special_tokens == ["<|im_end|>", "<|im_start|>"]  # listed once, in the user's place
 
 
 def test_no_encoder_specials_when_not_configured(pydoc_texts):
-    tok = train(TokenizerConfig(kind="bpe", vocab_size=600, user_special_tokens=["<sep>"]), pydoc_texts, seed=0)
+    tok = train(TokenizerConfig(kind="bpe", vocab_size=600, user_special_tokens=["<sep>"], chat_tokens=[]),
+                pydoc_texts, seed=0)  # fmt: skip
     assert (tok.cls_id, tok.sep_id, tok.mask_id) == (None, None, None)
     assert tok.special_ids == {0, 1, 2, 3, 4}
     assert tok.id_to_piece(4) == "<sep>"
@@ -211,17 +231,17 @@ def test_vocab_too_small_says_the_minimum(pydoc_texts):
 
 def test_char_vocab_sizes_and_unknowns():
     texts = ["aaaa bbb cc d"]
-    full = train(TokenizerConfig(kind="char", vocab_size=0, byte_fallback=False, user_special_tokens=[]), texts, seed=0)
+    full = train(TokenizerConfig(kind="char", vocab_size=0, byte_fallback=False, user_special_tokens=[], chat_tokens=[]), texts, seed=0)
     assert full.chars == [" ", "a", "b", "c", "d"] and full.vocab_size == 4 + 5
     top = train(
-        TokenizerConfig(kind="char", vocab_size=4 + 2, byte_fallback=False, user_special_tokens=[]), texts, seed=0
+        TokenizerConfig(kind="char", vocab_size=4 + 2, byte_fallback=False, user_special_tokens=[], chat_tokens=[]), texts, seed=0
     )
     assert top.chars == [" ", "a"]  # the two most frequent, sorted by code point
     assert top.encode("ab") == [top.char_offset + 1, top.unk_id]
     assert top.decode(top.encode("ab")) == "a\ufffd"
     with pytest.raises(DataError, match="at most 9"):
-        train(TokenizerConfig(kind="char", vocab_size=50, byte_fallback=False, user_special_tokens=[]), texts, seed=0)
-    bf = train(TokenizerConfig(kind="char", vocab_size=0, byte_fallback=True, user_special_tokens=[]), texts, seed=0)
+        train(TokenizerConfig(kind="char", vocab_size=50, byte_fallback=False, user_special_tokens=[], chat_tokens=[]), texts, seed=0)
+    bf = train(TokenizerConfig(kind="char", vocab_size=0, byte_fallback=True, user_special_tokens=[], chat_tokens=[]), texts, seed=0)
     assert bf.vocab_size == 4 + 256 + 5
     assert [bf.id_to_piece(i) for i in bf.encode("é")] == ["<0xC3>", "<0xA9>"]
 
