@@ -15,6 +15,7 @@ from llmkit import checks, config, loading
 from llmkit.errors import ConfigError, DataError, LlmkitError
 from llmkit.generation import beam_search, generate
 from llmkit.generation.decode_layout import to_decode_layout
+from llmkit.generation.quantize import quantize_int8
 from llmkit.recipes._common import resolve_device, set_threads
 from llmkit.tokenizer.char import unknown_characters_warning
 
@@ -40,6 +41,7 @@ class Config:
     device: str = "auto"
     threads: int = 0
     decode_layout: Literal["auto"] | bool = "auto"  # auto: on for the CPU; see llmkit.generation.decode_layout
+    quantize: Literal["int8"] | None = None  # int8: int8 weight-only matmuls on the CPU (llmkit.generation.quantize)
     # auto: a checkpoint fine-tuned with a chat template (objective=sft), or an imported model with its own,
     # is prompted through it (the prompt as the user turn, add_generation_prompt) and stops at its
     # end-of-turn token; false: raw text
@@ -71,6 +73,25 @@ def _check_beams(c: Config) -> None:
         problems.append(f"repetition_penalty={c.repetition_penalty}: beam search ranks plain log-probabilities")
     if problems:
         raise ConfigError([f"{p} (num_beams={c.num_beams})" for p in problems], where="generate")
+
+
+def _check_decoding_form(c: Config) -> None:
+    if c.quantize == "int8" and c.decode_layout is True:
+        raise ConfigError(
+            ["decode_layout=true with quantize=int8: the int8 layers replace the decode layout; leave "
+             "decode_layout=auto (or false)"], where="generate")  # fmt: skip
+
+
+def prepare_for_decoding(model: Any, c: Config) -> Any:
+    """The loaded model in the form this command decodes with: int8 weights (``quantize=int8``), or on
+    the CPU the decode layout (``decode_layout``); the two exclude each other."""
+    _check_decoding_form(c)
+    if c.quantize == "int8":
+        return quantize_int8(model)
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    if c.decode_layout is True or (c.decode_layout == "auto" and on_cpu):
+        to_decode_layout(model)  # this command only decodes: matrix-vector products on every core
+    return model
 
 
 def _cut_at_stop(text: str, stop: list[str]) -> str:
@@ -177,15 +198,14 @@ def run(cfg: Any) -> list[dict[str, Any]]:
     c = config.load(cfg, Config)
     checks.require("generate", c)  # every value out of range, before the prompt is echoed
     _check_beams(c)
+    _check_decoding_form(c)
     from llmkit.tokenizer import load as load_tokenizer
 
     if c.num_samples < 1 or c.max_new_tokens < 0:
         raise LlmkitError("num_samples must be >= 1 and max_new_tokens >= 0.")
     set_threads(c.threads)
     model, meta = loading.load_model(c.checkpoint, device=resolve_device(c.device))
-    on_cpu = next(model.parameters()).device.type == "cpu"
-    if c.decode_layout is True or (c.decode_layout == "auto" and on_cpu):
-        to_decode_layout(model)  # this command only decodes: matrix-vector products on every core
+    model = prepare_for_decoding(model, c)
     if not meta.get("tokenizer_dir"):
         raise LlmkitError(f"{meta['path']} has no tokenizer files; this command needs one.")
     tokenizer = load_tokenizer(meta["tokenizer_dir"])
