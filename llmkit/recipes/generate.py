@@ -75,22 +75,23 @@ def _check_beams(c: Config) -> None:
         raise ConfigError([f"{p} (num_beams={c.num_beams})" for p in problems], where="generate")
 
 
-def _check_decoding_form(c: Config) -> None:
-    if c.quantize == "int8" and c.decode_layout is True:
+def _check_decoding_form(quantize: str | None, decode_layout: str | bool) -> None:
+    if quantize == "int8" and decode_layout is True:
         raise ConfigError(
             ["decode_layout=true with quantize=int8: the int8 layers replace the decode layout; leave "
              "decode_layout=auto (or false)"], where="generate")  # fmt: skip
 
 
-def prepare_for_decoding(model: Any, c: Config) -> Any:
-    """The loaded model in the form this command decodes with: int8 weights (``quantize=int8``), or on
-    the CPU the decode layout (``decode_layout``); the two exclude each other."""
-    _check_decoding_form(c)
-    if c.quantize == "int8":
+def prepare_for_decoding(model: Any, *, quantize: str | None, decode_layout: str | bool) -> Any:
+    """The loaded model in the form a decoding command runs (``generate``; ``chat`` can share it): int8
+    weights with ``quantize=int8``, else on the CPU the decode layout (``decode_layout``); the two
+    exclude each other (a ``ConfigError``)."""
+    _check_decoding_form(quantize, decode_layout)
+    if quantize == "int8":
         return quantize_int8(model)
     on_cpu = next(model.parameters()).device.type == "cpu"
-    if c.decode_layout is True or (c.decode_layout == "auto" and on_cpu):
-        to_decode_layout(model)  # this command only decodes: matrix-vector products on every core
+    if decode_layout is True or (decode_layout == "auto" and on_cpu):
+        to_decode_layout(model)  # only decoding follows: matrix-vector products on every core
     return model
 
 
@@ -198,14 +199,14 @@ def run(cfg: Any) -> list[dict[str, Any]]:
     c = config.load(cfg, Config)
     checks.require("generate", c)  # every value out of range, before the prompt is echoed
     _check_beams(c)
-    _check_decoding_form(c)
+    _check_decoding_form(c.quantize, c.decode_layout)
     from llmkit.tokenizer import load as load_tokenizer
 
     if c.num_samples < 1 or c.max_new_tokens < 0:
         raise LlmkitError("num_samples must be >= 1 and max_new_tokens >= 0.")
     set_threads(c.threads)
     model, meta = loading.load_model(c.checkpoint, device=resolve_device(c.device))
-    model = prepare_for_decoding(model, c)
+    model = prepare_for_decoding(model, quantize=c.quantize, decode_layout=c.decode_layout)
     if not meta.get("tokenizer_dir"):
         raise LlmkitError(f"{meta['path']} has no tokenizer files; this command needs one.")
     tokenizer = load_tokenizer(meta["tokenizer_dir"])

@@ -52,18 +52,13 @@ def test_generate_quantize_int8_decodes_with_the_int8_model(tmp_path):
 
 
 def test_prepare_for_decoding_quantizes_or_lays_out_and_refuses_both(tmp_path):
-    from llmkit import config
     from llmkit.generation.decode_layout import DecodeLinear
     from llmkit.recipes import generate as recipe
 
     _, model, _ = _checkpoint(tmp_path)
-
-    def c(*overrides: str) -> recipe.Config:
-        return config.load(_compose(tmp_path, "checkpoint=x", *overrides), recipe.Config)
-
-    assert isinstance(recipe.prepare_for_decoding(model, c("quantize=int8")).lm_head, Int8Linear)
+    assert isinstance(recipe.prepare_for_decoding(model, quantize="int8", decode_layout="auto").lm_head, Int8Linear)
     _, model, _ = _checkpoint(tmp_path / "again")
-    assert isinstance(recipe.prepare_for_decoding(model, c()).lm_head, DecodeLinear)
+    assert isinstance(recipe.prepare_for_decoding(model, quantize=None, decode_layout="auto").lm_head, DecodeLinear)
     with pytest.raises(ConfigError, match="decode_layout=true with quantize=int8"):
         recipe.run(_compose(tmp_path, f"checkpoint={tmp_path / 'none'}", "quantize=int8", "decode_layout=true"))
 
