@@ -131,3 +131,16 @@ def test_greedy_tokens_of_a_trained_model_agree_with_fp32(char_tokenizer, pydoc_
     assert len(set(want.flatten().tolist())) >= 10  # a trained model: many distinct choices to agree on
     assert teacher_forced >= AGREEMENT_BOUND
     assert free_running >= AGREEMENT_BOUND / 2  # a free run diverges for good at its first different token
+
+
+def test_an_unmerged_lora_layer_keeps_its_float_weights_and_adapters():
+    from llmkit.finetune.lora import LoRALinear, apply_lora
+
+    torch.manual_seed(0)
+    model = CausalLM.from_config(ModelConfig(**TINY)).eval()
+    apply_lora(model, targets=["attn.c_attn"], rank=2, alpha=4.0)
+    lora_weight = model.transformer.h[0].attn.c_attn.weight.detach().clone()
+    q = quantize_int8(model)
+    kept = [m for m in q.modules() if isinstance(m, LoRALinear)]
+    assert len(kept) == TINY["n_layer"] and torch.equal(kept[0].weight, lora_weight)
+    assert isinstance(q.transformer.h[0].attn.c_proj, Int8Linear) and isinstance(q.lm_head, Int8Linear)
