@@ -41,7 +41,8 @@ class Config:
     device: str = "auto"
     threads: int = 0
     decode_layout: Literal["auto"] | bool = "auto"  # auto: on for the CPU; see llmkit.generation.decode_layout
-    quantize: Literal["int8"] | None = None  # int8: int8 weight-only matmuls on the CPU (llmkit.generation.quantize)
+    # int8: int8 weight-only matmuls on the CPU; int8_dynamic: activations to int8 too (llmkit.generation.quantize)
+    quantize: Literal["int8", "int8_dynamic"] | None = None
     # auto: a checkpoint fine-tuned with a chat template (objective=sft), or an imported model with its own,
     # is prompted through it (the prompt as the user turn, add_generation_prompt) and stops at its
     # end-of-turn token; false: raw text
@@ -76,9 +77,9 @@ def _check_beams(c: Config) -> None:
 
 
 def _check_decoding_form(quantize: str | None, decode_layout: str | bool) -> None:
-    if quantize == "int8" and decode_layout is True:
+    if quantize is not None and decode_layout is True:
         raise ConfigError(
-            ["decode_layout=true with quantize=int8: the int8 layers replace the decode layout; leave "
+            [f"decode_layout=true with quantize={quantize}: the int8 layers replace the decode layout; leave "
              "decode_layout=auto (or false)"], where="generate")  # fmt: skip
 
 
@@ -87,8 +88,8 @@ def prepare_for_decoding(model: Any, *, quantize: str | None, decode_layout: str
     weights with ``quantize=int8``, else on the CPU the decode layout (``decode_layout``); the two
     exclude each other (a ``ConfigError``)."""
     _check_decoding_form(quantize, decode_layout)
-    if quantize == "int8":
-        return quantize_int8(model)
+    if quantize is not None:
+        return quantize_int8(model, activations="dynamic" if quantize == "int8_dynamic" else "bf16")
     on_cpu = next(model.parameters()).device.type == "cpu"
     if decode_layout is True or (decode_layout == "auto" and on_cpu):
         to_decode_layout(model)  # only decoding follows: matrix-vector products on every core

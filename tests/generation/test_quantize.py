@@ -13,6 +13,7 @@ from llmkit.errors import LlmkitError
 from llmkit.generation import generate
 from llmkit.generation.quantize import (
     COMPUTE_DTYPE,
+    DynamicInt8Linear,
     KERNEL_WIDTH_MULTIPLE,
     Int8Linear,
     has_int8_kernel,
@@ -113,11 +114,12 @@ AGREEMENT_BOUND = 0.9  # set before measuring: int8 is to decode as the fp32 mod
 
 
 @pytest.mark.slow  # about 10 s: a model trained long enough to make many different greedy choices
-def test_greedy_tokens_of_a_trained_model_agree_with_fp32(char_tokenizer, pydoc_texts):
+@pytest.mark.parametrize("activations", ["bf16", "dynamic"])
+def test_greedy_tokens_of_a_trained_model_agree_with_fp32(char_tokenizer, pydoc_texts, activations):
     tokens = [t for text in pydoc_texts[:60] for t in char_tokenizer.encode(text)]
     config = ModelConfig(vocab_size=char_tokenizer.vocab_size, block_size=64, n_layer=2, n_head=4, n_embd=64)
     model = trained_causal_lm(config, tokens[: len(tokens) // 2], steps=400)
-    q = quantize_int8(copy.deepcopy(model))
+    q = quantize_int8(copy.deepcopy(model), activations=activations)
     held_out = torch.tensor(tokens[-8 * 64 :]).view(8, 64)  # (8, 64), text the model did not train on
     with torch.no_grad():
         want, got = model(held_out).argmax(-1), q(held_out).argmax(-1)  # (8, 64) each: greedy choice per position
@@ -126,7 +128,7 @@ def test_greedy_tokens_of_a_trained_model_agree_with_fp32(char_tokenizer, pydoc_
     fp32_run = torch.stack(list(generate(model, prompt, max_new_tokens=32, temperature=0)), dim=1)  # (8, 32)
     int8_run = torch.stack(list(generate(q, prompt, max_new_tokens=32, temperature=0)), dim=1)
     free_running = (fp32_run == int8_run).double().mean().item()
-    print(f"int8 vs fp32 greedy: {teacher_forced:.3f} of next tokens on held-out text, "
+    print(f"int8 ({activations} activations) vs fp32 greedy: {teacher_forced:.3f} of next tokens on held-out text, "
           f"{free_running:.3f} of tokens in 8 x 32-token free runs")  # fmt: skip
     assert len(set(want.flatten().tolist())) >= 10  # a trained model: many distinct choices to agree on
     assert teacher_forced >= AGREEMENT_BOUND
@@ -144,3 +146,34 @@ def test_an_unmerged_lora_layer_keeps_its_float_weights_and_adapters():
     kept = [m for m in q.modules() if isinstance(m, LoRALinear)]
     assert len(kept) == TINY["n_layer"] and torch.equal(kept[0].weight, lora_weight)
     assert isinstance(q.transformer.h[0].attn.c_proj, Int8Linear) and isinstance(q.lm_head, Int8Linear)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shape", [(48, 32), (5, 7), (2304, 768)])
+def test_dynamic_int8_linear_is_within_half_an_activation_step_of_a_float64_reference(bias, shape):
+    """int8 activations: each x_i is off by at most half a step of the per-tensor 7-bit grid over
+    [min(x, 0), max(x, 0)], so output o is off by at most step / 2 * sum_i |W[o, i]| (plus float32 sums)."""
+    torch.manual_seed(3)
+    linear = nn.Linear(shape[1], shape[0], bias=bias)
+    layer = DynamicInt8Linear(linear.weight, linear.bias)
+    w = layer.dequantized()
+    # half a step, up to the float32 arithmetic of torch.quantize_per_channel (w / scale at a tie)
+    assert ((w - linear.weight.double()).abs() <= layer.scale.double()[:, None] / 2 * (1 + 1e-4)).all()
+    for x in (torch.randn(1, shape[1]), torch.randn(2, 3, shape[1])):
+        y = layer(x)
+        assert y.shape == x.shape[:-1] + (shape[0],) and y.dtype == torch.float32
+        ref = x.double() @ w.T + (linear.bias.double() if bias else 0)
+        step = (x.max().clamp(min=0) - x.min().clamp(max=0)).double() / 127
+        tol = step / 2 * w.abs().sum(dim=1) * (1 + 1e-3) + 1e-5 * ref.abs().max()
+        assert ((y.double() - ref).abs() <= tol).all()
+        assert (y.double() - ref).abs().max() > 0  # the activations were quantized: not the float product
+
+
+def test_dynamic_needs_a_float32_model_and_quantizes_every_linear():
+    model = CausalLM.from_config(ModelConfig(**TINY)).eval()
+    with pytest.raises(LlmkitError, match="float32 model; this one is torch.float64"):
+        quantize_int8(copy.deepcopy(model).double(), activations="dynamic")
+    q = quantize_int8(model, activations="dynamic")
+    assert not any(type(m) in (nn.Linear, Int8Linear) for m in q.modules()) and isinstance(q.lm_head, DynamicInt8Linear)
+    ids = torch.randint(0, TINY["vocab_size"], (2, 9), generator=torch.Generator().manual_seed(0))
+    assert q(ids).shape == (2, 9, TINY["vocab_size"])

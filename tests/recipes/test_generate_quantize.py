@@ -37,14 +37,15 @@ def _checkpoint(tmp_path):
     return path, model, tok
 
 
-def test_generate_quantize_int8_decodes_with_the_int8_model(tmp_path):
+@pytest.mark.parametrize("quantize", ["int8", "int8_dynamic"])
+def test_generate_quantize_int8_decodes_with_the_int8_model(tmp_path, quantize):
     from llmkit.generation import generate
     from llmkit.recipes import generate as recipe
 
     path, model, tok = _checkpoint(tmp_path)
     records = recipe.run(_compose(tmp_path, f"checkpoint={path}", "prompt=the", "max_new_tokens=30",
-                                  "temperature=0", "quantize=int8", "stream=false"))  # fmt: skip
-    q = quantize_int8(model)
+                                  "temperature=0", f"quantize={quantize}", "stream=false"))  # fmt: skip
+    q = quantize_int8(model, activations="dynamic" if quantize == "int8_dynamic" else "bf16")
     new = [int(t) for t in generate(q, torch.tensor([tok.encode("the")]), max_new_tokens=30, temperature=0)]
     want = tok.decode([t for t in new if t != tok.eos_id]) if tok.eos_id not in new else None
     assert want is not None and len(set(new)) > 5
@@ -66,4 +67,4 @@ def test_prepare_for_decoding_quantizes_or_lays_out_and_refuses_both(tmp_path):
 def test_an_unknown_quantization_is_refused_up_front():
     with pytest.raises(ConfigError) as err:
         preflight.check_overrides("generate", ["checkpoint=x", "quantize=int4"])
-    assert err.value.problems == ["quantize: expected 'int8' or null, got 'int4'"]
+    assert err.value.problems == ["quantize: expected 'int8' | 'int8_dynamic' or null, got 'int4'"]
