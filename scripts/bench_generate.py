@@ -16,6 +16,8 @@ download, and exported to a Hugging Face directory with ``llmkit.hf.export_hf``,
 * ``llmkit_int8``: what ``llmkit generate quantize=int8`` runs: the model through
   ``llmkit.generation.quantize.quantize_int8`` (Linear weights and the LM head int8 per output
   channel, bfloat16 activations into ``aten._weight_int8pack_mm``);
+* ``llmkit_int8_dynamic``: ``llmkit generate quantize=int8_dynamic``: the same int8 weights, the
+  activations quantized to int8 on each call too (fbgemm's ``quantized::linear_dynamic``);
 * ``llama_f32``, ``llama_q8_0``: llama.cpp (llama-cpp-python, greedy sampler, same thread count) on
   the same weights written by ``llmkit.gguf.export_gguf`` at f32 and q8_0, batch 1 only. It runs in
   a subprocess (``scripts/llamacpp_worker.py``) under ``--llama-python`` (default: this Python), so
@@ -63,7 +65,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_pretrain as bp  # noqa: E402 - machine facts (shared by the benchmark scripts)
 
 SEED = 1337
-ALL_SIDES = ("llmkit", "llmkit_int8", "llmkit_linear", "hf", "hf_loop", "llama_f32", "llama_q8_0")
+ALL_SIDES = ("llmkit", "llmkit_int8", "llmkit_int8_dynamic", "llmkit_linear", "hf", "hf_loop", "llama_f32", "llama_q8_0")
 LLAMA_SIDES = {"llama_f32": "f32", "llama_q8_0": "q8_0"}
 
 
@@ -212,6 +214,10 @@ def sides(ours: Any, theirs: Any, new_tokens: int, wanted: list[str]) -> dict[st
 
     fast = to_decode_layout(copy.deepcopy(ours))
     int8 = quantize_int8(copy.deepcopy(ours)) if "llmkit_int8" in wanted else None
+    dyn = quantize_int8(copy.deepcopy(ours), activations="dynamic") if "llmkit_int8_dynamic" in wanted else None
+
+    def llmkit_int8_dynamic(prompt: torch.Tensor) -> torch.Tensor:
+        return torch.stack(list(generate(dyn, prompt, max_new_tokens=new_tokens, temperature=0)), dim=1)
 
     def llmkit_int8(prompt: torch.Tensor) -> torch.Tensor:
         return torch.stack(list(generate(int8, prompt, max_new_tokens=new_tokens, temperature=0)), dim=1)
@@ -236,7 +242,8 @@ def sides(ours: Any, theirs: Any, new_tokens: int, wanted: list[str]) -> dict[st
             ids.append(out.logits[:, -1].argmax(-1))
         return torch.stack(ids, dim=1)
 
-    every = {"llmkit": llmkit, "llmkit_int8": llmkit_int8, "llmkit_linear": llmkit_linear, "hf": hf,
+    every = {"llmkit": llmkit, "llmkit_int8": llmkit_int8, "llmkit_int8_dynamic": llmkit_int8_dynamic,
+             "llmkit_linear": llmkit_linear, "hf": hf,
              "hf_loop": hf_loop}  # fmt: skip
     return {name: every[name] for name in wanted if name in every}
 
@@ -340,7 +347,8 @@ def print_report(result: dict[str, Any]) -> None:
         "(blocks + output matrix; int8: codes, scales, biases, norms; llama q8_0: counted as 34 bytes per 32 "
         f"weights); the copy bandwidth was {bw['copy_bytes_per_s'] / 1e9:.1f} GB/s (read + write).",
         "x batch 1: tokens/s at this batch over tokens/s at batch 1 (batched-generation scaling).",
-        "llmkit: `llmkit generate` on the CPU (decode layout); llmkit_int8: `llmkit generate quantize=int8`; "
+        "llmkit: `llmkit generate` on the CPU (decode layout); llmkit_int8(_dynamic): `llmkit generate "
+        "quantize=int8` (`int8_dynamic`); "
         "llmkit_linear: the fp32 decoder on plain nn.Linear weights; llama_*: llama.cpp on the GGUF export.",
     ]
     q8 = result["batches"][0].get("llama_q8_0_same_tokens_as_llama_f32")
@@ -404,11 +412,11 @@ def main(argv: list[str] | None = None) -> int:
                 side.close()
     wb = weight_bytes(ours)
     by_side = {n: wb for n in ("llmkit", "llmkit_linear", "hf", "hf_loop", "llama_f32")}
-    if "llmkit_int8" in fns:
+    if {"llmkit_int8", "llmkit_int8_dynamic"} & set(fns):
         from llmkit.generation.quantize import quantize_int8
 
         int8_bytes = decode_bytes(quantize_int8(copy.deepcopy(ours)))
-        by_side["llmkit_int8"] = int8_bytes
+        by_side["llmkit_int8"] = by_side["llmkit_int8_dynamic"] = int8_bytes
     matrices = sum(p.numel() for n, p in ours.named_parameters() if p.dim() == 2 and "wpe" not in n)  # head included
     by_side["llama_q8_0"] = wb - 4 * matrices + matrices * 34 // 32
     bw_end = measure_bandwidth(repeats=2 if args.quick else 5)

@@ -23,7 +23,8 @@ int8 per-channel weights (float32 scales), the input quantized per tensor on eac
 7-bit codes: fbgemm's ``reduce_range``) and multiplied in int8 by fbgemm's
 ``quantized::linear_dynamic``, float32 out. Each output is then off by at most half an activation
 step times the sum of its row's weight magnitudes. Faster than the weight-only kernel (GPT-2 small,
-2 threads: 108 against 70 tokens/s), but torch marks its quantized-tensor functions deprecated.
+2 threads, scripts/bench_generate.py: 116 against 72 tokens/s), but torch marks its quantized-tensor
+functions deprecated.
 
 ``quantize_int8(model)`` swaps every plain ``nn.Linear`` and the LM head of a model in place; the
 embeddings stay as they are (one row is read per token). A tied head gets its own int8 copy of
