@@ -33,3 +33,23 @@ def greedy_pair(ours: CausalLM, theirs, ids: list[int], max_new_tokens: int) -> 
     theirs_new = theirs.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
                                  max_new_tokens=max_new_tokens, eos_token_id=None)[0, len(ids):].tolist()  # fmt: skip
     return ours_new, theirs_new
+
+
+def trained_causal_lm(config: ModelConfig, tokens: list[int], *, steps: int = 40, seed: int = 0) -> CausalLM:
+    """A small model after ``steps`` AdamW steps on ``tokens`` (seconds on a CPU): its logits have
+    the peaked, token-dependent shape of a trained model, so greedy runs are not trivial."""
+    torch.manual_seed(seed)
+    model = CausalLM.from_config(config).train()
+    data = torch.tensor(tokens[: 64 * config.block_size + 1])
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(seed)
+    T = config.block_size
+    for _ in range(steps):
+        starts = torch.randint(0, len(data) - T - 1, (8,), generator=g)
+        x = torch.stack([data[s : s + T] for s in starts])  # (8, T)
+        y = torch.stack([data[s + 1 : s + T + 1] for s in starts])  # (8, T)
+        loss = torch.nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()

@@ -1,4 +1,8 @@
-"""``llmkit export``: a checkpoint out of llmkit, as a Hugging Face model directory.
+"""``llmkit export``: a checkpoint out of llmkit, as a Hugging Face model directory or a GGUF file.
+
+``format=gguf`` writes one ``out_dir/model-{outtype}.gguf`` for llama.cpp instead (weights,
+architecture and tokenizer in one file; see ``llmkit.gguf``), atomically, and refuses a model or
+tokenizer llama.cpp cannot run before anything is written.
 
 ``out_dir`` becomes the model directory: ``config.json``, ``model.safetensors`` and the tokenizer
 files, beside the run record every command writes (``run.json``, ``.hydra/``), so
@@ -28,7 +32,7 @@ import torch
 from rich.console import Console
 from safetensors.torch import load_file
 
-from llmkit import config, hf, loading
+from llmkit import config, gguf, hf, loading
 from llmkit.errors import LlmkitError
 from llmkit.hf import HFFormatError, export_hf, heads, load_hf, peft
 from llmkit.hf.files import CONFIG_FILE, SAFETENSORS_FILE
@@ -42,7 +46,8 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 class Config:
     out_dir: str
     checkpoint: str
-    format: Literal["hf", "peft"] = "hf"  # peft: the LoRA adapters of a fine-tune of an hf: base, for PEFT
+    format: Literal["hf", "peft", "gguf"] = "hf"  # peft: the LoRA adapters of a fine-tune of an hf: base, for PEFT
+    outtype: Literal["f32", "f16", "q8_0"] = "f16"  # gguf: tensor type (llama.cpp's convert_hf_to_gguf --outtype)
     dtype: Literal["float32", "float16", "bfloat16"] | None = None  # null: as stored
     include_tokenizer: bool = True  # write the tokenizer files beside the weights
     verify: bool = True  # read the export back and compare logits with the checkpoint's
@@ -63,11 +68,13 @@ def _load(ref: str) -> tuple[torch.nn.Module, dict[str, Any]]:
         raise
 
 
-def _tokenizer(meta: dict[str, Any]) -> Any:
+def _tokenizer(meta: dict[str, Any], fmt: str = "hf") -> Any:
     from llmkit.tokenizer import load as load_tokenizer  # llmkit's own or Hugging Face files
 
     tok_dir = meta.get("tokenizer_dir")
     if not tok_dir or not Path(tok_dir).is_dir():
+        if fmt == "GGUF":
+            return None  # check_exportable names it with the model's problems
         raise LlmkitError(
             f"{meta['path']} has no tokenizer files; export the weights alone with include_tokenizer=false."
         )
@@ -95,6 +102,22 @@ def verify(model: torch.nn.Module, *, config: ModelConfig, directory: Path, dtyp
             f"The export in {directory} does not reproduce the checkpoint (max |logit diff| {diff:.3g} > {tol:.3g})."
         )
     return diff
+
+
+def export_gguf(c: Config, say=print) -> Path:
+    """Write checkpoint ``c.checkpoint`` as ``c.out_dir/model-{outtype}.gguf``; return the file."""
+    target = Path(c.out_dir) / gguf.gguf_file_name(c.outtype)
+    if target.exists() and not c.overwrite:
+        raise LlmkitError(
+            f"{target} already holds an exported model; overwrite=true replaces it, or choose another out_dir."
+        )
+    model, meta = _load(c.checkpoint)
+    cfg = ModelConfig.from_dict(meta["model_config"])
+    # every problem of the model and the tokenizer is named together, before the file is opened
+    path = gguf.export_gguf(model, cfg, _tokenizer(meta, "GGUF"), c.out_dir, outtype=c.outtype,
+                            overwrite=c.overwrite, say=say)  # fmt: skip
+    say(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB); run it with llama.cpp: llama-cli -m {path}")
+    return path
 
 
 def _plan(c: Config, model: torch.nn.Module, meta: dict[str, Any], tokenizer: Any) -> tuple[Any, Any, str]:
@@ -127,7 +150,9 @@ def _plan(c: Config, model: torch.nn.Module, meta: dict[str, Any], tokenizer: An
 
 
 def export(c: Config, say=print) -> Path:
-    """Write checkpoint ``c.checkpoint`` into ``c.out_dir`` (a Hugging Face or PEFT directory); return it."""
+    """Write checkpoint ``c.checkpoint`` into ``c.out_dir`` (a Hugging Face or PEFT directory, or a GGUF file); return it."""
+    if c.format == "gguf":
+        return export_gguf(c, say)
     out = Path(c.out_dir)
     files = (peft.ADAPTER_CONFIG, peft.ADAPTER_WEIGHTS) if c.format == "peft" else (CONFIG_FILE, SAFETENSORS_FILE)
     if not c.overwrite and any((out / name).exists() for name in files):
@@ -160,4 +185,5 @@ def run(cfg: Any) -> dict[str, Any]:
     c = config.load(cfg, Config)
     console = Console(stderr=True)
     out = export(c, say=lambda s: console.print(s, markup=False, highlight=False))
-    return {"out_dir": str(out), "format": c.format}
+    result = {"out_dir": str(c.out_dir), "format": c.format}
+    return result if c.format == "hf" else {**result, "file": str(out), "outtype": c.outtype}

@@ -16,6 +16,7 @@ from llmkit import checks, config, loading
 from llmkit.errors import ConfigError, DataError, LlmkitError
 from llmkit.generation import beam_search, generate
 from llmkit.generation.decode_layout import to_decode_layout
+from llmkit.generation.quantize import quantize_int8
 from llmkit.generation.text import TextStream
 from llmkit.recipes._common import resolve_device, set_threads
 from llmkit.tokenizer.char import unknown_characters_warning
@@ -42,6 +43,8 @@ class Config:
     device: str = "auto"
     threads: int = 0
     decode_layout: Literal["auto"] | bool = "auto"  # auto: on for the CPU; see llmkit.generation.decode_layout
+    # int8: int8 weight-only matmuls on the CPU; int8_dynamic: activations to int8 too (llmkit.generation.quantize)
+    quantize: Literal["int8", "int8_dynamic"] | None = None
     # auto: a checkpoint fine-tuned with a chat template (objective=sft), or an imported model with its own,
     # is prompted through it (the prompt as the user turn, add_generation_prompt) and stops at its
     # end-of-turn token; false: raw text
@@ -105,6 +108,26 @@ def beam_max_new_tokens(block_size: int, prompts: list[list[int]], c: Config, gi
             + (f"set max_new_tokens={room} or less, or shorten the prompt." if room >= 1 else "shorten the prompt.")
         )
     return room
+
+
+def _check_decoding_form(quantize: str | None, decode_layout: str | bool) -> None:
+    if quantize is not None and decode_layout is True:
+        raise ConfigError(
+            [f"decode_layout=true with quantize={quantize}: the int8 layers replace the decode layout; leave "
+             "decode_layout=auto (or false)"], where="generate")  # fmt: skip
+
+
+def prepare_for_decoding(model: Any, *, quantize: str | None, decode_layout: str | bool) -> Any:
+    """The loaded model in the form a decoding command runs (``generate``; ``chat`` can share it): int8
+    weights with ``quantize=int8``, else on the CPU the decode layout (``decode_layout``); the two
+    exclude each other (a ``ConfigError``)."""
+    _check_decoding_form(quantize, decode_layout)
+    if quantize is not None:
+        return quantize_int8(model, activations="dynamic" if quantize == "int8_dynamic" else "bf16")
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    if decode_layout is True or (decode_layout == "auto" and on_cpu):
+        to_decode_layout(model)  # only decoding follows: matrix-vector products on every core
+    return model
 
 
 def _cut_at_stop(text: str, stop: list[str]) -> str:
@@ -202,15 +225,13 @@ def complete(
 
 
 def load_for_decoding(
-    checkpoint: str, *, device: str, decode_layout: Literal["auto"] | bool
+    checkpoint: str, *, device: str, decode_layout: Literal["auto"] | bool, quantize: str | None = None
 ) -> tuple[Any, dict[str, Any], Any]:
-    """The model (in the decode layout on the CPU with ``auto``), its checkpoint meta and its tokenizer."""
+    """The model in the form decoding runs (``prepare_for_decoding``), its checkpoint meta and its tokenizer."""
     from llmkit.tokenizer import load as load_tokenizer
 
     model, meta = loading.load_model(checkpoint, device=resolve_device(device))
-    on_cpu = next(model.parameters()).device.type == "cpu"
-    if decode_layout is True or (decode_layout == "auto" and on_cpu):
-        to_decode_layout(model)  # these commands only decode: matrix-vector products on every core
+    model = prepare_for_decoding(model, quantize=quantize, decode_layout=decode_layout)
     if not meta.get("tokenizer_dir"):
         raise LlmkitError(f"{meta['path']} has no tokenizer files; this command needs one.")
     return model, meta, load_tokenizer(meta["tokenizer_dir"])
@@ -220,10 +241,13 @@ def run(cfg: Any) -> list[dict[str, Any]]:
     c = config.load(cfg, Config)
     checks.require("generate", c)  # every value out of range, before the prompt is echoed
     _check_beams(c, _command_line_keys())
+    _check_decoding_form(c.quantize, c.decode_layout)
     if c.num_samples < 1 or c.max_new_tokens < 0:
         raise LlmkitError("num_samples must be >= 1 and max_new_tokens >= 0.")
     set_threads(c.threads)
-    model, meta, tokenizer = load_for_decoding(c.checkpoint, device=c.device, decode_layout=c.decode_layout)
+    model, meta, tokenizer = load_for_decoding(
+        c.checkpoint, device=c.device, quantize=c.quantize, decode_layout=c.decode_layout
+    )
     template = chat_template(meta, tokenizer, c.chat)
     console = Console(stderr=True)
     if template is not None:
