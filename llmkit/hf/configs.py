@@ -47,8 +47,9 @@ _ACTIVATIONS = {
     "gelu_pytorch_tanh": "gelu_tanh",
     "gelu_fast": None,  # a different tanh approximation: not bit-compatible
     "relu": "relu",
+    "relu2": "relu2",  # ReLUSquaredActivation: relu(x)^2
 }
-_EXPORT_ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu"}
+_EXPORT_ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "relu2": "relu2"}
 
 
 class _Keys:
@@ -190,6 +191,30 @@ def _llama_config(k: _Keys) -> dict[str, Any]:
     )
 
 
+# transformers' Qwen3Config defaults (save_pretrained may leave out values equal to them)
+_QWEN3_DEFAULTS = {
+    "vocab_size": 151936, "hidden_size": 4096, "intermediate_size": 22016, "num_hidden_layers": 32,
+    "num_attention_heads": 32, "num_key_value_heads": 32, "max_position_embeddings": 32768, "rms_norm_eps": 1e-6,
+}  # fmt: skip
+
+
+def _qwen3_config(k: _Keys) -> dict[str, Any]:
+    """Qwen3 is Llama with QK-norm (an RMSNorm over each q and k head, before RoPE) and no MLP bias."""
+    for key, value in _QWEN3_DEFAULTS.items():
+        if k.raw.get(key) is None:
+            k.raw[key] = value
+    k.expect("use_sliding_window", lambda v: v is False, False, "sliding-window attention is not supported")
+    k.get("sliding_window")  # used only with use_sliding_window
+    k.get("max_window_layers")
+    k.expect(
+        "layer_types",
+        lambda v: v is None or all(t == "full_attention" for t in v),
+        None,
+        "only full attention in every layer is supported",
+    )
+    return {**_llama_config(k), "name": "qwen3", "qk_norm": True}
+
+
 def _bert_config(k: _Keys) -> dict[str, Any]:
     k.expect(
         "position_embedding_type",
@@ -256,8 +281,14 @@ def _distilbert_config(k: _Keys) -> dict[str, Any]:
     )
 
 
-_CONFIG_READERS = {"gpt2": _gpt2_config, "llama": _llama_config, "bert": _bert_config, "distilbert": _distilbert_config}
-_ARCH_PREFIXES = {"GPT2": "gpt2", "Llama": "llama", "DistilBert": "distilbert", "Bert": "bert"}
+_CONFIG_READERS = {
+    "gpt2": _gpt2_config,
+    "llama": _llama_config,
+    "qwen3": _qwen3_config,
+    "bert": _bert_config,
+    "distilbert": _distilbert_config,
+}
+_ARCH_PREFIXES = {"GPT2": "gpt2", "Llama": "llama", "Qwen3": "qwen3", "DistilBert": "distilbert", "Bert": "bert"}
 
 
 def hf_model_type(raw: Mapping[str, Any], source: str = CONFIG_FILE) -> str:
@@ -317,14 +348,16 @@ def export_family(cfg: ModelConfig) -> tuple[str, list[str]]:
         need("embed_norm", cfg.embed_norm, "BERT normalises the embeddings")
         need("final_norm", not cfg.final_norm, "BERT has no final norm")
     elif cfg.pos == "rope" or cfg.norm == "rmsnorm" or cfg.mlp == "swiglu":
-        family = "llama"
-        need("norm", cfg.norm == "rmsnorm", "llama uses rmsnorm")
-        need("pos", cfg.pos == "rope", "llama uses rope")
-        need("mlp", cfg.mlp == "swiglu", "llama uses swiglu")
-        need("norm_placement", cfg.norm_placement == "pre", "llama is pre-LN")
-        need("final_norm", cfg.final_norm, "llama has a final norm")
-        need("embed_norm", not cfg.embed_norm, "llama has no embedding norm")
-        need("type_vocab_size", cfg.type_vocab_size == 0, "llama has no token-type embeddings")
+        family = "qwen3" if cfg.qk_norm else "llama"  # Qwen3 = Llama + QK-norm
+        need("norm", cfg.norm == "rmsnorm", f"{family} uses rmsnorm")
+        need("pos", cfg.pos == "rope", f"{family} uses rope")
+        need("mlp", cfg.mlp == "swiglu", f"{family} uses swiglu")
+        need("norm_placement", cfg.norm_placement == "pre", f"{family} is pre-LN")
+        need("final_norm", cfg.final_norm, f"{family} has a final norm")
+        need("embed_norm", not cfg.embed_norm, f"{family} has no embedding norm")
+        need("type_vocab_size", cfg.type_vocab_size == 0, f"{family} has no token-type embeddings")
+        if family == "qwen3":
+            need("bias", not cfg.bias, "Qwen3's MLP has no bias; llmkit's bias switch covers attention and MLP")
     else:
         family = "gpt2"
         need("norm_placement", cfg.norm_placement == "pre", "GPT-2 is pre-LN")
@@ -332,8 +365,13 @@ def export_family(cfg: ModelConfig) -> tuple[str, list[str]]:
         need("embed_norm", not cfg.embed_norm, "GPT-2 has no embedding norm")
         need("type_vocab_size", cfg.type_vocab_size == 0, "GPT-2 has no token-type embeddings")
     if family in ("gpt2", "bert"):
-        need("mlp", cfg.mlp in _EXPORT_ACTIVATIONS, f"{family} MLPs use gelu, gelu_tanh or relu")
+        need("mlp", cfg.mlp in _EXPORT_ACTIVATIONS, f"{family} MLPs use gelu, gelu_tanh, relu or relu2")
         need("n_kv_head", cfg.kv_heads == cfg.n_head, f"{family} has no grouped-query attention")
+        need("qk_norm", not cfg.qk_norm, "QK-norm exports as Qwen3 only: rope, rmsnorm, swiglu, no bias")
+    # modded-nanogpt options without a transformers equivalent (zero_init_proj is an init only: it exports)
+    need("logit_softcap", cfg.logit_softcap is None, "no transformers architecture of these blocks soft-caps logits")
+    need("value_embeds", cfg.value_embeds == 0, "value embeddings have no transformers equivalent")
+    need("unet_skips", not cfg.unet_skips, "U-net skip connections have no transformers equivalent")
     return family, problems
 
 
@@ -363,8 +401,8 @@ def config_to_hf(cfg: ModelConfig, family: str, dtype: torch.dtype, tokenizer: A
             "layer_norm_epsilon": cfg.norm_eps, "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
             "reorder_and_upcast_attn": False, "use_cache": True, **common,
         }  # fmt: skip
-    if family == "llama":
-        return {
+    if family in ("llama", "qwen3"):
+        llama = {
             "model_type": "llama", "architectures": ["LlamaForCausalLM"],
             "hidden_size": cfg.n_embd, "intermediate_size": cfg.mlp_hidden_size, "num_hidden_layers": cfg.n_layer,
             "num_attention_heads": cfg.n_head, "num_key_value_heads": cfg.kv_heads, "head_dim": cfg.head_dim,
@@ -374,6 +412,13 @@ def config_to_hf(cfg: ModelConfig, family: str, dtype: torch.dtype, tokenizer: A
             "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
             "attention_bias": cfg.bias, "mlp_bias": cfg.bias, "attention_dropout": cfg.dropout,
             "pretraining_tp": 1, "use_cache": True, **common,
+        }  # fmt: skip
+        if family == "llama":
+            return llama
+        del llama["mlp_bias"], llama["pretraining_tp"]
+        return {
+            **llama, "model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"], "use_sliding_window": False,
+            "sliding_window": None, "max_window_layers": cfg.n_layer, "layer_types": ["full_attention"] * cfg.n_layer,
         }  # fmt: skip
     return {
         "model_type": "bert", "architectures": ["BertForPreTraining"],

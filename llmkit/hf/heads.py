@@ -42,11 +42,12 @@ from llmkit.model.heads import SequenceClassifier, TokenClassifier
 
 TASKS = ("seq_cls", "token_cls")
 _SUFFIX = {"seq_cls": "ForSequenceClassification", "token_cls": "ForTokenClassification"}
-_PREFIX = {"gpt2": "GPT2", "llama": "Llama", "bert": "Bert"}
+_PREFIX = {"gpt2": "GPT2", "llama": "Llama", "qwen3": "Qwen3", "bert": "Bert"}
 # The head's module name in each transformers class, and whether it has a bias.
 HEAD_MODULE = {
     ("gpt2", "seq_cls"): "score", ("llama", "seq_cls"): "score", ("bert", "seq_cls"): "classifier",
     ("gpt2", "token_cls"): "classifier", ("llama", "token_cls"): "score", ("bert", "token_cls"): "classifier",
+    ("qwen3", "seq_cls"): "score", ("qwen3", "token_cls"): "score",
 }  # fmt: skip
 _FOLD_TOL = 1e-6  # |W d - b| allowed, relative to max(1, |b|), in float64
 
