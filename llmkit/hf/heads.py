@@ -33,7 +33,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from llmkit.hf.configs import config_from_hf, config_to_hf, export_family
+from llmkit.hf.configs import config_from_hf
+from llmkit.hf.export_config import config_to_hf, export_family
 from llmkit.hf.files import HFFormatError, load_hf_tensors, read_hf_config
 from llmkit.hf.weights import _NAME_TABLES, _linear, _Row, from_hf_parts
 from llmkit.hf.writer import _own_state, hf_tensors, stored_dtype, write_hf_dir

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from llmkit.hf.configs import config_to_hf, export_family
+from llmkit.hf.export_config import config_to_hf, export_family
 from llmkit.hf.files import CONFIG_FILE, SAFETENSORS_FILE, HFFormatError
 from llmkit.hf.weights import _NAME_TABLES, _Row
 from llmkit.model.config import ModelConfig
