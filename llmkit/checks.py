@@ -56,6 +56,7 @@ _TRAINING = {
     "optim.momentum": _at_least(0),
     "scheduler.warmup_steps": _at_least(0, integer=True),
     "scheduler.min_lr_ratio": _UNIT,
+    "scheduler.decay_frac": ((lambda v: _number(v) and 0 < v <= 1), "must be a number in (0, 1]"),  # scheduler=wsd
     **{
         f"trainer.{k}": _at_least(1, integer=True)
         for k in ("max_steps", "batch_size", "grad_accum", "eval_batches", "log_every", "max_nonfinite")

@@ -207,7 +207,11 @@ def build(node: Mapping, schema: type[T]) -> T:
     for f in dataclasses.fields(typing.cast(Any, schema)):
         if f.name not in node:
             continue
-        kwargs[f.name] = _build_value(node[f.name], hints[f.name])
+        try:
+            kwargs[f.name] = _build_value(node[f.name], hints[f.name])
+        except ValueError as e:  # a nested schema's own check: say which node it is about
+            msg = str(e)
+            raise ValueError(msg if msg.startswith(f"{f.name}.") else f"{f.name}: {msg}") from e
     return schema(**kwargs)
 
 

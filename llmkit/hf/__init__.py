@@ -20,7 +20,8 @@ Modules, top to bottom:
     refs.py      ``hf:DIR`` / ``hf:pkg:NAME`` references -> directory, model, tokenizer
     weights.py   parameter-name tables and ``load_hf`` (import)
     writer.py    ``export_hf``: tensors under Hugging Face names, config.json, tokenizer, written atomically
-    configs.py   ``config.json`` <-> ``ModelConfig``
+    export_config.py  ``ModelConfig`` -> ``config.json``: the architecture (gpt2, llama, qwen3, bert) or why none
+    configs.py   ``config.json`` -> ``ModelConfig``
     files.py     reading ``config.json`` and the weight files (safetensors, ``weights_only`` torch)
 
 Tokenizer files (``tokenizer.json``, ``vocab.txt``, ``tokenizer.model``) are read by

@@ -6,16 +6,13 @@ cross-attention, ...) are refused, all of them in one message; options that do n
 function a model computes (dropout rates, ``use_cache``, label maps) are accepted and keys llmkit
 does not know are listed in ``notes["ignored_config_keys"]``.
 
-Export: ``export_family`` picks the transformers architecture of a ``ModelConfig`` (and lists
-every reason there is none); ``config_to_hf`` writes its ``config.json`` dict.
+Export (``ModelConfig`` -> ``config.json``) is in ``llmkit.hf.export_config``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from typing import Any
-
-import torch
 
 from llmkit.hf.files import CONFIG_FILE, SUPPORTED_MODEL_TYPES, HFFormatError
 from llmkit.model.config import ModelConfig
@@ -47,8 +44,8 @@ _ACTIVATIONS = {
     "gelu_pytorch_tanh": "gelu_tanh",
     "gelu_fast": None,  # a different tanh approximation: not bit-compatible
     "relu": "relu",
+    "relu2": "relu2",  # ReLUSquaredActivation: relu(x)^2
 }
-_EXPORT_ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu"}
 
 
 class _Keys:
@@ -190,6 +187,30 @@ def _llama_config(k: _Keys) -> dict[str, Any]:
     )
 
 
+# transformers' Qwen3Config defaults (save_pretrained may leave out values equal to them)
+_QWEN3_DEFAULTS = {
+    "vocab_size": 151936, "hidden_size": 4096, "intermediate_size": 22016, "num_hidden_layers": 32,
+    "num_attention_heads": 32, "num_key_value_heads": 32, "max_position_embeddings": 32768, "rms_norm_eps": 1e-6,
+}  # fmt: skip
+
+
+def _qwen3_config(k: _Keys) -> dict[str, Any]:
+    """Qwen3 is Llama with QK-norm (an RMSNorm over each q and k head, before RoPE) and no MLP bias."""
+    for key, value in _QWEN3_DEFAULTS.items():
+        if k.raw.get(key) is None:
+            k.raw[key] = value
+    k.expect("use_sliding_window", lambda v: v is False, False, "sliding-window attention is not supported")
+    k.get("sliding_window")  # used only with use_sliding_window
+    k.get("max_window_layers")
+    k.expect(
+        "layer_types",
+        lambda v: v is None or all(t == "full_attention" for t in v),
+        None,
+        "only full attention in every layer is supported",
+    )
+    return {**_llama_config(k), "name": "qwen3", "qk_norm": True}
+
+
 def _bert_config(k: _Keys) -> dict[str, Any]:
     k.expect(
         "position_embedding_type",
@@ -256,8 +277,14 @@ def _distilbert_config(k: _Keys) -> dict[str, Any]:
     )
 
 
-_CONFIG_READERS = {"gpt2": _gpt2_config, "llama": _llama_config, "bert": _bert_config, "distilbert": _distilbert_config}
-_ARCH_PREFIXES = {"GPT2": "gpt2", "Llama": "llama", "DistilBert": "distilbert", "Bert": "bert"}
+_CONFIG_READERS = {
+    "gpt2": _gpt2_config,
+    "llama": _llama_config,
+    "qwen3": _qwen3_config,
+    "bert": _bert_config,
+    "distilbert": _distilbert_config,
+}
+_ARCH_PREFIXES = {"GPT2": "gpt2", "Llama": "llama", "Qwen3": "qwen3", "DistilBert": "distilbert", "Bert": "bert"}
 
 
 def hf_model_type(raw: Mapping[str, Any], source: str = CONFIG_FILE) -> str:
@@ -296,91 +323,3 @@ def config_from_hf(raw: Mapping[str, Any], *, source: str = CONFIG_FILE) -> tupl
     except (TypeError, ValueError) as e:
         raise HFFormatError(f"{source}: the {model_type} config does not describe a valid llmkit model: {e}") from None
     return config, {"model_type": model_type, "ignored_config_keys": keys.ignored()}
-
-
-# ---------------------------------------------------------------------------- export
-
-
-def export_family(cfg: ModelConfig) -> tuple[str, list[str]]:
-    """The transformers model_type for ``cfg`` and every reason it cannot be written as one."""
-    problems: list[str] = []
-
-    def need(field: str, ok: bool, what: str) -> None:
-        if not ok:
-            problems.append(f"{field}={getattr(cfg, field)!r} ({what})")
-
-    if not cfg.causal:
-        family = "bert"
-        need("norm", cfg.norm == "layernorm", "BERT uses layernorm")
-        need("norm_placement", cfg.norm_placement == "post", "BERT is post-LN; pre-LN encoders have no HF equivalent")
-        need("pos", cfg.pos in ("learned", "sinusoidal"), "BERT has absolute position embeddings")
-        need("embed_norm", cfg.embed_norm, "BERT normalises the embeddings")
-        need("final_norm", not cfg.final_norm, "BERT has no final norm")
-    elif cfg.pos == "rope" or cfg.norm == "rmsnorm" or cfg.mlp == "swiglu":
-        family = "llama"
-        need("norm", cfg.norm == "rmsnorm", "llama uses rmsnorm")
-        need("pos", cfg.pos == "rope", "llama uses rope")
-        need("mlp", cfg.mlp == "swiglu", "llama uses swiglu")
-        need("norm_placement", cfg.norm_placement == "pre", "llama is pre-LN")
-        need("final_norm", cfg.final_norm, "llama has a final norm")
-        need("embed_norm", not cfg.embed_norm, "llama has no embedding norm")
-        need("type_vocab_size", cfg.type_vocab_size == 0, "llama has no token-type embeddings")
-    else:
-        family = "gpt2"
-        need("norm_placement", cfg.norm_placement == "pre", "GPT-2 is pre-LN")
-        need("final_norm", cfg.final_norm, "GPT-2 has a final norm")
-        need("embed_norm", not cfg.embed_norm, "GPT-2 has no embedding norm")
-        need("type_vocab_size", cfg.type_vocab_size == 0, "GPT-2 has no token-type embeddings")
-    if family in ("gpt2", "bert"):
-        need("mlp", cfg.mlp in _EXPORT_ACTIVATIONS, f"{family} MLPs use gelu, gelu_tanh or relu")
-        need("n_kv_head", cfg.kv_heads == cfg.n_head, f"{family} has no grouped-query attention")
-    return family, problems
-
-
-def config_to_hf(cfg: ModelConfig, family: str, dtype: torch.dtype, tokenizer: Any | None) -> dict[str, Any]:
-    ids: dict[str, int | None] = {"bos_token_id": None, "eos_token_id": None, "pad_token_id": cfg.pad_token_id}
-    if tokenizer is not None:
-        ids = {
-            "bos_token_id": getattr(tokenizer, "bos_id", None),
-            "eos_token_id": getattr(tokenizer, "eos_id", None),
-            "pad_token_id": cfg.pad_token_id if cfg.pad_token_id is not None else getattr(tokenizer, "pad_id", None),
-        }
-    dtype_name = str(dtype).removeprefix("torch.")
-    common = {
-        "vocab_size": cfg.vocab_size,
-        "initializer_range": cfg.init_std,
-        "tie_word_embeddings": cfg.tie_weights,
-        **ids,
-        "torch_dtype": dtype_name,
-        "dtype": dtype_name,
-    }
-    if family == "gpt2":
-        return {
-            "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"],
-            "n_positions": cfg.block_size, "n_ctx": cfg.block_size, "n_embd": cfg.n_embd, "n_layer": cfg.n_layer,
-            "n_head": cfg.n_head, "n_inner": cfg.mlp_hidden_size, "activation_function": _EXPORT_ACTIVATIONS[cfg.mlp],
-            "resid_pdrop": cfg.dropout, "embd_pdrop": cfg.dropout, "attn_pdrop": cfg.dropout,
-            "layer_norm_epsilon": cfg.norm_eps, "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
-            "reorder_and_upcast_attn": False, "use_cache": True, **common,
-        }  # fmt: skip
-    if family == "llama":
-        return {
-            "model_type": "llama", "architectures": ["LlamaForCausalLM"],
-            "hidden_size": cfg.n_embd, "intermediate_size": cfg.mlp_hidden_size, "num_hidden_layers": cfg.n_layer,
-            "num_attention_heads": cfg.n_head, "num_key_value_heads": cfg.kv_heads, "head_dim": cfg.head_dim,
-            "hidden_act": "silu", "max_position_embeddings": cfg.block_size, "rms_norm_eps": cfg.norm_eps,
-            # transformers 4.x reads rope_theta/rope_scaling, 5.x rope_parameters
-            "rope_theta": cfg.rope_theta, "rope_scaling": None,
-            "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
-            "attention_bias": cfg.bias, "mlp_bias": cfg.bias, "attention_dropout": cfg.dropout,
-            "pretraining_tp": 1, "use_cache": True, **common,
-        }  # fmt: skip
-    return {
-        "model_type": "bert", "architectures": ["BertForPreTraining"],
-        "hidden_size": cfg.n_embd, "num_hidden_layers": cfg.n_layer, "num_attention_heads": cfg.n_head,
-        "intermediate_size": cfg.mlp_hidden_size, "hidden_act": _EXPORT_ACTIVATIONS[cfg.mlp],
-        "hidden_dropout_prob": cfg.dropout, "attention_probs_dropout_prob": cfg.dropout,
-        "max_position_embeddings": cfg.block_size, "type_vocab_size": max(cfg.type_vocab_size, 1),
-        "layer_norm_eps": cfg.norm_eps, "position_embedding_type": "absolute", "is_decoder": False,
-        "add_cross_attention": False, **common,
-    }  # fmt: skip

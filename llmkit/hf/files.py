@@ -17,7 +17,7 @@ from torch import Tensor
 
 from llmkit.errors import CheckpointError
 
-SUPPORTED_MODEL_TYPES = ("gpt2", "llama", "bert", "distilbert")
+SUPPORTED_MODEL_TYPES = ("gpt2", "llama", "qwen3", "bert", "distilbert")
 CONFIG_FILE = "config.json"
 SAFETENSORS_FILE = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"

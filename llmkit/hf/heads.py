@@ -33,7 +33,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from llmkit.hf.configs import config_from_hf, config_to_hf, export_family
+from llmkit.hf.configs import config_from_hf
+from llmkit.hf.export_config import config_to_hf, export_family
 from llmkit.hf.files import HFFormatError, load_hf_tensors, read_hf_config
 from llmkit.hf.weights import _NAME_TABLES, _linear, _Row, from_hf_parts
 from llmkit.hf.writer import _own_state, hf_tensors, stored_dtype, write_hf_dir
@@ -42,11 +43,12 @@ from llmkit.model.heads import SequenceClassifier, TokenClassifier
 
 TASKS = ("seq_cls", "token_cls")
 _SUFFIX = {"seq_cls": "ForSequenceClassification", "token_cls": "ForTokenClassification"}
-_PREFIX = {"gpt2": "GPT2", "llama": "Llama", "bert": "Bert"}
+_PREFIX = {"gpt2": "GPT2", "llama": "Llama", "qwen3": "Qwen3", "bert": "Bert"}
 # The head's module name in each transformers class, and whether it has a bias.
 HEAD_MODULE = {
     ("gpt2", "seq_cls"): "score", ("llama", "seq_cls"): "score", ("bert", "seq_cls"): "classifier",
     ("gpt2", "token_cls"): "classifier", ("llama", "token_cls"): "score", ("bert", "token_cls"): "classifier",
+    ("qwen3", "seq_cls"): "score", ("qwen3", "token_cls"): "score",
 }  # fmt: skip
 _FOLD_TOL = 1e-6  # |W d - b| allowed, relative to max(1, |b|), in float64
 

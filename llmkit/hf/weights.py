@@ -86,6 +86,15 @@ def _llama_names(cfg: ModelConfig) -> list[_Row]:
     return rows
 
 
+def _qwen3_names(cfg: ModelConfig) -> list[_Row]:
+    """Llama's table plus each layer's QK-norm weights (``self_attn.q_norm`` / ``k_norm``, (head_dim,))."""
+    rows = _llama_names(cfg)
+    for i in range(cfg.n_layer):
+        ours, att = f"transformer.h.{i}.attn", f"model.layers.{i}.self_attn"
+        rows += [(f"{ours}.{n}.weight", (f"{att}.{n}.weight",), "copy", None) for n in ("q_norm", "k_norm")]
+    return rows
+
+
 def _bert_names(cfg: ModelConfig) -> list[_Row]:
     emb = "bert.embeddings"
     rows: list[_Row] = [
@@ -145,9 +154,21 @@ def from_hf_parts(parts: list[Tensor], how: str) -> Tensor:
     return torch.cat(parts, dim=0) if how == "cat" else parts[0]
 
 
-_NAME_TABLES = {"gpt2": _gpt2_names, "llama": _llama_names, "bert": _bert_names, "distilbert": _distilbert_names}
+_NAME_TABLES = {
+    "gpt2": _gpt2_names,
+    "llama": _llama_names,
+    "qwen3": _qwen3_names,
+    "bert": _bert_names,
+    "distilbert": _distilbert_names,
+}
 # Prefix of the trunk in "ForXxx" checkpoints; base-model checkpoints (GPT2Model, BertModel) lack it.
-_BASE_PREFIX = {"gpt2": "transformer.", "llama": "model.", "bert": "bert.", "distilbert": "distilbert."}
+_BASE_PREFIX = {
+    "gpt2": "transformer.",
+    "llama": "model.",
+    "qwen3": "model.",
+    "bert": "bert.",
+    "distilbert": "distilbert.",
+}
 # Stored buffers that are derived from the config: never weights.
 _DERIVED = re.compile(r"(\.attn\.(masked_)?bias$|rotary_emb\.inv_freq$|\.position_ids$)")
 
@@ -181,7 +202,7 @@ def load_hf(
 ) -> tuple[nn.Module, ModelConfig, dict[str, Any]]:
     """Read a Hugging Face model directory into an llmkit model.
 
-    Returns ``(model, config, info)``: a ``CausalLM`` (gpt2, llama) or ``MaskedLM`` (bert, distilbert)
+    Returns ``(model, config, info)``: a ``CausalLM`` (gpt2, llama, qwen3) or ``MaskedLM`` (bert, distilbert)
     in eval mode, its ``ModelConfig``, and ``info`` with ``model_type``, ``model_class`` (the
     checkpoint.json name), ``architecture``, ``source``, ``weights_file``, ``stored_dtype``,
     ``initialized`` (llmkit heads absent from the checkpoint, freshly initialised), ``unused``

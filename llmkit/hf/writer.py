@@ -1,7 +1,7 @@
 """llmkit models -> Hugging Face directories: tensors under Hugging Face names, ``config.json``, tokenizer.
 
 ``export_hf`` writes a language model (``GPT2LMHeadModel``, ``LlamaForCausalLM``,
-``BertForPreTraining``); ``llmkit.hf.heads`` writes fine-tuned classifiers with the same pieces:
+``Qwen3ForCausalLM``, ``BertForPreTraining``); ``llmkit.hf.heads`` writes fine-tuned classifiers with the same pieces:
 ``hf_tensors`` (the name tables of ``weights.py`` read the export way) and ``write_hf_dir``.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from llmkit.hf.configs import config_to_hf, export_family
+from llmkit.hf.export_config import config_to_hf, export_family
 from llmkit.hf.files import CONFIG_FILE, SAFETENSORS_FILE, HFFormatError
 from llmkit.hf.weights import _NAME_TABLES, _Row
 from llmkit.model.config import ModelConfig
@@ -145,6 +145,19 @@ def stored_dtype(model: nn.Module | Mapping[str, Tensor]) -> torch.dtype:
     return next((v.dtype for v in values if v.is_floating_point()), torch.float32)
 
 
+def check_export(model_config: ModelConfig) -> str:
+    """The transformers family a language model of ``model_config`` exports as; an ``HFFormatError``
+    naming every setting none computes (recipes call it before anything is written)."""
+    family, problems = export_family(model_config)
+    if problems:
+        raise HFFormatError(
+            f"Cannot export this model as a Hugging Face {family} model; it has "
+            + "; ".join(problems)
+            + ". No transformers architecture computes the same function."
+        )
+    return family
+
+
 def export_hf(
     model: nn.Module | Mapping[str, Tensor],
     model_config: ModelConfig,
@@ -159,7 +172,7 @@ def export_hf(
     Writes ``config.json`` and ``model.safetensors`` (and, with ``tokenizer``, its Hugging Face
     tokenizer files: see ``llmkit.tokenizer.hf.export_tokenizer``). Causal models become
     ``GPT2LMHeadModel`` (learned or sinusoidal positions, LayerNorm, GELU) or ``LlamaForCausalLM``
-    (RoPE, RMSNorm, SwiGLU, GQA); encoders become ``BertForPreTraining``. Sinusoidal positions
+    (RoPE, RMSNorm, SwiGLU, GQA; with ``qk_norm``: ``Qwen3ForCausalLM``); encoders become ``BertForPreTraining``. Sinusoidal positions
     are written as the position table they define (the same function; Hugging Face then treats it
     as learned), and an encoder without token types gets a one-row zero token-type table.
     Options no Hugging Face architecture expresses raise ``HFFormatError`` naming each of them.
@@ -167,13 +180,7 @@ def export_hf(
     weights (default: as they are). The directory is written atomically. Fine-tuned classifiers:
     ``llmkit.hf.heads.export_task_hf``.
     """
-    family, problems = export_family(model_config)
-    if problems:
-        raise HFFormatError(
-            f"Cannot export this model as a Hugging Face {family} model; it has "
-            + "; ".join(problems)
-            + ". No transformers architecture computes the same function."
-        )
+    family = check_export(model_config)
     tensors = hf_tensors(model, model_config, family)
     dtype = dtype or stored_dtype(model)
     config = config_to_hf(model_config, family, dtype, tokenizer)

@@ -4,6 +4,11 @@
 ``F.scaled_dot_product_attention`` (or ``math_attention``, the same function written out, where
 that is faster: short bf16 sequences on the CPU). ``KVCache`` holds every layer's keys and values
 for incremental decoding.
+
+Two modded-nanogpt options live here: ``qk_norm`` (RMSNorm of each q and k head before RoPE,
+Dehghani 2023 / modded-nanogpt; with a learned (head_dim,) weight as Qwen3's ``q_norm``/``k_norm``)
+and the value-embedding mix ``v = lambda_0 * v + lambda_1 * ve`` (``value_embeds``; the tables are
+the trunk's). Both act before the KV cache, which therefore stores normalised keys and mixed values.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from llmkit.model.config import ModelConfig
+from llmkit.model.norms import RMSNorm
 from llmkit.model.positions import apply_rope
 
 # ---------------------------------------------------------------------------- KV cache
@@ -119,6 +125,12 @@ class Attention(nn.Module):
         self.c_proj = nn.Linear(self.n_head * self.head_dim, config.n_embd, bias=config.bias)
         self.attn_dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
+        # QK-norm: unit-RMS q and k heads bound the attention logits, so a large learning rate (Muon's)
+        # cannot blow up the softmax (Dehghani 2023; Wortsman 2023). Its weight starts at 1.
+        self.q_norm = RMSNorm(self.head_dim, eps=config.norm_eps) if config.qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim, eps=config.norm_eps) if config.qk_norm else None
+        # value embeddings (modded-nanogpt): lambda_0 scales this layer's v, lambda_1 its value embedding
+        self.ve_lambdas = nn.Parameter(torch.tensor([0.5, 0.5])) if config.value_embeds else None
 
     def forward(
         self,
@@ -128,13 +140,24 @@ class Attention(nn.Module):
         mask: Tensor | None,
         is_causal: bool,
         kv_cache: KVCache | None,
+        ve: Tensor | None = None,
     ) -> Tensor:
+        """``ve``: this layer's value embedding (B, T, kv_heads * hd), with ``value_embeds`` only."""
         B, T, _ = x.shape
         hd = self.head_dim
         q, k, v = self.c_attn(x).split([self.n_head * hd, self.n_kv_head * hd, self.n_kv_head * hd], dim=-1)
         q = q.view(B, T, self.n_head, hd).transpose(1, 2)  # (B, n_head, T, hd)
         k = k.view(B, T, self.n_kv_head, hd).transpose(1, 2)  # (B, n_kv_head, T, hd)
         v = v.view(B, T, self.n_kv_head, hd).transpose(1, 2)  # (B, n_kv_head, T, hd)
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = self.q_norm(q).to(q.dtype), self.k_norm(k).to(k.dtype)  # per head, over hd
+        if self.ve_lambdas is not None:
+            v = self.ve_lambdas[0] * v
+            if ve is not None:
+                # (B, T, kv_heads * hd) -> (B, n_kv_head, T, hd); the table may be in another dtype (autocast)
+                v = v + self.ve_lambdas[1] * ve.view(B, T, self.n_kv_head, hd).transpose(1, 2).to(v.dtype)
+        elif ve is not None:
+            raise ValueError("a value embedding was given to a layer built without value_embeds")
         if rope is not None:
             cos, sin = (t.to(q.dtype) for t in rope)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)

@@ -15,6 +15,10 @@ same model tomorrow:
   multiple of 64 for efficient matmuls. ``n_embd=128`` gives 384, ``n_embd=4096`` gives 10944
   (Llama-7B rounds to 256 and has 11008: imported models set ``intermediate_size`` explicitly).
 
+The modded-nanogpt options (Jordan et al. 2024, the GPT-2 speedrun; see ``transformer.py``) are
+all off by default, so every config written before them means the same model: ``qk_norm``,
+``mlp="relu2"``, ``zero_init_proj``, ``logit_softcap``, ``value_embeds`` and ``unet_skips``.
+
 Build the model from a config whose ``vocab_size`` is set; ``0`` means "fill in from the
 tokenizer", e.g. ``dataclasses.replace(cfg, vocab_size=len(tok))`` (``replace`` re-validates).
 """
@@ -26,7 +30,7 @@ import math
 import typing
 from typing import Any, Literal
 
-MLPKind = Literal["gelu", "gelu_tanh", "relu", "swiglu"]
+MLPKind = Literal["gelu", "gelu_tanh", "relu", "relu2", "swiglu"]
 NormKind = Literal["layernorm", "rmsnorm"]
 NormPlacement = Literal["pre", "post"]
 PosKind = Literal["learned", "sinusoidal", "rope"]
@@ -45,7 +49,7 @@ class ModelConfig:
     n_kv_head: int | None = None  # grouped-query attention (Ainslie 2023); None => n_head
     n_embd: int = 128
     intermediate_size: int | None = None  # None => see ``mlp_hidden_size``
-    mlp: MLPKind = "gelu"  # gelu (exact erf) | gelu_tanh (GPT-2 "gelu_new") | relu | swiglu
+    mlp: MLPKind = "gelu"  # gelu (exact erf) | gelu_tanh (GPT-2 "gelu_new") | relu | relu2 (relu(x)^2) | swiglu
     norm: NormKind = "layernorm"
     norm_eps: float = 1e-5
     norm_placement: NormPlacement = "pre"  # pre (GPT-2/Llama) | post (BERT: x = LN(x + sublayer(x)))
@@ -59,6 +63,12 @@ class ModelConfig:
     final_norm: bool = True  # norm after the last block (pre-LN models); False for post-LN BERT
     init_std: float = 0.02
     pad_token_id: int | None = None  # used by collators and to fill finished rows in generation
+    # modded-nanogpt options, all off by default
+    qk_norm: bool = False  # RMSNorm (learned weight, head_dim) of every q and k head before RoPE (Qwen3-style)
+    zero_init_proj: bool = False  # residual output projections (attn/mlp c_proj) start at zero, not N(0, std/sqrt(2L))
+    logit_softcap: float | None = None  # LM logits -> cap * tanh(logits / cap) (Gemma 2); None = off
+    value_embeds: int = 0  # k > 0: k value-embedding tables mixed into v of the first k and last k layers
+    unet_skips: bool = False  # layer L/2 + j adds a learned multiple of layer (L/2 - 1 - j)'s output
 
     def __post_init__(self) -> None:
         self.validate()
@@ -90,9 +100,30 @@ class ModelConfig:
         for name in ("norm_eps", "init_std", "rope_theta"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        self._validate_modded()
         pad = self.pad_token_id
         if pad is not None and (pad < 0 or (self.vocab_size > 0 and pad >= self.vocab_size)):
             raise ValueError(f"pad_token_id ({pad}) must be in [0, vocab_size={self.vocab_size})")
+
+    def _validate_modded(self) -> None:
+        cap = self.logit_softcap
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int | float) or not cap > 0):
+            raise ValueError(f"logit_softcap must be a number > 0 or None (off), got {cap!r}")
+        if cap is not None and not self.causal:
+            raise ValueError("logit_softcap caps the LM head of a causal model; this config has causal=False")
+        ve = self.value_embeds
+        if isinstance(ve, bool) or not isinstance(ve, int) or ve < 0 or 2 * ve > self.n_layer:
+            raise ValueError(
+                f"value_embeds must be an int in [0, n_layer/2 = {self.n_layer // 2}] (tables for the first "
+                f"and the last value_embeds layers), got {ve!r}"
+            )
+        for name in ("qk_norm", "zero_init_proj", "unet_skips"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.unet_skips and self.n_layer % 2:
+            raise ValueError(
+                f"unet_skips pairs the first and second half of the layers: n_layer must be even, got {self.n_layer}"
+            )
 
     # ------------------------------------------------------------------ derived sizes
 
@@ -115,7 +146,7 @@ class ModelConfig:
 
     @property
     def non_embedding_params(self) -> int:
-        """Parameters outside the vocabulary/position tables (wte, wpe, wtt, an untied LM head).
+        """Parameters outside the vocabulary/position tables (wte, wpe, wtt, value embeddings, an untied LM head).
 
         Computed from the config alone; equals ``CausalLM.num_params(non_embedding=True)``.
         """
@@ -128,7 +159,10 @@ class ModelConfig:
         else:
             mlp = 2 * c * i + (i + c if self.bias else 0)
         block = 2 * norm + attn + mlp
-        return self.n_layer * block + norm * (int(self.final_norm) + int(self.embed_norm))
+        block += 2 * hd if self.qk_norm else 0  # q_norm, k_norm weights
+        block += 2 if self.value_embeds else 0  # ve_lambdas
+        skips = self.n_layer // 2 if self.unet_skips else 0  # skip_weights (value-embedding tables are tables)
+        return self.n_layer * block + norm * (int(self.final_norm) + int(self.embed_norm)) + skips
 
     def flops_per_token(self, seq_len: int) -> int:
         """Training FLOPs (forward + backward) per token at context length ``seq_len``.

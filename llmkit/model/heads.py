@@ -39,14 +39,23 @@ def _vocab_matrix(config: ModelConfig, wte: nn.Embedding) -> nn.Parameter:
 
 
 class LMHead(nn.Module):
-    """Hidden states (..., n_embd) -> vocabulary logits (..., vocab_size), no bias."""
+    """Hidden states (..., n_embd) -> vocabulary logits (..., vocab_size), no bias.
+
+    With ``config.logit_softcap = c`` the logits are ``c * tanh(logits / c)``: smooth, near the
+    identity for |logit| << c and bounded by c (Gemma 2's final-logit soft-capping; modded-nanogpt
+    caps at 15). Training, evaluation and generation all read logits from here.
+    """
 
     def __init__(self, *, config: ModelConfig, wte: nn.Embedding) -> None:
         super().__init__()
         self.weight = _vocab_matrix(config, wte)
+        self.softcap = config.logit_softcap
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.weight)
+        logits = F.linear(x, self.weight)
+        if self.softcap is not None:
+            logits = self.softcap * torch.tanh(logits / self.softcap)
+        return logits
 
 
 class CausalLM(nn.Module):
@@ -85,11 +94,12 @@ class CausalLM(nn.Module):
     def num_params(self, *, non_embedding: bool = True) -> int:
         """Parameter count, a tied matrix counted once. ``non_embedding`` leaves out the vocabulary
         and position tables (wte, wpe, wtt and the LM head matrix, tied or not): the N of
-        ``ModelConfig.flops_per_token``."""
+        ``ModelConfig.flops_per_token``; value-embedding tables are tables too."""
         params = {id(p): p for p in self.parameters()}
         if non_embedding:
             t = self.transformer
-            for table in (t.wte.weight, self.lm_head.weight, *(m.weight for m in (t.wpe, t.wtt) if m is not None)):
+            tables = (t.wte, t.wpe, t.wtt, *t.ve)
+            for table in (self.lm_head.weight, *(m.weight for m in tables if m is not None)):
                 params.pop(id(table), None)
         return sum(p.numel() for p in params.values())
 

@@ -15,15 +15,32 @@ Parameter names are the checkpoint format; keep them stable. Weights use ``nn.Li
     transformer.h.{i}.ln_1.{weight,bias}         pre: before attention; post: after the attention residual
     transformer.h.{i}.attn.c_attn.{weight,bias}  fused rows [q: n_head*hd | k: kv_heads*hd | v: kv_heads*hd]
     transformer.h.{i}.attn.c_proj.{weight,bias}
+    transformer.h.{i}.attn.{q,k}_norm.weight     (head_dim,); qk_norm=True
+    transformer.h.{i}.attn.ve_lambdas            (2,) = (lambda_0 on v, lambda_1 on ve); value_embeds > 0
     transformer.h.{i}.ln_2.{weight,bias}
-    transformer.h.{i}.mlp.c_fc.{weight,bias}     gelu | gelu_tanh | relu
+    transformer.h.{i}.mlp.c_fc.{weight,bias}     gelu | gelu_tanh | relu | relu2
     transformer.h.{i}.mlp.w_gate.{weight,bias}   swiglu: c_proj(silu(w_gate(x)) * w_up(x))
     transformer.h.{i}.mlp.w_up.{weight,bias}     swiglu
     transformer.h.{i}.mlp.c_proj.{weight,bias}
     transformer.ln_f.{weight,bias}               final_norm=True
+    transformer.ve.{j}.weight                    value embeddings (vocab_size, kv_heads * head_dim); j < value_embeds
+    transformer.skip_weights                     U-net skip weights (n_layer / 2,); unet_skips=True
 
 Biases are absent with ``bias=False`` and RMSNorm has no bias. The sinusoidal table and the RoPE
 cos/sin tables are non-persistent buffers: derived from the config, not stored in checkpoints.
+
+modded-nanogpt options (Jordan et al. 2024; defined as in its record of 2025-01-04, "SoftCap",
+``records/track_1_short``): ``mlp="relu2"`` (So 2021, Primer), ``zero_init_proj`` (both residual
+output projections start at zero, so every block starts as the identity), ``qk_norm`` (attention.py),
+the logit soft-cap (heads.py), and two trunk-level ones:
+
+* value embeddings (``value_embeds = k``): k extra token-embedding tables ve_0..ve_{k-1}. Layer i < k
+  mixes ve_i into its values, layer L - k + j mixes ve_j (modded-nanogpt's "012 ... 012" with k=3,
+  L=12), the layers between use none; every layer's values become ``lambda_0 * v + lambda_1 * ve``
+  (``lambda_0 * v`` without ve), lambdas learned per layer and starting at (0.5, 0.5).
+* U-net skips (``unet_skips``): the first L/2 layers are an encoder whose outputs are pushed on a
+  stack; before decoder layer L/2 + j the stream gets ``skip_weights[j] * pop()``, i.e. the output
+  of layer L/2 - 1 - j, weights learned and starting at 1.
 """
 
 from __future__ import annotations
@@ -37,27 +54,10 @@ from torch import Tensor, nn
 
 from llmkit.model.attention import Attention, KVCache, math_attention
 from llmkit.model.config import ModelConfig
+from llmkit.model.norms import RMSNorm
 from llmkit.model.positions import apply_rope, rope_cache, rotate_half, sinusoidal_table
 
 # ---------------------------------------------------------------------------- norms, activations
-
-
-class RMSNorm(nn.Module):
-    """Root-mean-square norm (Zhang & Sennrich 2019): LayerNorm without re-centering or bias.
-
-    Cheaper than LayerNorm and as good in practice; used by Llama.
-    """
-
-    def __init__(self, dim: int, *, eps: float = 1e-5) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: Tensor) -> Tensor:
-        # Normalise in at least float32: mean squares of bf16/fp16 activations lose too much precision.
-        xf = x.to(torch.promote_types(x.dtype, torch.float32))
-        xf = xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + self.eps)
-        return xf.type_as(x) * self.weight
 
 
 def build_norm(config: ModelConfig) -> nn.Module:
@@ -66,12 +66,20 @@ def build_norm(config: ModelConfig) -> nn.Module:
     return nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
 
 
+class ReLUSquared(nn.Module):
+    """relu(x)^2 (So 2021, "Primer": ~1-2% better than GELU in the modded-nanogpt speedrun)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(x).square()
+
+
 def build_activation(mlp: str) -> nn.Module:
     """The activation of an MLP kind; swiglu's gate uses SiLU (Shazeer 2020)."""
     return {
         "gelu": nn.GELU(),  # exact erf form (Hendrycks & Gimpel 2016; BERT)
         "gelu_tanh": nn.GELU(approximate="tanh"),  # GPT-2's "gelu_new"
         "relu": nn.ReLU(),  # Vaswani 2017
+        "relu2": ReLUSquared(),  # So 2021 (Primer); modded-nanogpt
         "swiglu": nn.SiLU(),
     }[mlp]
 
@@ -142,8 +150,9 @@ class Block(nn.Module):
         mask: Tensor | None,
         is_causal: bool,
         kv_cache: KVCache | None,
+        ve: Tensor | None = None,
     ) -> Tensor:
-        attn = partial(self.attn, rope=rope, mask=mask, is_causal=is_causal, kv_cache=kv_cache)
+        attn = partial(self.attn, rope=rope, mask=mask, is_causal=is_causal, kv_cache=kv_cache, ve=ve)
         if self.pre_norm:
             # Pre-LN (GPT-2; Xiong 2020): the residual stream is never normalised, so gradients
             # reach early layers undiminished and deep stacks train without careful warmup.
@@ -179,6 +188,9 @@ class Transformer(nn.Module):
         self.drop = nn.Dropout(config.dropout)
         self.h = nn.ModuleList(Block(config=config, layer_idx=i) for i in range(config.n_layer))
         self.ln_f = build_norm(config) if config.final_norm else None
+        kv_dim = config.kv_heads * config.head_dim
+        self.ve = nn.ModuleList(nn.Embedding(config.vocab_size, kv_dim) for _ in range(config.value_embeds))
+        self.skip_weights = nn.Parameter(torch.ones(config.n_layer // 2)) if config.unet_skips else None
 
         sinusoids = sinusoidal_table(config.block_size, c) if config.pos == "sinusoidal" else None
         self.register_buffer("pos_table", sinusoids, persistent=False)
@@ -191,10 +203,23 @@ class Transformer(nn.Module):
         self.apply(partial(init_weights, std=config.init_std))
         # GPT-2 §2.3: scale the residual projections by 1/sqrt(2 * n_layer). Each block adds two
         # branches to the residual stream, whose variance would otherwise grow with depth.
+        # zero_init_proj (modded-nanogpt): start them at zero, so every block starts as the identity
+        # and only the gradient decides what each branch adds.
         for block in self.h:
             assert isinstance(block, Block)
             for proj in (block.attn.c_proj, block.mlp.c_proj):
-                nn.init.normal_(proj.weight, mean=0.0, std=config.init_std / math.sqrt(2 * config.n_layer))
+                if config.zero_init_proj:
+                    nn.init.zeros_(proj.weight)
+                else:
+                    nn.init.normal_(proj.weight, mean=0.0, std=config.init_std / math.sqrt(2 * config.n_layer))
+
+    def value_embed_index(self, layer: int) -> int | None:
+        """Which value-embedding table layer ``layer`` mixes in: ``layer`` for the first k layers,
+        ``layer - (L - k)`` for the last k, None between (and with ``value_embeds=0``)."""
+        k, L = self.config.value_embeds, self.config.n_layer
+        if layer < k:
+            return layer
+        return layer - (L - k) if layer >= L - k else None
 
     def init_kv_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
         """An empty cache on this model's device and dtype; ``max_len`` defaults to block_size."""
@@ -255,8 +280,16 @@ class Transformer(nn.Module):
             mask = same if mask is None else same & mask
             mask = mask | ~mask.any(dim=-1, keepdim=True)  # a query with no key (padding) sees all: no NaN
             is_causal = False
-        for block in self.h:
-            x = block(x, rope=rope, mask=mask, is_causal=is_causal, kv_cache=kv_cache)
+        ves = [table(idx) for table in self.ve]  # k x (B, T, kv_heads * hd)
+        half, skips = self.config.n_layer // 2, list[Tensor]()
+        for i, block in enumerate(self.h):
+            if self.skip_weights is not None and i >= half:  # U-net decoder: layer half-1-j's output
+                x = x + self.skip_weights[i - half] * skips.pop()
+            j = self.value_embed_index(i)
+            ve = ves[j] if j is not None else None
+            x = block(x, rope=rope, mask=mask, is_causal=is_causal, kv_cache=kv_cache, ve=ve)
+            if self.skip_weights is not None and i < half:  # U-net encoder
+                skips.append(x)
         if kv_cache is not None:
             kv_cache.length = start + T
         return self.ln_f(x) if self.ln_f is not None else x
@@ -329,6 +362,7 @@ __all__ = [
     "Block",
     "KVCache",
     "RMSNorm",
+    "ReLUSquared",
     "SwiGLU",
     "Transformer",
     "apply_rope",

@@ -1,4 +1,5 @@
-"""Learning-rate schedules: linear warm-up, then cosine / linear decay or constant.
+"""Learning-rate schedules: linear warm-up, then cosine / linear decay, constant, or
+warm-up-stable-decay (modded-nanogpt's: constant, then a linear cool-down over the last part).
 
 Each returns a ``LambdaLR`` whose multiplier at step ``s`` is a pure function of ``s``, so its
 state (``last_epoch``) is all a checkpoint needs to resume it exactly.
@@ -34,6 +35,17 @@ def linear_multiplier(step: int, *, warmup_steps: int, total_steps: int, min_lr_
     return 1.0 - (1.0 - min_lr_ratio) * progress
 
 
+def wsd_multiplier(step: int, *, warmup_steps: int, total_steps: int, decay_frac: float, min_lr_ratio: float) -> float:
+    """Warm-up, 1.0, then linear from 1.0 to ``min_lr_ratio`` over the last ``decay_frac`` of ``total_steps``
+    (modded-nanogpt: with t = 1 - step / total the multiplier is 1 while t >= decay_frac, then t / decay_frac)."""
+    if step < warmup_steps:
+        return _warmup(step, warmup_steps)
+    remaining = max(0.0, 1.0 - step / max(1, total_steps))  # the fraction of training still ahead
+    if remaining >= decay_frac:
+        return 1.0
+    return min_lr_ratio + (1.0 - min_lr_ratio) * remaining / decay_frac
+
+
 def warmup_cosine(
     optimizer: Optimizer, *, total_steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.1
 ) -> LambdaLR:
@@ -58,3 +70,20 @@ def warmup_constant(optimizer: Optimizer, *, total_steps: int, warmup_steps: int
     """Linear warm-up, then the base learning rate (``total_steps`` is accepted and unused)."""
     del total_steps
     return LambdaLR(optimizer, lambda s: _warmup(s, warmup_steps) if s < warmup_steps else 1.0)
+
+
+def warmup_stable_decay(
+    optimizer: Optimizer, *, total_steps: int, warmup_steps: int = 0, decay_frac: float = 0.4, min_lr_ratio: float = 0.0
+) -> LambdaLR:
+    """Warm-up, the peak lr, then a linear cool-down to ``min_lr_ratio * lr`` over the last
+    ``decay_frac`` of training (Hägele 2024 "WSD"; modded-nanogpt cools down over the last 40%)."""
+    if not 0.0 < decay_frac <= 1.0:
+        raise ValueError(f"scheduler.decay_frac must be in (0, 1], got {decay_frac}")
+    if not 0.0 <= min_lr_ratio <= 1.0:
+        raise ValueError(f"scheduler.min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
+    return LambdaLR(
+        optimizer,
+        lambda s: wsd_multiplier(
+            s, warmup_steps=warmup_steps, total_steps=total_steps, decay_frac=decay_frac, min_lr_ratio=min_lr_ratio
+        ),
+    )

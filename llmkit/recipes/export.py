@@ -36,7 +36,7 @@ from llmkit import config, gguf, hf, loading
 from llmkit.errors import LlmkitError
 from llmkit.hf import HFFormatError, export_hf, heads, load_hf, peft
 from llmkit.hf.files import CONFIG_FILE, SAFETENSORS_FILE
-from llmkit.hf.writer import stored_dtype, write_hf_dir
+from llmkit.hf.writer import check_export, stored_dtype, write_hf_dir
 from llmkit.model import ModelConfig
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -145,6 +145,7 @@ def _plan(c: Config, model: torch.nn.Module, meta: dict[str, Any], tokenizer: An
         )  # fmt: skip
         write = partial(write_hf_dir, tensors=tensors, config=hf_config, tokenizer=tokenizer, dtype=dtype_out)
         return write, partial(heads.verify_task_export, model, dtype=dtype), CONFIG_FILE
+    check_export(cfg)  # a setting no transformers architecture computes: refused before anything is written
     write = partial(export_hf, model, cfg, tokenizer=tokenizer, dtype=dtype)
     return write, partial(verify, model, config=cfg, dtype=dtype), CONFIG_FILE
 

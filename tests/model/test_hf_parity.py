@@ -208,7 +208,7 @@ def test_unsupported_options_are_all_reported_at_once() -> None:
         assert needle in msg
     with pytest.raises(HFFormatError, match="relative"):
         config_from_hf({"model_type": "bert", "position_embedding_type": "relative_key"})
-    with pytest.raises(HFFormatError, match="model_type 't5' is not supported; llmkit imports gpt2, llama, bert"):
+    with pytest.raises(HFFormatError, match="model_type 't5' is not supported; llmkit imports gpt2, llama, qwen3, bert"):
         config_from_hf({"model_type": "t5"})
 
 

@@ -9,7 +9,7 @@ import torch
 
 from llmkit.model import CausalLM, ModelConfig
 from llmkit.optim import build_optimizer, param_groups
-from llmkit.optim.scheduler import warmup_constant, warmup_cosine, warmup_linear
+from llmkit.optim.scheduler import warmup_constant, warmup_cosine, warmup_linear, warmup_stable_decay
 
 TINY = ModelConfig(vocab_size=32, block_size=16, n_layer=2, n_head=2, n_embd=32)
 
@@ -148,14 +148,36 @@ def test_warmup_constant_golden_values():
     assert lr_sequence(lambda o: warmup_constant(o, total_steps=5, warmup_steps=0), 3) == [1.0, 1.0, 1.0]
 
 
+def test_warmup_stable_decay_golden_values():
+    # total 20, decay_frac 0.4: steps 0..12 at the peak (t = 1 - s/20 >= 0.4), then t / 0.4 down to 0
+    lrs = lr_sequence(lambda o: warmup_stable_decay(o, total_steps=20), 24, base_lr=0.5)
+    expected = {0: 1.0, 12: 1.0, 13: 0.875, 16: 0.5, 19: 0.125, 20: 0.0, 23: 0.0}
+    for s, m in expected.items():
+        assert lrs[s] == pytest.approx(0.5 * m, abs=1e-12), s
+    # with warm-up and a floor: (s+1)/5 for s < 4; then 0.1 + 0.9 t / 0.5 over the last half
+    lrs = lr_sequence(lambda o: warmup_stable_decay(o, total_steps=20, warmup_steps=4, decay_frac=0.5,
+                                                    min_lr_ratio=0.1), 22)  # fmt: skip
+    expected = {0: 0.2, 3: 0.8, 4: 1.0, 10: 1.0, 15: 0.1 + 0.9 * 0.25 / 0.5, 20: 0.1, 21: 0.1}
+    for s, m in expected.items():
+        assert lrs[s] == pytest.approx(m, abs=1e-12), s
+
+
+@pytest.mark.parametrize(("kw", "field"), [({"decay_frac": 0.0}, "decay_frac"), ({"min_lr_ratio": 2.0}, "min_lr_ratio")])
+def test_warmup_stable_decay_bad_values_name_the_field(kw, field):
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    with pytest.raises(ValueError, match=f"scheduler.{field}"):
+        warmup_stable_decay(opt, total_steps=10, **kw)
+
+
 @pytest.mark.parametrize(
     "make",
     [
+        lambda o: warmup_stable_decay(o, total_steps=15, warmup_steps=3, decay_frac=0.5),
         lambda o: warmup_cosine(o, total_steps=15, warmup_steps=3, min_lr_ratio=0.1),
         lambda o: warmup_linear(o, total_steps=15, warmup_steps=3),
         lambda o: warmup_constant(o, total_steps=15, warmup_steps=3),
     ],
-    ids=["cosine", "linear", "constant"],
+    ids=["wsd", "cosine", "linear", "constant"],
 )
 def test_scheduler_state_dict_resumes_the_same_lr_sequence(make):
     def fresh():
