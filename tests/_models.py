@@ -35,13 +35,15 @@ def greedy_pair(ours: CausalLM, theirs, ids: list[int], max_new_tokens: int) -> 
     return ours_new, theirs_new
 
 
-def trained_causal_lm(config: ModelConfig, tokens: list[int], *, steps: int = 40, seed: int = 0) -> CausalLM:
+def trained_causal_lm(
+    config: ModelConfig, tokens: list[int], *, steps: int = 40, seed: int = 0, lr: float = 3e-3
+) -> CausalLM:
     """A small model after ``steps`` AdamW steps on ``tokens`` (seconds on a CPU): its logits have
     the peaked, token-dependent shape of a trained model, so greedy runs are not trivial."""
     torch.manual_seed(seed)
     model = CausalLM.from_config(config).train()
     data = torch.tensor(tokens[: 64 * config.block_size + 1])
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
     g = torch.Generator().manual_seed(seed)
     T = config.block_size
     for _ in range(steps):
