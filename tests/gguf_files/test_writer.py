@@ -52,6 +52,7 @@ def test_llama_metadata_tensors_and_types(tmp_path, bpe_tokenizer):
     assert types[tokens.index("[CLS]")] == 4 and types[tokens.index("\n")] == 4  # user-defined: matched in text
     assert types[tokens.index("<0x41>")] == 6
     assert (meta["tokenizer.ggml.bos_token_id"], meta["tokenizer.ggml.eos_token_id"]) == (2, 3)
+    assert not [k for k in meta if k.endswith(("seperator_token_id", "mask_token_id"))]  # llama-cpp-python appends sep
 
     t = {x.name: x for x in r.tensors}
     hd, kv = cfg.head_dim, cfg.kv_heads
