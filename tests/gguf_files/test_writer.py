@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from llmkit.gguf import GGUFExportError, export_gguf
-from llmkit.gguf.arch import _rope_rows
+from llmkit.gguf.arch import _rope_rows, gguf_family
 from llmkit.model import CausalLM, ModelConfig
 from llmkit.model.positions import apply_rope, rope_cache
 
@@ -175,3 +175,21 @@ def test_lora_or_unknown_parameters_are_refused(tmp_path, bpe_tokenizer):
     with pytest.raises(GGUFExportError, match="merge LoRA"):
         export_gguf(state, cfg, bpe_tokenizer, tmp_path)
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "name, family",
+    [("gpt_baby", "gpt2"), ("gpt_mini", "gpt2"), ("gpt2_small", "gpt2"), ("llama_tiny", "llama"),
+     ("bert_mini", None), ("bert_small", None), ("bert_base", None)],
+)  # fmt: skip
+def test_every_shipped_model_config_has_its_llamacpp_graph_or_a_named_refusal(repo_root, name, family):
+    import yaml
+
+    shipped = {p.stem for p in (repo_root / "conf" / "model").glob("*.yaml")}
+    assert name in shipped and len(shipped) == 7  # a new shipped model gets a line here
+    fields = yaml.safe_load((repo_root / "conf" / "model" / f"{name}.yaml").read_text())
+    got, problems = gguf_family(ModelConfig(**{**fields, "vocab_size": 100}))
+    if family is None:  # BERT encoders: no decoder graph in llama.cpp
+        assert problems and problems[0].startswith("model.causal=False")
+    else:
+        assert (got, problems) == (family, [])
