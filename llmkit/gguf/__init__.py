@@ -83,9 +83,13 @@ def export_gguf(
     *,
     outtype: str = "f16",
     overwrite: bool = False,
+    chat_template: str | None = None,
     say: Callable[[str], None] = print,
 ) -> Path:
-    """Write ``out_dir/model-{outtype}.gguf``; return its path. See the module docstring."""
+    """Write ``out_dir/model-{outtype}.gguf``; return its path. See the module docstring.
+
+    ``chat_template`` (Jinja source, as an SFT checkpoint stores it) goes in as
+    ``tokenizer.chat_template``, which llama.cpp's chat front ends render a conversation with."""
     import gguf
 
     if outtype not in OUTTYPES:
@@ -118,6 +122,8 @@ def export_gguf(
         writer.add_file_type(int(file_type))
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         add_vocab(writer, tokenizer, cfg.vocab_size)
+        if chat_template:
+            writer.add_chat_template(chat_template)
         with torch.no_grad():
             for name, t, _ in tensors:
                 data, raw_dtype, kind = _tensor_data(gguf, name, t, outtype)

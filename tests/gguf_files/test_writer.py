@@ -34,7 +34,7 @@ def _field(reader: gguf.GGUFReader, key: str):
 def test_llama_metadata_tensors_and_types(tmp_path, bpe_tokenizer):
     cfg = _llama(bpe_tokenizer.vocab_size, bias=True)
     model = CausalLM.from_config(cfg)
-    path = export_gguf(model, cfg, bpe_tokenizer, tmp_path, outtype="f16")
+    path = export_gguf(model, cfg, bpe_tokenizer, tmp_path, outtype="f16", chat_template="{{ messages }}")
     assert path.name == "model-f16.gguf" and [p.name for p in tmp_path.iterdir()] == [path.name]
     r = gguf.GGUFReader(path)
     meta = {k: _field(r, k) for k in r.fields if not k.startswith("GGUF.")}
@@ -53,6 +53,7 @@ def test_llama_metadata_tensors_and_types(tmp_path, bpe_tokenizer):
     assert types[tokens.index("<0x41>")] == 6
     assert (meta["tokenizer.ggml.bos_token_id"], meta["tokenizer.ggml.eos_token_id"]) == (2, 3)
     assert not [k for k in meta if k.endswith(("seperator_token_id", "mask_token_id"))]  # llama-cpp-python appends sep
+    assert meta["tokenizer.chat_template"] == "{{ messages }}"
 
     t = {x.name: x for x in r.tensors}
     hd, kv = cfg.head_dim, cfg.kv_heads
@@ -99,6 +100,7 @@ def test_bias_free_gpt_gets_zero_biases_and_q8_0_blocks(tmp_path, bpe_tokenizer)
     path = export_gguf(CausalLM.from_config(cfg), cfg, bpe_tokenizer, tmp_path, outtype="q8_0")
     r = gguf.GGUFReader(path)
     assert r.fields["general.architecture"].contents() == "gpt2"
+    assert "tokenizer.chat_template" not in r.fields  # none given
     assert r.fields["general.file_type"].contents() == gguf.LlamaFileType.MOSTLY_Q8_0
     assert r.fields["gpt2.attention.layer_norm_epsilon"].contents() == pytest.approx(1e-5)
     t = {x.name: x for x in r.tensors}
