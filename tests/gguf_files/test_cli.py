@@ -36,6 +36,7 @@ def export_and_generate(tmp: Path, run: Path, prompt: str, n: int) -> tuple[Path
     """``llmkit export format=gguf`` and ``llmkit generate temperature=0``: the file, the completion."""
     proc = run_llmkit("export", f"checkpoint={run}", "format=gguf", "outtype=f16", f"out_dir={tmp / 'gguf'}", cwd=tmp)
     assert proc.returncode == 0, proc.stderr
+    assert "gguf_writer" not in proc.stderr  # the gguf package's INFO lines, with the temporary name
     path = tmp / "gguf" / "model-f16.gguf"
     assert f"wrote {path}" in proc.stderr and json.loads((tmp / "gguf" / "run.json").read_text())["command"] == "export"
     proc = run_llmkit("generate", f"checkpoint={run}", f"prompt={prompt}", "temperature=0", f"max_new_tokens={n}",

@@ -3,6 +3,8 @@ and types, the q/k row order for llama.cpp's RoPE, refusals before anything is w
 
 from __future__ import annotations
 
+import os
+
 import gguf
 import numpy as np
 import pytest
@@ -36,6 +38,9 @@ def test_llama_metadata_tensors_and_types(tmp_path, bpe_tokenizer):
     model = CausalLM.from_config(cfg)
     path = export_gguf(model, cfg, bpe_tokenizer, tmp_path, outtype="f16", chat_template="{{ messages }}")
     assert path.name == "model-f16.gguf" and [p.name for p in tmp_path.iterdir()] == [path.name]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
     r = gguf.GGUFReader(path)
     meta = {k: _field(r, k) for k in r.fields if not k.startswith("GGUF.")}
     assert meta["general.architecture"] == "llama" and meta["general.file_type"] == gguf.LlamaFileType.MOSTLY_F16
