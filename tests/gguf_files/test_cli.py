@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from _cli import run_llmkit
 from _models import trained_causal_lm
@@ -28,8 +27,7 @@ def save_run(tmp: Path, model: CausalLM, tokenizer, extra: dict | None = None) -
 
 def trained(tokenizer, texts: list[str], **kw) -> CausalLM:
     cfg = ModelConfig(vocab_size=tokenizer.vocab_size, block_size=BLOCK, n_layer=2, n_head=4, n_embd=64, **kw)
-    torch.set_num_threads(1)
-    return trained_causal_lm(cfg, tokenizer.encode("\n".join(texts[:40])), steps=100, lr=1e-2)
+    return trained_causal_lm(cfg, tokenizer.encode("\n".join(texts[:40])), steps=100, lr=1e-2, threads=1)
 
 
 def export_and_generate(tmp: Path, run: Path, prompt: str, n: int) -> tuple[Path, str]:

@@ -44,8 +44,7 @@ def models(bpe_tokenizer, pydoc_texts, tmp_path_factory):
     @cache
     def trained(name: str) -> CausalLM:
         cfg = ModelConfig(vocab_size=bpe_tokenizer.vocab_size, **SHAPE, **MODELS[name])
-        torch.set_num_threads(1)
-        return trained_causal_lm(cfg, corpus, steps=100, lr=1e-2 if name == "llama" else 3e-3)
+        return trained_causal_lm(cfg, corpus, steps=100, lr=1e-2 if name == "llama" else 3e-3, threads=1)
 
     @cache
     def get(name: str, outtype: str):
