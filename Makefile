@@ -10,10 +10,18 @@ export LLMKIT_DATA
 
 .PHONY: install demo test test-slow test-all lint bench clean
 
+# llama.cpp for the GGUF tests (the llama extra) compiles from its sdist: about 4 minutes on 2 cores.
+# GGML_NATIVE=OFF builds the portable kernels (x86-64: AVX2, FMA, F16C; no AVX-512, no AMX): a
+# -march=native build runs AMX tile instructions wherever the CPU lists AMX, and those crash in VMs
+# that do not enable AMX (q8_0 matmuls segfault). --no-cache-dir: a wheel pip built earlier with
+# other CMAKE_ARGS is not reused.
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF
+
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,report,sweep]'
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install --quiet --no-cache-dir -c constraints.txt llama-cpp-python
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,report,sweep,llama]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -35,13 +35,24 @@ def greedy_pair(ours: CausalLM, theirs, ids: list[int], max_new_tokens: int) -> 
     return ours_new, theirs_new
 
 
-def trained_causal_lm(config: ModelConfig, tokens: list[int], *, steps: int = 40, seed: int = 0) -> CausalLM:
+def trained_causal_lm(
+    config: ModelConfig, tokens: list[int], *, steps: int = 40, seed: int = 0, lr: float = 3e-3, threads: int = 0
+) -> CausalLM:
     """A small model after ``steps`` AdamW steps on ``tokens`` (seconds on a CPU): its logits have
-    the peaked, token-dependent shape of a trained model, so greedy runs are not trivial."""
+    the peaked, token-dependent shape of a trained model, so greedy runs are not trivial.
+    ``threads``: train on that many torch threads (then restored): the same weights on every run
+    of a machine, and no oversubscription on a busy one (0: as set)."""
+    if threads:
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return trained_causal_lm(config, tokens, steps=steps, seed=seed, lr=lr)
+        finally:
+            torch.set_num_threads(before)
     torch.manual_seed(seed)
     model = CausalLM.from_config(config).train()
     data = torch.tensor(tokens[: 64 * config.block_size + 1])
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
     g = torch.Generator().manual_seed(seed)
     T = config.block_size
     for _ in range(steps):

@@ -18,6 +18,7 @@ a reader never sees half a GGUF.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from collections.abc import Callable, Mapping
@@ -30,6 +31,7 @@ from torch import Tensor, nn
 
 from llmkit.gguf.arch import GGUFExportError, add_metadata, gguf_family, gguf_tensors
 from llmkit.gguf.vocab import add_vocab, vocab_problems
+from llmkit.io import _default_mode
 from llmkit.model.config import ModelConfig
 from llmkit.model.state_dict import few, tied_groups
 
@@ -83,9 +85,13 @@ def export_gguf(
     *,
     outtype: str = "f16",
     overwrite: bool = False,
+    chat_template: str | None = None,
     say: Callable[[str], None] = print,
 ) -> Path:
-    """Write ``out_dir/model-{outtype}.gguf``; return its path. See the module docstring."""
+    """Write ``out_dir/model-{outtype}.gguf``; return its path. See the module docstring.
+
+    ``chat_template`` (Jinja source, as an SFT checkpoint stores it) goes in as
+    ``tokenizer.chat_template``, which llama.cpp's chat front ends render a conversation with."""
     import gguf
 
     if outtype not in OUTTYPES:
@@ -110,7 +116,11 @@ def export_gguf(
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    _default_mode(tmp, directory=False)  # mkstemp's 0600 -> what a plain open() gives
     fallback: list[str] = []
+    gguf_log = logging.getLogger("gguf")  # its writer logs each file at INFO, under the temporary name
+    level = gguf_log.level
+    gguf_log.setLevel(logging.WARNING)
     try:
         writer = gguf.GGUFWriter(tmp, family)
         writer.add_name(cfg.name)
@@ -118,6 +128,8 @@ def export_gguf(
         writer.add_file_type(int(file_type))
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         add_vocab(writer, tokenizer, cfg.vocab_size)
+        if chat_template:
+            writer.add_chat_template(chat_template)
         with torch.no_grad():
             for name, t, _ in tensors:
                 data, raw_dtype, kind = _tensor_data(gguf, name, t, outtype)
@@ -135,6 +147,8 @@ def export_gguf(
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    finally:
+        gguf_log.setLevel(level)
     if fallback:
         say(
             f"q8_0: {len(fallback)} matrices have rows that are not a multiple of {_QK8_0}, written as f16: {few(fallback)}"

@@ -21,9 +21,11 @@ with U+2581 for a space, scores, token types and byte tokens ``<0xNN>``.
 
 Settings that make llama.cpp behave like llmkit: ``add_space_prefix = false`` (llmkit trains
 without SentencePiece's dummy prefix), no BOS or EOS added to a prompt (llmkit adds neither),
-special ids pad=0 unk=1 bos=2 eos=3. llmkit's SentencePiece user symbols ([CLS], [SEP], [MASK],
-"\\n") are USER_DEFINED: matched in the text by both. A literal U+2581 in a text is the one
-difference left: llmkit encodes it as its UTF-8 bytes, llama.cpp as a space.
+special ids pad=0 unk=1 bos=2 eos=3 (no sep or mask id: see ``add_vocab``). llmkit's
+SentencePiece user symbols ([CLS], [SEP], [MASK], "\\n") are USER_DEFINED: matched in the text by
+both. A literal U+2581 in a text is the one difference left: llmkit encodes it as its UTF-8
+bytes, llama.cpp as a space. All of this is checked in llama.cpp itself
+(tests/gguf_files/test_llamacpp_vocab.py).
 
 Hugging Face tokenizers (imported ``hf:`` models) are refused for now, naming the way out.
 """
@@ -120,10 +122,9 @@ def add_vocab(writer: Any, tokenizer: Any, vocab_size: int) -> None:
     writer.add_eos_token_id(tokenizer.eos_id)
     writer.add_unk_token_id(tokenizer.unk_id)
     writer.add_pad_token_id(tokenizer.pad_id)
-    for role in ("sep", "mask"):
-        i = getattr(tokenizer, f"{role}_id", None)
-        if i is not None:
-            getattr(writer, f"add_{role}_token_id")(i)
+    # No sep / mask ids: they are encoder roles, and llama-cpp-python's create_completion appends
+    # the sep token to every prompt of a model that has one. [SEP] and [MASK] stay in the
+    # vocabulary as user-defined tokens, so text containing them is tokenized alike.
     writer.add_add_bos_token(False)
     writer.add_add_eos_token(False)
     writer.add_add_space_prefix(False)

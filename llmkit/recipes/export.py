@@ -1,8 +1,9 @@
 """``llmkit export``: a checkpoint out of llmkit, as a Hugging Face model directory or a GGUF file.
 
 ``format=gguf`` writes one ``out_dir/model-{outtype}.gguf`` for llama.cpp instead (weights,
-architecture and tokenizer in one file; see ``llmkit.gguf``), atomically, and refuses a model or
-tokenizer llama.cpp cannot run before anything is written.
+architecture and tokenizer in one file, and an SFT checkpoint's chat template; see
+``llmkit.gguf``), atomically, and refuses a model or tokenizer llama.cpp cannot run (a fine-tuned
+classifier among them) before anything is written.
 
 ``out_dir`` becomes the model directory: ``config.json``, ``model.safetensors`` and the tokenizer
 files, beside the run record every command writes (``run.json``, ``.hydra/``), so
@@ -112,10 +113,16 @@ def export_gguf(c: Config, say=print) -> Path:
             f"{target} already holds an exported model; overwrite=true replaces it, or choose another out_dir."
         )
     model, meta = _load(c.checkpoint)
+    if meta.get("task") in heads.TASKS:
+        raise gguf.GGUFExportError(
+            f"{meta['path']} is a fine-tuned {meta['task']} classifier: llama.cpp runs language models, so it "
+            "has no GGUF form; export it with format=hf."
+        )
     cfg = ModelConfig.from_dict(meta["model_config"])
+    template = meta.get("chat_template") if meta.get("task") == "sft" else None  # llama.cpp's chat uses it
     # every problem of the model and the tokenizer is named together, before the file is opened
     path = gguf.export_gguf(model, cfg, _tokenizer(meta, "GGUF"), c.out_dir, outtype=c.outtype,
-                            overwrite=c.overwrite, say=say)  # fmt: skip
+                            overwrite=c.overwrite, chat_template=template, say=say)  # fmt: skip
     say(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB); run it with llama.cpp: llama-cli -m {path}")
     return path
 

@@ -3,13 +3,15 @@ and types, the q/k row order for llama.cpp's RoPE, refusals before anything is w
 
 from __future__ import annotations
 
+import os
+
 import gguf
 import numpy as np
 import pytest
 import torch
 
 from llmkit.gguf import GGUFExportError, export_gguf
-from llmkit.gguf.arch import _rope_rows
+from llmkit.gguf.arch import _rope_rows, gguf_family
 from llmkit.model import CausalLM, ModelConfig
 from llmkit.model.positions import apply_rope, rope_cache
 
@@ -34,8 +36,11 @@ def _field(reader: gguf.GGUFReader, key: str):
 def test_llama_metadata_tensors_and_types(tmp_path, bpe_tokenizer):
     cfg = _llama(bpe_tokenizer.vocab_size, bias=True)
     model = CausalLM.from_config(cfg)
-    path = export_gguf(model, cfg, bpe_tokenizer, tmp_path, outtype="f16")
+    path = export_gguf(model, cfg, bpe_tokenizer, tmp_path, outtype="f16", chat_template="{{ messages }}")
     assert path.name == "model-f16.gguf" and [p.name for p in tmp_path.iterdir()] == [path.name]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
     r = gguf.GGUFReader(path)
     meta = {k: _field(r, k) for k in r.fields if not k.startswith("GGUF.")}
     assert meta["general.architecture"] == "llama" and meta["general.file_type"] == gguf.LlamaFileType.MOSTLY_F16
@@ -52,6 +57,8 @@ def test_llama_metadata_tensors_and_types(tmp_path, bpe_tokenizer):
     assert types[tokens.index("[CLS]")] == 4 and types[tokens.index("\n")] == 4  # user-defined: matched in text
     assert types[tokens.index("<0x41>")] == 6
     assert (meta["tokenizer.ggml.bos_token_id"], meta["tokenizer.ggml.eos_token_id"]) == (2, 3)
+    assert not [k for k in meta if k.endswith(("seperator_token_id", "mask_token_id"))]  # llama-cpp-python appends sep
+    assert meta["tokenizer.chat_template"] == "{{ messages }}"
 
     t = {x.name: x for x in r.tensors}
     hd, kv = cfg.head_dim, cfg.kv_heads
@@ -98,6 +105,7 @@ def test_bias_free_gpt_gets_zero_biases_and_q8_0_blocks(tmp_path, bpe_tokenizer)
     path = export_gguf(CausalLM.from_config(cfg), cfg, bpe_tokenizer, tmp_path, outtype="q8_0")
     r = gguf.GGUFReader(path)
     assert r.fields["general.architecture"].contents() == "gpt2"
+    assert "tokenizer.chat_template" not in r.fields  # none given
     assert r.fields["general.file_type"].contents() == gguf.LlamaFileType.MOSTLY_Q8_0
     assert r.fields["gpt2.attention.layer_norm_epsilon"].contents() == pytest.approx(1e-5)
     t = {x.name: x for x in r.tensors}
@@ -174,3 +182,21 @@ def test_lora_or_unknown_parameters_are_refused(tmp_path, bpe_tokenizer):
     with pytest.raises(GGUFExportError, match="merge LoRA"):
         export_gguf(state, cfg, bpe_tokenizer, tmp_path)
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "name, family",
+    [("gpt_baby", "gpt2"), ("gpt_mini", "gpt2"), ("gpt2_small", "gpt2"), ("llama_tiny", "llama"),
+     ("bert_mini", None), ("bert_small", None), ("bert_base", None)],
+)  # fmt: skip
+def test_every_shipped_model_config_has_its_llamacpp_graph_or_a_named_refusal(repo_root, name, family):
+    import yaml
+
+    shipped = {p.stem for p in (repo_root / "conf" / "model").glob("*.yaml")}
+    assert name in shipped and len(shipped) == 7  # a new shipped model gets a line here
+    fields = yaml.safe_load((repo_root / "conf" / "model" / f"{name}.yaml").read_text())
+    got, problems = gguf_family(ModelConfig(**{**fields, "vocab_size": 100}))
+    if family is None:  # BERT encoders: no decoder graph in llama.cpp
+        assert problems and problems[0].startswith("model.causal=False")
+    else:
+        assert (got, problems) == (family, [])
