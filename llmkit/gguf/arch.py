@@ -53,6 +53,11 @@ def gguf_family(cfg: ModelConfig) -> tuple[str, list[str]]:
     need("final_norm", cfg.final_norm, f"llama.cpp's {family} graph has a final norm")
     need("embed_norm", not cfg.embed_norm, f"llama.cpp's {family} graph has no embedding norm")
     need("type_vocab_size", cfg.type_vocab_size == 0, "no token-type embeddings in a decoder")
+    # the modded-nanogpt options: llama.cpp's gpt2 / llama graphs compute none of them
+    need("qk_norm", not cfg.qk_norm, f"llama.cpp's {family} graph has no q/k norm")
+    need("logit_softcap", cfg.logit_softcap is None, f"llama.cpp's {family} graph has no logit soft-capping")
+    need("value_embeds", not cfg.value_embeds, f"llama.cpp's {family} graph has no value embeddings")
+    need("unet_skips", not cfg.unet_skips, f"llama.cpp's {family} graph has no U-net skips")
     if family == "llama":
         need("norm", cfg.norm == "rmsnorm", "llama uses rmsnorm")
         need("pos", cfg.pos == "rope", "llama uses rope")

@@ -187,16 +187,28 @@ def test_lora_or_unknown_parameters_are_refused(tmp_path, bpe_tokenizer):
 @pytest.mark.parametrize(
     "name, family",
     [("gpt_baby", "gpt2"), ("gpt_mini", "gpt2"), ("gpt2_small", "gpt2"), ("llama_tiny", "llama"),
-     ("bert_mini", None), ("bert_small", None), ("bert_base", None)],
+     ("bert_mini", None), ("bert_small", None), ("bert_base", None), ("gpt2_speedrun", None)],
 )  # fmt: skip
 def test_every_shipped_model_config_has_its_llamacpp_graph_or_a_named_refusal(repo_root, name, family):
     import yaml
 
     shipped = {p.stem for p in (repo_root / "conf" / "model").glob("*.yaml")}
-    assert name in shipped and len(shipped) == 7  # a new shipped model gets a line here
+    assert name in shipped and len(shipped) == 8  # a new shipped model gets a line here
     fields = yaml.safe_load((repo_root / "conf" / "model" / f"{name}.yaml").read_text())
     got, problems = gguf_family(ModelConfig(**{**fields, "vocab_size": 100}))
-    if family is None:  # BERT encoders: no decoder graph in llama.cpp
+    if name == "gpt2_speedrun":  # the modded-nanogpt options: each named
+        named = {p.split("=")[0] for p in problems}
+        assert {"model.qk_norm", "model.logit_softcap", "model.value_embeds", "model.unet_skips"} <= named
+    elif family is None:  # BERT encoders: no decoder graph in llama.cpp
         assert problems and problems[0].startswith("model.causal=False")
     else:
         assert (got, problems) == (family, [])
+
+
+@pytest.mark.parametrize("option", [{"qk_norm": True}, {"logit_softcap": 15.0}, {"value_embeds": 1}, {"unet_skips": True}])
+def test_each_modded_nanogpt_option_is_refused_by_name(option):
+    base = {"vocab_size": 100, "block_size": 16, "n_layer": 2, "n_head": 2, "n_embd": 16, "norm": "rmsnorm",
+            "pos": "rope", "mlp": "swiglu", "bias": False}  # fmt: skip
+    assert gguf_family(ModelConfig(**base)) == ("llama", [])
+    family, problems = gguf_family(ModelConfig(**base, **option))
+    assert [p.split("=")[0] for p in problems] == [f"model.{next(iter(option))}"]
