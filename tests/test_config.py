@@ -87,7 +87,8 @@ def test_preflight_accepts_sweeps_and_hydra_overrides():
 
 
 # The values a user must give on the command line (they are '???' in the shipped configs).
-REQUIRED = {"finetune": ["init_from=ckpt"], "evaluate": ["checkpoint=ckpt"], "generate": ["checkpoint=ckpt"]}
+REQUIRED = {"finetune": ["init_from=ckpt"], "evaluate": ["checkpoint=ckpt"], "generate": ["checkpoint=ckpt"],
+            "attention": ["checkpoint=ckpt"]}
 
 
 def _shipped_configs():

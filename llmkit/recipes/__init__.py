@@ -89,6 +89,17 @@ RECIPES: dict[str, Recipe] = {
             ),
         ),
         Recipe(
+            name="attention",
+            module="llmkit.recipes.attention",
+            help="Draw a checkpoint's attention: heat maps of every layer and head over a text's tokens (PNG + HTML).",
+            examples=(
+                "checkpoint=runs/shakespeare text='ROMEO: But soft, what light' out_dir=maps",
+                "checkpoint=runs/shakespeare text='ROMEO:' max_new_tokens=40   # prompt + greedy continuation",
+                "checkpoint=runs/sst2 examples=4   # a classifier's first 4 evaluation examples, with its predictions",
+                "checkpoint=hf:path/to/bert text='The cat sat.' text_pair='It was tired.' png=false",
+            ),
+        ),
+        Recipe(
             name="export",
             module="llmkit.recipes.export",
             help="Export a checkpoint as a Hugging Face model directory (transformers loads it without llmkit).",
