@@ -98,6 +98,10 @@ RULES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "nsp_pairs": _at_least(0, integer=True),
         **_GENERATION_EVAL,
     },
+    "attention": {
+        "examples": _at_least(0, integer=True),
+        "max_new_tokens": _at_least(0, integer=True),
+    },
     "tokenize": {},
 }
 

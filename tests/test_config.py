@@ -88,7 +88,7 @@ def test_preflight_accepts_sweeps_and_hydra_overrides():
 
 # The values a user must give on the command line (they are '???' in the shipped configs).
 REQUIRED = {"finetune": ["init_from=ckpt"], "evaluate": ["checkpoint=ckpt"], "generate": ["checkpoint=ckpt"],
-            "chat": ["checkpoint=ckpt"]}  # fmt: skip
+            "chat": ["checkpoint=ckpt"], "attention": ["checkpoint=ckpt"]}  # fmt: skip
 
 
 def _shipped_configs():

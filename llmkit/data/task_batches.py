@@ -59,6 +59,26 @@ def _truncate_pair(a: list[int], b: list[int], budget: int) -> tuple[list[int], 
     return a, b
 
 
+def pair_ids(
+    tokenizer: Tokenizer, a: list[int], b: list[int] | None, *, max_len: int, encoder: bool
+) -> tuple[list[int], list[int] | None]:
+    """A text (and an optional second one) as a model input of at most ``max_len`` tokens, and its
+    token types: ``[CLS] a [SEP] (b [SEP])`` with types 0 / 1 for encoders, ``a (EOS b) EOS`` and
+    no types for decoders. The longer segment is truncated first."""
+    if encoder:
+        cls_id, sep_id = _encoder_ids(tokenizer)
+        a, b2 = _truncate_pair(a, b or [], max_len - (3 if b is not None else 2))
+        ids = [cls_id, *a, sep_id]
+        types = [0] * len(ids)
+        if b is not None:
+            ids += [*b2, sep_id]
+            types += [1] * (len(b2) + 1)
+        return ids, types
+    sep = [tokenizer.eos_id] if b is not None else []
+    a, b2 = _truncate_pair(a, b or [], max_len - 1 - len(sep))
+    return [*a, *sep, *b2, tokenizer.eos_id], None
+
+
 def encode_labelled(
     examples: Iterable[LabelledText],
     tokenizer: Tokenizer,
@@ -71,23 +91,10 @@ def encode_labelled(
     out = []
     for i, ex in enumerate(examples):
         a = tokenizer.encode(ex.text)
-        b = tokenizer.encode(ex.text_pair) if ex.text_pair is not None else []
+        b = tokenizer.encode(ex.text_pair) if ex.text_pair is not None else None
         label = np.asarray(_label_id(ex.label, label_to_id, f"{source} example {i + 1}"), dtype=np.int64)
-        if encoder:
-            cls_id, sep_id = _encoder_ids(tokenizer)
-            extra = 3 if ex.text_pair is not None else 2
-            a, b = _truncate_pair(a, b, max_len - extra)
-            ids = [cls_id, *a, sep_id]
-            types = [0] * len(ids)
-            if ex.text_pair is not None:
-                ids += [*b, sep_id]
-                types += [1] * (len(b) + 1)
-            out.append(Example(np.asarray(ids, np.int64), label, np.asarray(types, np.int64)))
-        else:
-            sep = [tokenizer.eos_id] if ex.text_pair is not None else []
-            a, b = _truncate_pair(a, b, max_len - 1 - len(sep))
-            ids = [*a, *sep, *b, tokenizer.eos_id]
-            out.append(Example(np.asarray(ids, np.int64), label))
+        ids, types = pair_ids(tokenizer, a, b, max_len=max_len, encoder=encoder)
+        out.append(Example(np.asarray(ids, np.int64), label, None if types is None else np.asarray(types, np.int64)))
     return out
 
 

@@ -137,7 +137,7 @@ def task_metrics(
 _EXAMPLE_DATA = {"seq_cls": "sst2", "token_cls": "conll2003", "sft": "multi30k"}
 
 
-def _finetuning_data(meta: dict[str, Any]) -> DataConfig | None:
+def finetuning_data(meta: dict[str, Any]) -> DataConfig | None:
     """The ``data`` section of the config saved beside a fine-tuned checkpoint, if there is one."""
     from llmkit import checkpoint, config
 
@@ -159,7 +159,7 @@ def evaluate_task_checkpoint(
     """``llmkit evaluate`` on a fine-tuned checkpoint: its task's metrics on ``data.eval_path``."""
     task = meta["task"]
     if data is None or not data.eval_path:
-        data = _finetuning_data(meta)  # the validation file it was fine-tuned with
+        data = finetuning_data(meta)  # the validation file it was fine-tuned with
     if data is None or not data.eval_path:
         raise LlmkitError(
             f"{meta['path']} is a {task} model whose fine-tuning data is not recorded: name the data "

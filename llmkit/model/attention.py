@@ -3,12 +3,17 @@
 ``Attention`` is multi-head self-attention with grouped-query k/v heads, through
 ``F.scaled_dot_product_attention`` (or ``math_attention``, the same function written out, where
 that is faster: short bf16 sequences on the CPU). ``KVCache`` holds every layer's keys and values
+<<<<<<< HEAD
 for incremental decoding.
 
 Two modded-nanogpt options live here: ``qk_norm`` (RMSNorm of each q and k head before RoPE,
 Dehghani 2023 / modded-nanogpt; with a learned (head_dim,) weight as Qwen3's ``q_norm``/``k_norm``)
 and the value-embedding mix ``v = lambda_0 * v + lambda_1 * ve`` (``value_embeds``; the tables are
 the trunk's). Both act before the KV cache, which therefore stores normalised keys and mixed values.
+=======
+for incremental decoding. ``attention_probs`` is the softmax both compute, written out: what
+``llmkit.model.capture`` records when asked.
+>>>>>>> attnmaps
 """
 
 from __future__ import annotations
@@ -92,13 +97,13 @@ def _math_attention_pays(q: Tensor, k: Tensor) -> bool:
     )
 
 
-def math_attention(
-    q: Tensor, k: Tensor, v: Tensor, *, mask: Tensor | None = None, dropout_p: float = 0.0, is_causal: bool = False
-) -> Tensor:
-    """``F.scaled_dot_product_attention`` written out (q, k, v: (B, H, T, hd), k/v with S positions;
-    a boolean ``mask`` keeps True, a float one is added; ``is_causal`` for T == S). A query whose
-    keys are all masked attends uniformly instead of producing NaN."""
-    scores = (q @ k.transpose(-2, -1)).float() * (1.0 / math.sqrt(q.shape[-1]))  # (B, H, T, S), softmax in fp32
+def attention_probs(q: Tensor, k: Tensor, *, mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
+    """softmax(q k^T / sqrt(hd) + mask), the attention weights (B, H, T, S) that
+    ``F.scaled_dot_product_attention`` applies to v, in at least float32 (q, k: (B, H, T|S, hd); a
+    boolean ``mask`` keeps True, a float one is added; ``is_causal`` for T == S). A query whose keys
+    are all masked attends uniformly instead of producing NaN."""
+    scores = q @ k.transpose(-2, -1)  # (B, H, T, S)
+    scores = scores.to(torch.promote_types(scores.dtype, torch.float32)) * (1.0 / math.sqrt(q.shape[-1]))
     fill = torch.finfo(scores.dtype).min
     if is_causal:
         T, S = scores.shape[-2:]
@@ -106,14 +111,28 @@ def math_attention(
         scores = scores.masked_fill(~causal, fill)
     if mask is not None:
         scores = scores.masked_fill(~mask, fill) if mask.dtype == torch.bool else scores + mask
-    probs = scores.softmax(dim=-1)
+    return scores.softmax(dim=-1)
+
+
+def math_attention(
+    q: Tensor, k: Tensor, v: Tensor, *, mask: Tensor | None = None, dropout_p: float = 0.0, is_causal: bool = False
+) -> Tensor:
+    """``F.scaled_dot_product_attention`` written out: :func:`attention_probs` @ v (v: (B, H, S, hd))."""
+    probs = attention_probs(q, k, mask=mask, is_causal=is_causal)
     if dropout_p > 0.0:
         probs = F.dropout(probs, dropout_p)
     return probs.to(v.dtype) @ v  # (B, H, T, hd)
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention (Vaswani 2017) with grouped-query k/v heads (Ainslie 2023)."""
+    """Multi-head self-attention (Vaswani 2017) with grouped-query k/v heads (Ainslie 2023).
+
+    ``probs_sink``: None, or a list that each forward pass appends its attention weights to,
+    (B, n_head, T, S) from the same q, k and mask (before dropout); set by
+    ``llmkit.model.capture.capture_attention``. Off, it costs one ``is None`` test.
+    """
+
+    probs_sink: list[Tensor] | None = None
 
     def __init__(self, *, config: ModelConfig, layer_idx: int) -> None:
         super().__init__()
@@ -175,5 +194,7 @@ class Attention(nn.Module):
             y = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal
             )  # softmax(q k^T / sqrt(hd) + mask) v: (B, n_head, T, hd)
+        if self.probs_sink is not None:
+            self.probs_sink.append(attention_probs(q, k, mask=mask, is_causal=is_causal).detach())
         y = y.transpose(1, 2).reshape(B, T, self.n_head * hd)  # (B, T, n_head * hd): heads side by side
         return self.resid_dropout(self.c_proj(y))
