@@ -168,7 +168,9 @@ def prepare_task_export(
     head = getattr(model, "head", None)
     outputs = 2 if task == "qa" else len(labels)
     if not isinstance(getattr(head, "proj", None), nn.Linear) or head.proj.out_features != outputs:  # type: ignore[union-attr]
-        raise HFFormatError(f"a {task} model with {outputs} outputs needs a head with as many outputs.")
+        raise HFFormatError(
+            f"a {task} model with {outputs} {'span ends' if task == 'qa' else 'labels'} needs a head with as many outputs."
+        )
     family, problems = check_task_export(cfg, task, pad_id=pad_id, eos_id=eos_id)
     state = _own_state(model)
     if not problems and (problem := head_state(state, family, task)):

@@ -242,8 +242,7 @@ class HFTokenizer(Tokenizer):
         return [*self.prefix_ids, *self.backend.encode([text])[0], *self.suffix_ids]
 
     def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]] | None:
-        """``encode(text)`` with each token's character span [start, end) in ``text``; None where the
-        backend does not track offsets (sentencepiece: callers fall back to word spans)."""
+        """``encode(text)`` and each token's character span in ``text``; None without ``tokenizers``."""
         if not isinstance(self.backend, TokenizersBackend):
             return None
         return self.backend.encode_with_offsets(text)
