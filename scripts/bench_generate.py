@@ -77,20 +77,8 @@ def build_models(tmp: Path, init_std: float) -> tuple[Any, Any, Any]:
     from llmkit.model import CausalLM, ModelConfig
     from llmkit.hf import export_hf
 
-    cfg = ModelConfig(
-        name="gpt2_small",
-        vocab_size=50257,
-        block_size=1024,
-        n_layer=12,
-        n_head=12,
-        n_embd=768,
-        mlp="gelu_tanh",
-        norm="layernorm",
-        pos="learned",
-        bias=True,
-        tie_weights=True,
-        dropout=0.0,
-    )
+    cfg = ModelConfig(name="gpt2_small", vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768,
+                      mlp="gelu_tanh", norm="layernorm", pos="learned", bias=True, tie_weights=True, dropout=0.0)
     cfg = dataclasses.replace(cfg, init_std=init_std)
     torch.manual_seed(SEED)
     ours = CausalLM.from_config(cfg).eval()
@@ -127,14 +115,9 @@ def sides(ours: Any, theirs: Any, new_tokens: int) -> dict[str, Callable[[torch.
         return torch.stack(list(generate(ours, prompt, max_new_tokens=new_tokens, temperature=0)), dim=1)
 
     def hf(prompt: torch.Tensor) -> torch.Tensor:
-        out = theirs.generate(
-            prompt,
-            attention_mask=torch.ones_like(prompt),
-            do_sample=False,
-            max_new_tokens=new_tokens,
-            min_new_tokens=new_tokens,
-        )
-        return out[:, prompt.shape[1] :]
+        out = theirs.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
+                              max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+        return out[:, prompt.shape[1]:]
 
     @torch.inference_mode()
     def hf_loop(prompt: torch.Tensor) -> torch.Tensor:
@@ -163,7 +146,7 @@ def bench_batch(fns: dict[str, Callable], vocab: int, batch: int, args: argparse
     ids = {name: fns[name](prompt) for name in names}  # warm-up, and the outputs compared
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(args.rounds):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
+        for name in names[r % len(names):] + names[: r % len(names)]:
             t0 = time.perf_counter()
             fns[name](prompt)
             times[name].append(time.perf_counter() - t0)
@@ -182,12 +165,8 @@ def bench_batch(fns: dict[str, Callable], vocab: int, batch: int, args: argparse
     out["llmkit_linear_vs_hf_first_mismatch"] = first_mismatch(ids["llmkit_linear"], ids["hf"])
     out["hf_loop_vs_hf_first_mismatch"] = first_mismatch(ids["hf_loop"], ids["hf"])
     out["distinct_tokens_row0"] = len(set(ids["llmkit"][0].tolist()))
-    print(
-        f"  batch {batch}: "
-        + "  ".join(f"{n} {out['sides'][n]['tokens_per_s']:.1f} tok/s" for n in names)
-        + f"; ids llmkit == hf: {out['llmkit_vs_hf_first_mismatch'] is None}",
-        flush=True,
-    )
+    print(f"  batch {batch}: " + "  ".join(f"{n} {out['sides'][n]['tokens_per_s']:.1f} tok/s" for n in names)
+          + f"; ids llmkit == hf: {out['llmkit_vs_hf_first_mismatch'] is None}", flush=True)
     return out
 
 
@@ -200,22 +179,13 @@ def print_report(result: dict[str, Any]) -> None:
     bound = result["bandwidth_bound_tokens_per_s"]
     table = Table(
         title=f"GPT-2 small shape (124M, fp32), prompt {result['prompt_len']}, {result['new_tokens']} new greedy tokens, "
-        f"{result['rounds']} interleaved rounds; {m['torch_threads']} threads; read bandwidth "
-        f"{bw['read_bytes_per_s'] / 1e9:.1f} GB/s, weights {result['weight_bytes'] / 1e6:.0f} MB/token -> "
-        f"bound {bound:.1f} tokens/s at batch 1",
+              f"{result['rounds']} interleaved rounds; {m['torch_threads']} threads; read bandwidth "
+              f"{bw['read_bytes_per_s'] / 1e9:.1f} GB/s, weights {result['weight_bytes'] / 1e6:.0f} MB/token -> "
+              f"bound {bound:.1f} tokens/s at batch 1",
         title_justify="left",
     )
-    for col in (
-        "batch",
-        "side",
-        "tokens/s (median)",
-        "best",
-        "x hf",
-        "x hf_loop",
-        "of bound (batch 1)",
-        "x batch 1",
-        "ids == hf",
-    ):
+    for col in ("batch", "side", "tokens/s (median)", "best", "x hf", "x hf_loop", "of bound (batch 1)", "x batch 1",
+                "ids == hf"):
         table.add_column(col, justify="left" if col == "side" else "right")
     base = {n: s["tokens_per_s"] for n, s in result["batches"][0]["sides"].items()}
     for res in result["batches"]:
@@ -224,17 +194,9 @@ def print_report(result: dict[str, Any]) -> None:
             same_txt = "" if name == "hf" else ("yes" if same is None else f"[red]no, from token {same}[/red]")
             frac = f"{100 * s['tokens_per_s'] / bound:.0f}%" if res["batch"] == 1 else ""
             label = f"[bold]{name}[/bold]" if name == "llmkit" else name
-            table.add_row(
-                str(res["batch"]),
-                label,
-                f"{s['tokens_per_s']:.1f}",
-                f"{s['tokens_per_s_best']:.1f}",
-                f"{s['speedup_vs_hf']:.3f}",
-                f"{s['speedup_vs_hf_loop']:.3f}",
-                frac,
-                f"{s['tokens_per_s'] / base[name]:.2f}" if result["batches"][0]["batch"] == 1 else "",
-                same_txt,
-            )
+            table.add_row(str(res["batch"]), label, f"{s['tokens_per_s']:.1f}", f"{s['tokens_per_s_best']:.1f}",
+                          f"{s['speedup_vs_hf']:.3f}", f"{s['speedup_vs_hf_loop']:.3f}", frac,
+                          f"{s['tokens_per_s'] / base[name]:.2f}" if result["batches"][0]["batch"] == 1 else "", same_txt)
     console.print(table)
     notes = [
         "x hf / x hf_loop: median over rounds of (that side's seconds) / (this side's seconds) in the same round.",
@@ -242,21 +204,15 @@ def print_report(result: dict[str, Any]) -> None:
         f"(blocks + output matrix); the copy bandwidth was {bw['copy_bytes_per_s'] / 1e9:.1f} GB/s (read + write).",
         "x batch 1: tokens/s at this batch over tokens/s at batch 1 (batched-generation scaling).",
     ]
-    notes.append(
-        "llmkit: `llmkit generate` on the CPU (decode layout: weights as column blocks, one "
-        "matrix-vector product per thread); llmkit_linear: the same decoder on plain nn.Linear weights."
-    )
+    notes.append("llmkit: `llmkit generate` on the CPU (decode layout: weights as column blocks, one "
+                 "matrix-vector product per thread); llmkit_linear: the same decoder on plain nn.Linear weights.")
     if result["batches"] and result["batches"][0]["distinct_tokens_row0"] <= 3:
-        notes.append(
-            "[yellow]random weights: the greedy continuation repeats few tokens (raise --init-std for a "
-            "less degenerate id check); the speed does not depend on which tokens come out.[/yellow]"
-        )
+        notes.append("[yellow]random weights: the greedy continuation repeats few tokens (raise --init-std for a "
+                     "less degenerate id check); the speed does not depend on which tokens come out.[/yellow]")
     busy = [x for x in (m.get("loadavg_start"), m.get("loadavg_end")) if x]
     if any(float(x.split()[0]) >= m["cores_available"] for x in busy):
-        notes.append(
-            f"[yellow]busy machine (loadavg {' -> '.join(x.split()[0] for x in busy)} on "
-            f"{m['cores_available']} cores): absolute figures are low; the paired ratios are robust.[/yellow]"
-        )
+        notes.append(f"[yellow]busy machine (loadavg {' -> '.join(x.split()[0] for x in busy)} on "
+                     f"{m['cores_available']} cores): absolute figures are low; the paired ratios are robust.[/yellow]")
     for n in notes:
         console.print(f"  - {n}")
 
@@ -277,16 +233,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     machine = bp.machine_info()
-    print(
-        f"machine: {machine['cpu']} ({machine['cpu_features']}); {machine['torch_threads']} threads, "
-        f"loadavg {machine['loadavg_start']}",
-        flush=True,
-    )
+    print(f"machine: {machine['cpu']} ({machine['cpu_features']}); {machine['torch_threads']} threads, "
+          f"loadavg {machine['loadavg_start']}", flush=True)
     bw = measure_bandwidth(repeats=2 if args.quick else 5)
-    print(
-        f"bandwidth: read {bw['read_bytes_per_s'] / 1e9:.1f} GB/s, copy {bw['copy_bytes_per_s'] / 1e9:.1f} GB/s",
-        flush=True,
-    )
+    print(f"bandwidth: read {bw['read_bytes_per_s'] / 1e9:.1f} GB/s, copy {bw['copy_bytes_per_s'] / 1e9:.1f} GB/s",
+          flush=True)
     with tempfile.TemporaryDirectory(prefix="bench_generate_") as tmp:
         t0 = time.perf_counter()
         ours, theirs, cfg = build_models(Path(tmp), args.init_std)
@@ -298,16 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     bw = {k: max(bw[k], bw_end[k]) for k in bw}
     machine["loadavg_end"] = bp._loadavg()
     result = {
-        "machine": machine,
-        "quick": args.quick,
-        "prompt_len": args.prompt_len,
-        "new_tokens": args.new_tokens,
-        "rounds": args.rounds,
-        "init_std": args.init_std,
-        "bandwidth": bw,
-        "weight_bytes": wb,
-        "bandwidth_bound_tokens_per_s": bw["read_bytes_per_s"] / wb,
-        "batches": batches,
+        "machine": machine, "quick": args.quick, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
+        "rounds": args.rounds, "init_std": args.init_std, "bandwidth": bw, "weight_bytes": wb,
+        "bandwidth_bound_tokens_per_s": bw["read_bytes_per_s"] / wb, "batches": batches,
     }
     print_report(result)
     Path(args.out).write_text(json.dumps(result, indent=2), encoding="utf-8")

@@ -54,11 +54,8 @@ def write_dataset(out_dir: Path, train_tokens: int) -> Path:
     from llmkit.tokenizer.config import TokenizerConfig
 
     text = "".join(chr(c) for c in range(32, 127)) + "\n"
-    tok = train_char(
-        TokenizerConfig(kind="char", vocab_size=0, character_coverage=1.0, byte_fallback=False, user_special_tokens=[]),
-        [text],
-        seed=SEED,
-    )
+    tok = train_char(TokenizerConfig(kind="char", vocab_size=0, character_coverage=1.0, byte_fallback=False,
+                                     user_special_tokens=[]), [text], seed=SEED)
     rng = np.random.default_rng(SEED)
     with DatasetWriter(out_dir, tok) as w:
         for split, n in (("train", train_tokens), ("val", VAL_TOKENS)):
@@ -84,23 +81,10 @@ def _status_kb(pid: int) -> dict[str, int]:
 
 
 def run_pretrain(dataset: Path, out_dir: Path, steps: int, threads: int, log: Path) -> dict[str, Any]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "llmkit",
-        "pretrain",
-        f"dataset={dataset}",
-        "model=gpt_baby",
-        f"trainer.max_steps={steps}",
-        "trainer.eval_every=0",
-        "trainer.eval_batches=5",
-        "trainer.save_every=0",
-        "trainer.log_every=10",
-        "trainer.progress=false",
-        "trainer.device=cpu",
-        f"trainer.threads={threads}",
-        f"out_dir={out_dir}",
-    ]
+    cmd = [sys.executable, "-m", "llmkit", "pretrain", f"dataset={dataset}", "model=gpt_baby",
+           f"trainer.max_steps={steps}", "trainer.eval_every=0", "trainer.eval_batches=5", "trainer.save_every=0",
+           "trainer.log_every=10", "trainer.progress=false", "trainer.device=cpu", f"trainer.threads={threads}",
+           f"out_dir={out_dir}"]
     peaks = {"RssAnon": 0, "RssFile": 0, "VmRSS": 0}
     t0 = time.perf_counter()
     with log.open("w") as fh:
@@ -121,12 +105,9 @@ def run_pretrain(dataset: Path, out_dir: Path, steps: int, threads: int, log: Pa
         sampler.join()
         proc.returncode = os.waitstatus_to_exitcode(status)
     out = {
-        "command": " ".join(cmd),
-        "returncode": proc.returncode,
-        "wall_s": time.perf_counter() - t0,
+        "command": " ".join(cmd), "returncode": proc.returncode, "wall_s": time.perf_counter() - t0,
         "max_rss_mb": usage.ru_maxrss / 1024,  # Linux: kB
-        "peak_rss_anon_mb": peaks["RssAnon"] / 1024,
-        "peak_rss_file_mb": peaks["RssFile"] / 1024,
+        "peak_rss_anon_mb": peaks["RssAnon"] / 1024, "peak_rss_file_mb": peaks["RssFile"] / 1024,
         "peak_rss_sampled_mb": peaks["VmRSS"] / 1024,
     }
     if proc.returncode != 0:
@@ -155,23 +136,15 @@ def main(argv: list[str] | None = None) -> int:
     for name, n in sizes.items():
         t0 = time.perf_counter()
         datasets[name] = write_dataset(work / f"data_{name}", n)
-        print(
-            f"dataset {name}: {n:,} train tokens ({(work / f'data_{name}' / 'train.bin').stat().st_size / 2**20:.0f} MiB)"
-            f" written in {time.perf_counter() - t0:.1f}s",
-            flush=True,
-        )
+        print(f"dataset {name}: {n:,} train tokens ({(work / f'data_{name}' / 'train.bin').stat().st_size / 2**20:.0f} MiB)"
+              f" written in {time.perf_counter() - t0:.1f}s", flush=True)
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in sizes}
     for rep in range(args.repeats):
         for name in sizes:
-            r = run_pretrain(
-                datasets[name], work / f"run_{name}_{rep}", args.steps, args.threads, work / f"{name}_{rep}.log"
-            )
+            r = run_pretrain(datasets[name], work / f"run_{name}_{rep}", args.steps, args.threads, work / f"{name}_{rep}.log")
             runs[name].append(r)
-            print(
-                f"  {name} #{rep + 1}: peak RSS {r['max_rss_mb']:.0f} MB (anon {r['peak_rss_anon_mb']:.0f}, file "
-                f"{r['peak_rss_file_mb']:.0f}), {r['wall_s']:.1f}s, exit {r['returncode']}",
-                flush=True,
-            )
+            print(f"  {name} #{rep + 1}: peak RSS {r['max_rss_mb']:.0f} MB (anon {r['peak_rss_anon_mb']:.0f}, file "
+                  f"{r['peak_rss_file_mb']:.0f}), {r['wall_s']:.1f}s, exit {r['returncode']}", flush=True)
             if r["returncode"] != 0:
                 print(r["error"], file=sys.stderr)
 
@@ -190,56 +163,27 @@ def main(argv: list[str] | None = None) -> int:
     from rich.table import Table
 
     console = Console(width=150)
-    table = Table(
-        title=f"llmkit pretrain model=gpt_baby, {args.steps} steps (+ eval and checkpoint), median of "
-        f"{args.repeats} fresh process(es) per dataset",
-        title_justify="left",
-    )
-    for col in (
-        "",
-        f"small: {sizes['small']:,} tokens",
-        f"large: {sizes['large']:,} tokens",
-        "growth (MB)",
-        "corpus growth (MB)",
-    ):
+    table = Table(title=f"llmkit pretrain model=gpt_baby, {args.steps} steps (+ eval and checkpoint), median of "
+                        f"{args.repeats} fresh process(es) per dataset", title_justify="left")
+    for col in ("", f"small: {sizes['small']:,} tokens", f"large: {sizes['large']:,} tokens", "growth (MB)",
+                "corpus growth (MB)"):
         table.add_column(col, justify="right")
-    labels = {
-        "max_rss_mb": "peak RSS (ru_maxrss), MB",
-        "peak_rss_anon_mb": "peak anonymous RSS, MB",
-        "peak_rss_file_mb": "peak file-backed RSS, MB",
-    }
+    labels = {"max_rss_mb": "peak RSS (ru_maxrss), MB", "peak_rss_anon_mb": "peak anonymous RSS, MB",
+              "peak_rss_file_mb": "peak file-backed RSS, MB"}
     for k in keys:
-        table.add_row(
-            labels[k],
-            f"{med['small'][k]:.1f}",
-            f"{med['large'][k]:.1f}",
-            f"{growth[k]:+.1f}",
-            f"{corpus_growth_mb:.0f}" if k == "max_rss_mb" else "",
-        )
+        table.add_row(labels[k], f"{med['small'][k]:.1f}", f"{med['large'][k]:.1f}", f"{growth[k]:+.1f}",
+                      f"{corpus_growth_mb:.0f}" if k == "max_rss_mb" else "")
     console.print(table)
     yes_no = lambda v: "[green]yes[/green]" if v else "[red]no[/red]"  # noqa: E731
-    console.print(
-        f"  - private (anonymous) peak memory independent of corpus size: {yes_no(flat)} "
-        "(criterion: growth < 5% of the corpus growth)"
-    )
-    console.print(
-        f"  - total peak RSS independent of corpus size: {yes_no(flat_total)}. File-backed RSS: the "
-        "libraries' pages, plus any page of train.bin mapped into the process (the windows are read with "
-        "os.pread, so none should be; slicing the map would map whole page-cache folios)."
-    )
-    result = {
-        "sizes": sizes,
-        "steps": args.steps,
-        "repeats": args.repeats,
-        "runs": runs,
-        "median": med,
-        "growth_mb": growth,
-        "corpus_growth_mb": corpus_growth_mb,
-        "independent_of_corpus_size": flat,
-        "total_rss_independent_of_corpus_size": flat_total,
-        "kernel": os.uname().release,
-        "loadavg": os.getloadavg(),
-    }
+    console.print(f"  - private (anonymous) peak memory independent of corpus size: {yes_no(flat)} "
+                  "(criterion: growth < 5% of the corpus growth)")
+    console.print(f"  - total peak RSS independent of corpus size: {yes_no(flat_total)}. File-backed RSS: the "
+                  "libraries' pages, plus any page of train.bin mapped into the process (the windows are read with "
+                  "os.pread, so none should be; slicing the map would map whole page-cache folios).")
+    result = {"sizes": sizes, "steps": args.steps, "repeats": args.repeats, "runs": runs, "median": med,
+              "growth_mb": growth, "corpus_growth_mb": corpus_growth_mb, "independent_of_corpus_size": flat,
+              "total_rss_independent_of_corpus_size": flat_total, "kernel": os.uname().release,
+              "loadavg": os.getloadavg()}
     Path(args.out).write_text(json.dumps(result, indent=2), encoding="utf-8")
     print(f"wrote {args.out}")
     tmp_ctx.cleanup()

@@ -280,11 +280,8 @@ class ReferenceRun:
                 self.val_loss[step] = self.ref.estimate_val_loss()
                 self.eval_s += time.perf_counter() - t0
                 recent = self.step_s[-EVAL_EVERY:]
-                print(
-                    f"    reference step {step}: val loss {self.val_loss[step]:.4f}, "
-                    f"{1000 * sum(recent) / len(recent):.1f} ms/step over the last {len(recent)} steps",
-                    flush=True,
-                )
+                print(f"    reference step {step}: val loss {self.val_loss[step]:.4f}, "
+                      f"{1000 * sum(recent) / len(recent):.1f} ms/step over the last {len(recent)} steps", flush=True)
         self.own_s += time.perf_counter() - t_start
 
     def result(self) -> dict[str, Any]:
@@ -673,11 +670,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
 
     machine = machine_info()
-    print(
-        f"machine: {machine['cpu']}, {machine['cores_available']} cores, torch {machine['torch']}, "
-        f"{machine['torch_threads']} threads, loadavg {machine['loadavg_start']}",
-        flush=True,
-    )
+    print(f"machine: {machine['cpu']}, {machine['cores_available']} cores, torch {machine['torch']}, "
+          f"{machine['torch_threads']} threads, loadavg {machine['loadavg_start']}", flush=True)
     # Measured before and after the runs, best figure used: a burst of load from other processes
     # during one measurement would otherwise inflate both MFUs.
     peak_start = matmul_peak(args.peak_repeats)
@@ -725,12 +719,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"llmkit run failed: {lk_run['error']}", file=sys.stderr, flush=True)
         for name, run in (("reference", ref_run), ("llmkit", lk_run)):
             if run.get("window_ms"):
-                print(
-                    f"    {name}: {statistics.median(run['window_ms']):.2f} ms/step (median window), "
-                    f"{1000 * run['train_seconds'] / steps:.2f} (mean), val loss "
-                    f"{ {k: round(v, 4) for k, v in run['val_loss'].items()} }",
-                    flush=True,
-                )
+                print(f"    {name}: {statistics.median(run['window_ms']):.2f} ms/step (median window), "
+                      f"{1000 * run['train_seconds'] / steps:.2f} (mean), val loss "
+                      f"{ {k: round(v, 4) for k, v in run['val_loss'].items()} }", flush=True)
 
     peak_end = matmul_peak(args.peak_repeats)
     peak = max(*peak_start.values(), *peak_end.values())

@@ -106,18 +106,9 @@ def hf_gpt2(s: Shape) -> nn.Module:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     cfg = GPT2Config(
-        vocab_size=VOCAB,
-        n_positions=s.block_size,
-        n_embd=s.n_embd,
-        n_layer=s.n_layer,
-        n_head=s.n_head,
+        vocab_size=VOCAB, n_positions=s.block_size, n_embd=s.n_embd, n_layer=s.n_layer, n_head=s.n_head,
         activation_function="gelu",  # the function gpt_baby/gpt_mini (and nanoGPT) use
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        use_cache=False,
-        bos_token_id=None,
-        eos_token_id=None,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, use_cache=False, bos_token_id=None, eos_token_id=None,
     )
     cfg._attn_implementation = "sdpa"
     return GPT2LMHeadModel(cfg)
@@ -126,9 +117,7 @@ def hf_gpt2(s: Shape) -> nn.Module:
 class MinimalLoop:
     """nanoGPT's train.py step (fp32, no grad accumulation) around any model that maps ids to logits."""
 
-    def __init__(
-        self, model: nn.Module, s: Shape, data: np.ndarray, logits: Callable[[torch.Tensor], torch.Tensor]
-    ) -> None:
+    def __init__(self, model: nn.Module, s: Shape, data: np.ndarray, logits: Callable[[torch.Tensor], torch.Tensor]) -> None:
         self.model, self.s, self.data, self.logits = model, s, data, logits
         params = [p for p in model.parameters() if p.requires_grad]
         groups = [
@@ -209,16 +198,9 @@ class LlmkitSide:
         from llmkit.trainer import cpu
         from llmkit.trainer.trainer import Trainer, TrainerSettings
 
-        self.overrides = [
-            f"model={s.model}",
-            f"model.vocab_size={VOCAB}",
-            f"trainer.batch_size={s.batch_size}",
-            "trainer.device=cpu",
-            f"trainer.threads={threads}",
-            "trainer.progress=false",
-            "out_dir=unused",
-            *overrides,
-        ]
+        self.overrides = [f"model={s.model}", f"model.vocab_size={VOCAB}", f"trainer.batch_size={s.batch_size}",
+                          "trainer.device=cpu", f"trainer.threads={threads}", "trainer.progress=false",
+                          "out_dir=unused", *overrides]
         c = config.load(compose_pretrain(self.overrides), pretrain.Config)
         t = c.trainer
         seed_everything(c.seed)
@@ -229,37 +211,15 @@ class LlmkitSide:
         model = pretrain.build_model(c.model, VOCAB, plan.model_class).to(device)
         optimizer = build_optimizer(for_device(c.optim, device), model)
         scheduler = instantiate(c.scheduler, optimizer=optimizer, total_steps=total_steps, _convert_="all")
-        train = plan.batches(
-            objective,
-            _ArrayDataset(data),
-            split="train",
-            block_size=model.config.block_size,
-            batch_size=t.batch_size,
-            seed=c.seed,
-            rank=0,
-            world_size=1,
-        )
+        train = plan.batches(objective, _ArrayDataset(data), split="train", block_size=model.config.block_size,
+                             batch_size=t.batch_size, seed=c.seed, rank=0, world_size=1)
         self.precision, choice = cpu.resolve_precision(t.precision, device, say=lambda m: print(f"    {m}", flush=True))
         self.model = model
         self.trainer = Trainer(
-            model=model,
-            objective=objective,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            train_batch=train.batch,
-            settings=TrainerSettings(
-                max_steps=0,
-                grad_accum=t.grad_accum,
-                grad_clip=t.grad_clip,
-                eval_every=0,
-                save_every=0,
-                log_every=10**9,
-                device=device,
-                precision=self.precision,
-                compile=t.compile,
-                max_nonfinite=t.max_nonfinite,
-                progress=False,
-            ),
+            model=model, objective=objective, optimizer=optimizer, scheduler=scheduler, train_batch=train.batch,
+            settings=TrainerSettings(max_steps=0, grad_accum=t.grad_accum, grad_clip=t.grad_clip, eval_every=0,
+                                     save_every=0, log_every=10**9, device=device, precision=self.precision,
+                                     compile=t.compile, max_nonfinite=t.max_nonfinite, progress=False),
         )
         self.compile = t.compile
         self.fused = c.optim.get("fused")
@@ -295,20 +255,14 @@ def build_sides(s: Shape, variants: list[str], data: np.ndarray, threads: int, t
     sides = []
     t0 = time.perf_counter()
     torch.manual_seed(SEED)
-    ref = bp.GPT(
-        bp.RefConfig(vocab_size=VOCAB, block_size=s.block_size, n_layer=s.n_layer, n_head=s.n_head, n_embd=s.n_embd)
-    )  # bench_pretrain's nanoGPT model (no bias, tied head)
+    ref = bp.GPT(bp.RefConfig(vocab_size=VOCAB, block_size=s.block_size, n_layer=s.n_layer, n_head=s.n_head,
+                              n_embd=s.n_embd))  # bench_pretrain's nanoGPT model (no bias, tied head)
     sides.append(Side("reference", MinimalLoop(ref, s, data, ref.logits), setup_s=time.perf_counter() - t0))
     t0 = time.perf_counter()
     torch.manual_seed(SEED)
     hf = hf_gpt2(s)
-    sides.append(
-        Side(
-            "hf",
-            MinimalLoop(hf, s, data, lambda x: hf(input_ids=x, use_cache=False).logits),
-            setup_s=time.perf_counter() - t0,
-        )
-    )
+    sides.append(Side("hf", MinimalLoop(hf, s, data, lambda x: hf(input_ids=x, use_cache=False).logits),
+                      setup_s=time.perf_counter() - t0))
     for v in variants:
         t0 = time.perf_counter()
         print(f"  building llmkit:{v} ({' '.join(VARIANTS[v]) or 'defaults'})", flush=True)
@@ -329,14 +283,11 @@ def measure_peaks(repeats: int, dtypes: list[torch.dtype]) -> dict[str, float]:
 
 
 def bench_shape(name: str, s: Shape, variants: list[str], args: argparse.Namespace) -> dict[str, Any]:
-    window, rounds = QUICK[name] if args.quick else (s.window, s.rounds)
+    window, rounds = (QUICK[name] if args.quick else (s.window, s.rounds))
     window = args.window or window
     rounds = args.rounds or rounds
-    print(
-        f"[{name}] {s.n_layer} layers x {s.n_head} heads x {s.n_embd}, block {s.block_size}, batch {s.batch_size}: "
-        f"{rounds} rounds x {window} steps per side",
-        flush=True,
-    )
+    print(f"[{name}] {s.n_layer} layers x {s.n_head} heads x {s.n_embd}, block {s.block_size}, batch {s.batch_size}: "
+          f"{rounds} rounds x {window} steps per side", flush=True)
     torch._dynamo.reset()  # a fresh compile per shape (no shape-polymorphic graphs carried over)
     data = random_tokens(DATA_TOKENS)
     sides = build_sides(s, variants, data, args.threads, total_steps=args.warmup + rounds * window + 1)
@@ -345,38 +296,27 @@ def bench_shape(name: str, s: Shape, variants: list[str], args: argparse.Namespa
         side.runner.run(args.warmup)
         side.warmup_s = time.perf_counter() - t0
         side.windows = []
-        print(
-            f"  {side.name}: set-up {side.setup_s:.1f}s, warm-up ({args.warmup} steps) {side.warmup_s:.1f}s", flush=True
-        )
+        print(f"  {side.name}: set-up {side.setup_s:.1f}s, warm-up ({args.warmup} steps) {side.warmup_s:.1f}s", flush=True)
     for r in range(rounds):
-        order = sides[r % len(sides) :] + sides[: r % len(sides)]
+        order = sides[r % len(sides):] + sides[: r % len(sides)]
         for side in order:
             before = side.runner.step_seconds
             side.runner.run(window)
             side.windows.append(1000 * (side.runner.step_seconds - before) / window)
         if (r + 1) % max(1, rounds // 5) == 0 or r == rounds - 1:
-            print(
-                f"  round {r + 1}/{rounds}: " + "  ".join(f"{x.name} {x.windows[-1]:.1f}" for x in sides) + " ms/step",
-                flush=True,
-            )
+            print(f"  round {r + 1}/{rounds}: " + "  ".join(f"{x.name} {x.windows[-1]:.1f}" for x in sides) + " ms/step",
+                  flush=True)
     from llmkit.model import ModelConfig
 
-    fpt = ModelConfig(
-        vocab_size=VOCAB, block_size=s.block_size, n_layer=s.n_layer, n_head=s.n_head, n_embd=s.n_embd, bias=False
-    ).flops_per_token(s.block_size)
+    fpt = ModelConfig(vocab_size=VOCAB, block_size=s.block_size, n_layer=s.n_layer, n_head=s.n_head,
+                      n_embd=s.n_embd, bias=False).flops_per_token(s.block_size)
     return {
         "shape": {**s.__dict__, "vocab_size": VOCAB, "window": window, "rounds": rounds},
         "flops_per_token": fpt,
-        "sides": {
-            x.name: {
-                "precision": x.precision,
-                "setup_s": x.setup_s,
-                "warmup_s": x.warmup_s,
-                "window_ms": x.windows,
-                **({"overrides": x.runner.overrides} if isinstance(x.runner, LlmkitSide) else {}),
-            }
-            for x in sides
-        },
+        "sides": {x.name: {"precision": x.precision, "setup_s": x.setup_s, "warmup_s": x.warmup_s,
+                           "window_ms": x.windows,
+                           **({"overrides": x.runner.overrides} if isinstance(x.runner, LlmkitSide) else {})}
+                  for x in sides},
     }
 
 
@@ -390,9 +330,7 @@ def summarize(res: dict[str, Any], peaks: dict[str, float]) -> None:
         ms = statistics.median(w)
         tps = tokens / (ms / 1000)
         side.update(
-            ms_per_step=ms,
-            ms_per_step_best=min(w),
-            tokens_per_s=tps,
+            ms_per_step=ms, ms_per_step_best=min(w), tokens_per_s=tps,
             mfu=res["flops_per_token"] * tps / peaks["fp32"],
             speedup_vs_reference=statistics.median(a / b for a, b in zip(ref, w)),
             speedup_vs_hf=statistics.median(a / b for a, b in zip(hf, w)),
@@ -417,46 +355,26 @@ def print_report(result: dict[str, Any]) -> None:
         s = res["shape"]
         table = Table(
             title=f"{name} ({s['model']}): {s['n_layer']}x{s['n_head']}x{s['n_embd']}, block {s['block_size']}, "
-            f"batch {s['batch_size']}; {s['rounds']} interleaved rounds x {s['window']} steps; "
-            f"{m['torch_threads']} threads; fp32 matmul peak {peaks['fp32'] / 1e9:.0f} GFLOP/s"
-            + (f", bf16 {peaks['bf16'] / 1e9:.0f}" if "bf16" in peaks else ""),
+                  f"batch {s['batch_size']}; {s['rounds']} interleaved rounds x {s['window']} steps; "
+                  f"{m['torch_threads']} threads; fp32 matmul peak {peaks['fp32'] / 1e9:.0f} GFLOP/s"
+                  + (f", bf16 {peaks['bf16'] / 1e9:.0f}" if "bf16" in peaks else ""),
             title_justify="left",
         )
-        for col in (
-            "side",
-            "precision",
-            "ms/step (median)",
-            "best",
-            "tokens/s",
-            "MFU % (fp32 peak)",
-            "x reference",
-            "x hf",
-            "warm-up s",
-        ):
+        for col in ("side", "precision", "ms/step (median)", "best", "tokens/s", "MFU % (fp32 peak)",
+                    "x reference", "x hf", "warm-up s"):
             table.add_column(col, justify="left" if col in ("side", "precision") else "right")
         for sname, x in res["sides"].items():
             mfu = f"{100 * x['mfu']:.1f}"
             if "mfu_own_precision" in x:
                 mfu += f" ({100 * x['mfu_own_precision']:.1f} of bf16)"
             label = f"[bold]{sname}[/bold]" if sname == f"llmkit:{head}" else sname
-            table.add_row(
-                label,
-                x["precision"],
-                f"{x['ms_per_step']:.2f}",
-                f"{x['ms_per_step_best']:.2f}",
-                f"{x['tokens_per_s']:,.0f}",
-                mfu,
-                f"{x['speedup_vs_reference']:.3f}",
-                f"{x['speedup_vs_hf']:.3f}",
-                f"{x['warmup_s']:.1f}",
-            )
+            table.add_row(label, x["precision"], f"{x['ms_per_step']:.2f}", f"{x['ms_per_step_best']:.2f}",
+                          f"{x['tokens_per_s']:,.0f}", mfu, f"{x['speedup_vs_reference']:.3f}",
+                          f"{x['speedup_vs_hf']:.3f}", f"{x['warmup_s']:.1f}")
         console.print(table)
     if result.get("goals"):
-        table = Table(
-            title=f"goals per llmkit variant (headline in bold: llmkit:{head} = "
-            f"{' '.join(VARIANTS[head]) or 'defaults'})",
-            title_justify="left",
-        )
+        table = Table(title=f"goals per llmkit variant (headline in bold: llmkit:{head} = "
+                            f"{' '.join(VARIANTS[head]) or 'defaults'})", title_justify="left")
         for col in ("shape", "measure", "goal", *(f"[bold]{v}[/bold]" if v == head else v for v in result["variants"])):
             table.add_column(col, justify="right")
         for g in result["goals"]:
@@ -464,17 +382,12 @@ def print_report(result: dict[str, Any]) -> None:
             cells = []
             for v in result["variants"]:
                 x = g["variants"].get(v)
-                cells.append(
-                    "-"
-                    if x is None
-                    else (f"[green]{fmt(x['measured'])}[/green]" if x["met"] else f"[red]{fmt(x['measured'])}[/red]")
-                )
+                cells.append("-" if x is None else (f"[green]{fmt(x['measured'])}[/green]" if x["met"]
+                                                    else f"[red]{fmt(x['measured'])}[/red]"))
             table.add_row(g["shape"], g["measure"], ">= " + fmt(g["goal"]), *cells)
         console.print(table)
-        console.print(
-            "  - green: goal met; red: not met. vs_reference / vs_hf: paired speed-ups; mfu: against the "
-            "matmul peak of the variant's own precision."
-        )
+        console.print("  - green: goal met; red: not met. vs_reference / vs_hf: paired speed-ups; mfu: against the "
+                      "matmul peak of the variant's own precision.")
     notes = [
         "x reference / x hf: median over rounds of (that side's ms/step) / (this side's ms/step) in the same round; "
         "> 1 = this side is faster.",
@@ -485,11 +398,9 @@ def print_report(result: dict[str, Any]) -> None:
     ]
     busy = [x for x in (m.get("loadavg_start"), m.get("loadavg_end")) if x]
     if any(float(x.split()[0]) >= m["cores_available"] for x in busy):
-        notes.append(
-            f"[yellow]busy machine (loadavg {' -> '.join(x.split()[0] for x in busy)} on "
-            f"{m['cores_available']} cores): absolute ms/step and MFU are inflated; the paired ratios "
-            "are the robust figures.[/yellow]"
-        )
+        notes.append(f"[yellow]busy machine (loadavg {' -> '.join(x.split()[0] for x in busy)} on "
+                     f"{m['cores_available']} cores): absolute ms/step and MFU are inflated; the paired ratios "
+                     "are the robust figures.[/yellow]")
     for n in notes:
         console.print(f"  - {n}")
 
@@ -505,11 +416,8 @@ def goals(result: dict[str, Any]) -> list[dict[str, Any]]:
                 x = res["sides"].get(f"llmkit:{v}")
                 if x is None:
                     continue
-                measured = {
-                    "vs_reference": x["speedup_vs_reference"],
-                    "vs_hf": x["speedup_vs_hf"],
-                    "mfu": x.get("mfu_own_precision", x["mfu"]),
-                }[measure]
+                measured = {"vs_reference": x["speedup_vs_reference"], "vs_hf": x["speedup_vs_hf"],
+                            "mfu": x.get("mfu_own_precision", x["mfu"])}[measure]
                 row["variants"][v] = {"measured": measured, "met": measured >= goal}
             out.append(row)
     return out
@@ -518,9 +426,7 @@ def goals(result: dict[str, Any]) -> list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shapes", default="baby,mini", help="comma list of: " + ", ".join(SHAPES))
-    p.add_argument(
-        "--variants", default=",".join(VARIANTS), help="llmkit variants, comma list of: " + ", ".join(VARIANTS)
-    )
+    p.add_argument("--variants", default=",".join(VARIANTS), help="llmkit variants, comma list of: " + ", ".join(VARIANTS))
     p.add_argument("--headline", default=HEADLINE, help="the variant the goals are checked for")
     p.add_argument("--rounds", type=int, default=0, help="interleaved rounds (0: per shape, 30 baby / 15 mini)")
     p.add_argument("--window", type=int, default=0, help="steps per window (0: per shape, 10 baby / 2 mini)")
@@ -542,24 +448,13 @@ def main(argv: list[str] | None = None) -> int:
         args.warmup = min(args.warmup, 2)
 
     machine = bp.machine_info()
-    print(
-        f"machine: {machine['cpu']}; {machine['cores_available']} cores, {machine['torch_threads']} torch threads, "
-        f"torch {machine['torch']}, loadavg {machine['loadavg_start']}",
-        flush=True,
-    )
+    print(f"machine: {machine['cpu']}; {machine['cores_available']} cores, {machine['torch_threads']} torch threads, "
+          f"torch {machine['torch']}, loadavg {machine['loadavg_start']}", flush=True)
     dtypes = [torch.float32] + ([torch.bfloat16] if any(v.startswith("auto") for v in variants) else [])
     peak_start = measure_peaks(args.peak_repeats, dtypes)
-    print(
-        "matmul peak at start (GFLOP/s): " + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in peak_start.items()), flush=True
-    )
-    result: dict[str, Any] = {
-        "machine": machine,
-        "headline": args.headline,
-        "variants": {v: VARIANTS[v] for v in variants},
-        "quick": args.quick,
-        "peak_flops_start": peak_start,
-        "shapes": {},
-    }
+    print("matmul peak at start (GFLOP/s): " + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in peak_start.items()), flush=True)
+    result: dict[str, Any] = {"machine": machine, "headline": args.headline, "variants": {v: VARIANTS[v] for v in variants},
+                              "quick": args.quick, "peak_flops_start": peak_start, "shapes": {}}
     for name in shapes:
         result["shapes"][name] = bench_shape(name, SHAPES[name], variants, args)
     peak_end = measure_peaks(args.peak_repeats, dtypes)

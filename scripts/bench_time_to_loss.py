@@ -98,12 +98,8 @@ def main(argv: list[str] | None = None) -> int:
 
     result: dict[str, Any] = {"target": args.target, "machine": machine, "reference": [], "llmkit": []}
     with tempfile.TemporaryDirectory(prefix="bench_ttl_") as tmp:
-        overrides = [
-            f"experiment={args.experiment}",
-            f"data_root={data_root}",
-            f"cache_dir={tmp}/cache",
-            f"trainer.threads={args.threads}",
-        ]
+        overrides = [f"experiment={args.experiment}", f"data_root={data_root}", f"cache_dir={tmp}/cache",
+                     f"trainer.threads={args.threads}"]
         for rep in range(args.repeats):
             order = ("reference", "llmkit") if rep % 2 == 0 else ("llmkit", "reference")
             for side in order:
@@ -116,11 +112,8 @@ def main(argv: list[str] | None = None) -> int:
                         print(r["error"], file=sys.stderr)
                         return 1
                 result[side].append(r)
-                print(
-                    f"    {side}: reached {r['reached']}, wall {r['wall_seconds']:.1f}s, "
-                    f"whole-val loss {r.get('full_val_loss', float('nan')):.4f}",
-                    flush=True,
-                )
+                print(f"    {side}: reached {r['reached']}, wall {r['wall_seconds']:.1f}s, "
+                      f"whole-val loss {r.get('full_val_loss', float('nan')):.4f}", flush=True)
     result["machine"]["loadavg_end"] = bp._loadavg()
 
     def ttl(r: dict) -> float:
@@ -137,12 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     for col in ("", "reference (nanoGPT)", "llmkit", "llmkit / reference"):
         table.add_column(col, justify="right")
     ref0, lk0 = result["reference"][0], result["llmkit"][0]
-    table.add_row(
-        "reached at step",
-        str(ref0["reached"] and ref0["reached"]["step"]),
-        str(lk0["reached"] and lk0["reached"]["step"]),
-        "",
-    )
+    table.add_row("reached at step", str(ref0["reached"] and ref0["reached"]["step"]),
+                  str(lk0["reached"] and lk0["reached"]["step"]), "")
     table.add_row("seconds to target (median)", f"{ref_t:.1f}", f"{lk_t:.1f}", f"{lk_t / ref_t:.2f} (goal <= 0.5)")
     table.add_row("total wall seconds", f"{ref0['wall_seconds']:.1f}", f"{lk0['wall_seconds']:.1f}", "")
     table.add_row("final whole-val loss", f"{ref0['full_val_loss']:.4f}", f"{lk0['full_val_loss']:.4f}", "")
