@@ -88,6 +88,9 @@ RULES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "epochs": _at_least(0),
         "max_len": _at_least(1, integer=True),
         "early_stopping.patience": _at_least(1, integer=True),
+        "data.doc_stride": _at_least(0, integer=True),  # qa windows
+        "objective.n_best": _at_least(1, integer=True),
+        "objective.max_answer_len": _at_least(1, integer=True),
     },
     "generate": _DECODING,
     "chat": {k: v for k, v in _DECODING.items() if k not in ("num_samples", "num_beams")}

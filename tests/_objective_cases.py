@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from llmkit.data.masking import IGNORE_INDEX
-from llmkit.model import CausalLM, MaskedLM, ModelConfig, SequenceClassifier, TokenClassifier
+from llmkit.model import CausalLM, MaskedLM, ModelConfig, QuestionAnswering, SequenceClassifier, TokenClassifier
 from llmkit.objective.classification import (
     InstructionObjective,
     SequenceClassificationObjective,
@@ -25,6 +25,7 @@ from llmkit.objective.classification import (
 )
 from llmkit.objective.clm import CausalLMObjective
 from llmkit.objective.mlm import MaskedLMNSPObjective, MaskedLMObjective
+from llmkit.objective.qa import SpanObjective
 from llmkit.optim import build_optimizer
 from llmkit.optim.scheduler import warmup_cosine
 from llmkit.trainer.distributed import DistEnv
@@ -34,7 +35,7 @@ B, T, V, LABELS = 4, 12, 32, 3
 DECODER = ModelConfig(vocab_size=V, block_size=16, n_layer=2, n_head=2, n_embd=16, dropout=0.0)
 ENCODER = ModelConfig(vocab_size=V, block_size=16, n_layer=2, n_head=2, n_embd=16, dropout=0.0, causal=False,
                       type_vocab_size=2, norm_placement="post", embed_norm=True, final_norm=False)
-NAMES = ("clm", "mlm", "mlm_nsp", "seq_cls", "token_cls", "sft")
+NAMES = ("clm", "mlm", "mlm_nsp", "seq_cls", "token_cls", "sft", "qa")
 LENGTHS = (12, 3, 9, 8)  # real tokens per row: right padding varies
 
 
@@ -77,6 +78,10 @@ def _batch(name: str, step: int) -> dict[str, torch.Tensor]:
         labels = torch.randint(0, LABELS, (B, T), generator=g).masked_fill(mask == 0, IGNORE_INDEX)
         labels[:, 1::3] = IGNORE_INDEX  # non-first sub-tokens
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    if name == "qa":  # one target per window; a span inside each row's real tokens (0 = [CLS]: no answer)
+        types = (torch.arange(T) >= 4).long().expand(B, T)
+        return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types,
+                "start_positions": torch.tensor([5, 0, 4, 6]) + step % 2, "end_positions": torch.tensor([7, 0, 8, 6])}
     raise KeyError(name)
 
 
@@ -97,6 +102,9 @@ def build(name: str, *, seed: int = 0) -> Case:
     elif name == "token_cls":
         model = TokenClassifier.from_config(ENCODER, num_labels=LABELS)
         objective = TokenClassificationObjective()
+    elif name == "qa":
+        model = QuestionAnswering.from_config(ENCODER)
+        objective = SpanObjective()
     else:
         raise KeyError(name)
     return Case(model.double(), objective, lambda step: _batch(name, step))

@@ -41,6 +41,12 @@ def test_evaluate_batch_size():
     assert _problems("evaluate", "checkpoint=x", "batch_size=0") == ["batch_size: must be >= 1, got 0"]
 
 
+def test_qa_window_and_decoding_settings():
+    found = _problems("finetune", "init_from=x", "objective=qa", "data.doc_stride=-1", "objective.n_best=0",
+                      "objective.max_answer_len=0")  # fmt: skip
+    assert [p.split(":", 1)[0] for p in found] == ["data.doc_stride", "objective.n_best", "objective.max_answer_len"]
+
+
 def test_valid_values_pass():
     preflight.check_overrides("generate", ["checkpoint=x", "temperature=0", "top_k=null", "top_p=1.0"])
     preflight.check_overrides("pretrain", ["optim.betas=[0.0,0.999]", "scheduler.warmup_steps=0", "optim.weight_decay=0"])

@@ -32,8 +32,9 @@ class DataConfig:
     )
     task_index: int | None = None  # with step=task: run only this task (a SLURM array job, a multirun job)
     # ---- fine-tuning tasks
-    # auto: from the file suffix; sft also reads chat (JSONL "messages") and alpaca (instruction/input/output)
-    format: Literal["auto", "tsv", "csv", "jsonl", "conll", "parallel", "chat", "alpaca"] = "auto"
+    # auto: from the file suffix; sft also reads chat (JSONL "messages") and alpaca (instruction/input/output);
+    # qa reads squad (SQuAD 1.1 / 2.0 JSON)
+    format: Literal["auto", "tsv", "csv", "jsonl", "conll", "parallel", "chat", "alpaca", "squad"] = "auto"
     train_path: str | None = None
     eval_path: str | None = None  # validation file; `llmkit evaluate ... data.eval_path=FILE` scores any file
     train_target_path: str | None = None  # parallel: the line-aligned target file
@@ -48,6 +49,10 @@ class DataConfig:
     max_train_examples: int = 0  # 0 = all
     packing: bool = False  # sft: training examples packed into full rows (document masking; llmkit.data.packing)
     max_eval_examples: int = 0
+    # ---- qa (SQuAD JSON)
+    doc_stride: int = 128  # tokens two neighbouring windows of a long context share
+    train_articles: list[int] = field(default_factory=list)  # indices into the file's "data" list; empty = all
+    eval_articles: list[int] = field(default_factory=list)
 
     @property
     def table_text_column(self) -> str:

@@ -155,13 +155,18 @@ def encode_pairs(pairs: Iterable[TextPair], tokenizer: Tokenizer, *, template: s
 
 
 def collate(examples: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest example: input_ids, attention_mask, labels (+ token_type_ids)."""
+    """Right-pad to the longest example: input_ids, attention_mask, labels (QA windows: start_positions
+    and end_positions) (+ token_type_ids)."""
     T = max(len(e.input_ids) for e in examples)
     B = len(examples)
     ids = torch.full((B, T), pad_id, dtype=torch.long)
     mask = torch.zeros((B, T), dtype=torch.long)
-    token_level = examples[0].labels.ndim == 1
-    labels = torch.full((B, T), IGNORE_INDEX, dtype=torch.long) if token_level else torch.empty(B, dtype=torch.long)
+    spans = getattr(examples[0], "offsets", None) is not None  # QA windows (llmkit.data.squad): labels = (start, end)
+    token_level = examples[0].labels.ndim == 1 and not spans
+    if token_level:
+        labels = torch.full((B, T), IGNORE_INDEX, dtype=torch.long)
+    else:
+        labels = torch.empty((B, 2) if spans else (B,), dtype=torch.long)
     types = torch.zeros((B, T), dtype=torch.long) if examples[0].token_type_ids is not None else None
     packed = examples[0].document_ids is not None
     # packed rows: padding is position 0 of a document of its own (-1), which no real token sees
@@ -174,13 +179,17 @@ def collate(examples: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]
         if token_level:
             labels[i, :n] = torch.from_numpy(e.labels)
         else:
-            labels[i] = int(e.labels)
+            labels[i] = torch.from_numpy(e.labels) if spans else int(e.labels)
         if types is not None:
             types[i, :n] = torch.from_numpy(e.token_type_ids)
         if pos is not None and docs is not None:
             pos[i, :n] = torch.from_numpy(e.input_pos)
             docs[i, :n] = torch.from_numpy(e.document_ids)
-    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    batch = {"input_ids": ids, "attention_mask": mask}
+    if spans:
+        batch["start_positions"], batch["end_positions"] = labels[:, 0].contiguous(), labels[:, 1].contiguous()
+    else:
+        batch["labels"] = labels
     if types is not None:
         batch["token_type_ids"] = types
     if pos is not None and docs is not None:

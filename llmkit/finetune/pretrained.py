@@ -41,6 +41,12 @@ def load_pretrained(spec: str) -> Pretrained:
         if tokenizer is None:
             raise LlmkitError(f"{spec} has no tokenizer files (tokenizer.json, vocab.txt or tokenizer.model).")
         tensors = {k: v.detach() for k, v in model.state_dict().items()}
+        from llmkit.hf.heads import qa_head_tensors
+
+        span_head = qa_head_tensors(info["source"])  # a *ForQuestionAnswering checkpoint: its trained head too
+        if span_head is not None:
+            tensors.update({k: v.to(dtype=tensors["transformer.wte.weight"].dtype) for k, v in span_head.items()})
+            return Pretrained(info["model_config"], tensors, tokenizer, "QuestionAnswering", spec)
         return Pretrained(info["model_config"], tensors, tokenizer, info["model_class"], spec)
     from llmkit.tokenizer import load as load_tokenizer
 
@@ -57,7 +63,12 @@ def load_pretrained(spec: str) -> Pretrained:
 
 
 # The model class each fine-tuning task trains (names in llmkit.model.registry).
-TASK_MODELS = {"sft": "CausalLM", "seq_cls": "SequenceClassifier", "token_cls": "TokenClassifier"}
+TASK_MODELS = {
+    "sft": "CausalLM",
+    "seq_cls": "SequenceClassifier",
+    "token_cls": "TokenClassifier",
+    "qa": "QuestionAnswering",
+}
 
 
 def new_task_model(task: str, cfg: ModelConfig, *, num_labels: int = 0, head_bias: bool = True) -> nn.Module:
@@ -87,13 +98,20 @@ def build_task_model(
     cfg = pre.config if dropout is None else dataclasses.replace(pre.config, dropout=dropout)
     if task == "sft" and not cfg.causal:
         raise LlmkitError(f"objective=sft generates text and needs a decoder (GPT/Llama); {pre.source} is an encoder.")
+    if task == "qa" and cfg.causal:
+        raise LlmkitError(
+            f"objective=qa reads both sides of every token and needs an encoder (BERT); {pre.source} is a decoder."
+        )
     model = new_task_model(task, cfg, num_labels=num_labels, head_bias=head_bias)
     own = model.state_dict()
     wanted = {k: v for k, v in _all_names(pre).items() if k in own}
     if task == "sft":  # the whole decoder, LM head included
         required = None
     else:  # the trunk (and BERT's pooler, if both have one); the task head starts fresh
-        wanted = {k: v for k, v in wanted.items() if k.startswith(("transformer.", "pooler."))}
+        # (a QA model, an imported *ForQuestionAnswering one too, brings its span head: qa keeps it)
+        same = task == "qa" and pre.model_class == "QuestionAnswering"
+        keep = ("transformer.", "pooler.", "head.") if same else ("transformer.", "pooler.")
+        wanted = {k: v for k, v in wanted.items() if k.startswith(keep)}
         required = [k for k in own if k.startswith("transformer.")]
     what = f"{pre.source} does not fit a {task} model"
     check_keys(own, wanted, what=what, required=required, tied=tied_groups(model))

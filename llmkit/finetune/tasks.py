@@ -12,11 +12,13 @@ from rich.console import Console
 from llmkit.data.chat import Conversation, encode_conversations, from_pair, read_alpaca, read_chat
 from llmkit.data.chat_template import ChatTemplate, plain_template
 from llmkit.data.config import DataConfig
+from llmkit.data.squad import QARecord, encode_squad, read_squad
 from llmkit.data.task_batches import encode_labelled, encode_tagged
 from llmkit.data.tasks import LabelledText, TaggedSentence, read_conll, read_labelled, read_text_pairs
 from llmkit.errors import LlmkitError
 from llmkit.finetune.config import GenerationEvalConfig
 from llmkit.finetune.evaluation import evaluate_seq_cls, evaluate_sft, evaluate_token_cls
+from llmkit.finetune.qa import Decoding, evaluate_qa
 from llmkit.io import write_json
 
 
@@ -30,8 +32,15 @@ def load_task_data(task: str, data: DataConfig, split: str) -> list:
     if not path:
         raise LlmkitError(f"data.{split}_path is not set; data={data.name} has no {split} file for fine-tuning.")
     limit = data.max_train_examples if split == "train" else data.max_eval_examples
-    rows: Iterator[LabelledText | TaggedSentence | Conversation]
-    if task == "seq_cls":
+    rows: Iterator[LabelledText | TaggedSentence | Conversation] | Iterator[QARecord]
+    if task == "qa" or data.format == "squad":
+        if task != "qa" or data.format not in ("auto", "squad"):
+            raise LlmkitError(
+                f"data.format=squad is question answering data (objective=qa); got {task} with data.format={data.format}."
+            )
+        articles = data.train_articles if split == "train" else data.eval_articles
+        rows = iter(read_squad(path, articles=articles))
+    elif task == "seq_cls":
         rows = read_labelled(
             path,
             text_column=data.table_text_column,
@@ -66,6 +75,8 @@ def load_task_data(task: str, data: DataConfig, split: str) -> list:
 
 
 def label_set(task: str, rows: list, given: list[str]) -> list[str]:
+    if task == "qa":
+        return []  # start / end positions, no label set
     if given:
         return list(given)
     if task == "seq_cls":
@@ -84,7 +95,12 @@ def encode_task(
     encoder: bool,
     template: ChatTemplate | None,
     source: str,
+    doc_stride: int = 128,
 ) -> list:
+    if task == "qa":
+        if not encoder:
+            raise LlmkitError("objective=qa needs an encoder (BERT-style) model.")
+        return encode_squad(rows, tokenizer, max_len=max_len, doc_stride=doc_stride, source=source)
     label_to_id = {label: i for i, label in enumerate(labels)}
     if task == "seq_cls":
         return encode_labelled(rows, tokenizer, label_to_id, max_len=max_len, encoder=encoder, source=source)
@@ -101,6 +117,13 @@ def checkpoint_template(meta: dict[str, Any], tokenizer: Any) -> ChatTemplate:
     return ChatTemplate(source, tokenizer, name=meta.get("chat_template_name", "the checkpoint's"))
 
 
+def qa_decoding(settings: dict[str, Any] | None) -> Decoding:
+    """How a QA checkpoint decodes answers: the settings recorded beside it (``qa`` in its meta)."""
+    s = settings or {}
+    keys = ("n_best", "max_answer_len", "null_score_diff_threshold", "allow_null")
+    return Decoding(**{k: s[k] for k in keys if k in s})
+
+
 def task_metrics(
     task: str,
     model: Any,
@@ -114,7 +137,10 @@ def task_metrics(
     generation: GenerationEvalConfig,
     writer: Any = None,
     max_generate: int = 0,
+    decoding: Decoding | None = None,
 ) -> tuple[dict[str, float], Any]:
+    if task == "qa":
+        return evaluate_qa(model, examples, rows, batch_size=batch_size, decoding=decoding or Decoding(), writer=writer)
     if task == "seq_cls":
         return evaluate_seq_cls(
             model, examples, labels, batch_size=batch_size, writer=writer, texts=[r.text for r in rows]
@@ -134,7 +160,7 @@ def task_metrics(
     )
 
 
-_EXAMPLE_DATA = {"seq_cls": "sst2", "token_cls": "conll2003", "sft": "multi30k"}
+_EXAMPLE_DATA = {"seq_cls": "sst2", "token_cls": "conll2003", "sft": "multi30k", "qa": "squad2_sample"}
 
 
 def finetuning_data(meta: dict[str, Any]) -> DataConfig | None:
@@ -168,7 +194,7 @@ def evaluate_task_checkpoint(
     labels = meta.get("labels", [])
     rows = load_task_data(task, data, "eval")
     template = checkpoint_template(meta, tokenizer) if task == "sft" else None
-    if task != "sft":
+    if task in ("seq_cls", "token_cls"):
         seen = {r.label for r in rows} if task == "seq_cls" else {t for r in rows for t in r.tags}
         unknown = sorted(seen - set(labels))
         if unknown:
@@ -185,6 +211,7 @@ def evaluate_task_checkpoint(
         encoder=not model.config.causal,
         template=template,
         source=str(data.eval_path),
+        doc_stride=meta.get("qa", {}).get("doc_stride", data.doc_stride),
     )
     from llmkit.metric.io import PredictionWriter
 
@@ -200,6 +227,7 @@ def evaluate_task_checkpoint(
             template=template,
             generation=generation,
             writer=writer,
+            decoding=qa_decoding(meta.get("qa")),
         )
     full = metrics.compute()
     write_json(

@@ -1,4 +1,5 @@
-"""Fine-tuned classifiers -> transformers ``*ForSequenceClassification`` / ``*ForTokenClassification``.
+"""Fine-tuned classifiers -> transformers ``*ForSequenceClassification`` / ``*ForTokenClassification``,
+and extractive QA models <-> ``BertForQuestionAnswering``.
 
 An llmkit ``SequenceClassifier`` / ``TokenClassifier`` is a trunk plus ``head.proj`` (a Linear with
 a bias; BERT sequence classifiers also ``pooler``). What transformers computes, and how the
@@ -7,6 +8,7 @@ export makes it the same function::
     BertForSequenceClassification   tanh(pooler(h[:, 0])) -> dropout -> classifier (W, b)   as llmkit
     Bert/GPT2/LlamaForToken...      h -> dropout -> classifier / score (W, b)                as llmkit
     GPT2/LlamaForSequence...        score (W, no bias) at the last token that is not pad_token_id
+    BertForQuestionAnswering        h -> qa_outputs (W, b) -> (start, end) logits             as llmkit
 
 Decoder sequence classifiers differ from llmkit's in two places:
 
@@ -39,16 +41,18 @@ from llmkit.hf.files import HFFormatError, load_hf_tensors, read_hf_config
 from llmkit.hf.weights import _NAME_TABLES, _linear, _Row, from_hf_parts
 from llmkit.hf.writer import _own_state, hf_tensors, stored_dtype, write_hf_dir
 from llmkit.model.config import ModelConfig
-from llmkit.model.heads import SequenceClassifier, TokenClassifier
+from llmkit.model.heads import QuestionAnswering, SequenceClassifier, TokenClassifier
 
-TASKS = ("seq_cls", "token_cls")
-_SUFFIX = {"seq_cls": "ForSequenceClassification", "token_cls": "ForTokenClassification"}
+TASKS = ("seq_cls", "token_cls", "qa")
+_SUFFIX = {"seq_cls": "ForSequenceClassification", "token_cls": "ForTokenClassification", "qa": "ForQuestionAnswering"}
+_CLASSES: dict[str, Any] = {"seq_cls": SequenceClassifier, "token_cls": TokenClassifier, "qa": QuestionAnswering}
 _PREFIX = {"gpt2": "GPT2", "llama": "Llama", "qwen3": "Qwen3", "bert": "Bert"}
 # The head's module name in each transformers class, and whether it has a bias.
 HEAD_MODULE = {
     ("gpt2", "seq_cls"): "score", ("llama", "seq_cls"): "score", ("bert", "seq_cls"): "classifier",
     ("gpt2", "token_cls"): "classifier", ("llama", "token_cls"): "score", ("bert", "token_cls"): "classifier",
     ("qwen3", "seq_cls"): "score", ("qwen3", "token_cls"): "score",
+    ("bert", "qa"): "qa_outputs",
 }  # fmt: skip
 _FOLD_TOL = 1e-6  # |W d - b| allowed, relative to max(1, |b|), in float64
 
@@ -116,6 +120,8 @@ def check_task_export(cfg: ModelConfig, task: str, *, pad_id: int | None, eos_id
     if task not in TASKS:
         raise HFFormatError(f"task {task!r} has no Hugging Face classifier export; llmkit exports {', '.join(TASKS)}.")
     family, problems = export_family(cfg)
+    if task == "qa" and (family, task) not in HEAD_MODULE:
+        problems.append(f"a {family} trunk: transformers has no {architecture(family, task)} (QA exports as BERT)")
     if task == "seq_cls" and cfg.causal:
         if pad_id is None:
             problems.append(
@@ -137,6 +143,7 @@ def task_config(
     """``config.json`` of the classifier: the family's, with the class, labels and pad id."""
     out = config_to_hf(cfg, family, dtype, tokenizer)
     out["architectures"] = [architecture(family, task)]
+    labels = labels if task != "qa" else ["LABEL_0", "LABEL_1"]  # qa_outputs: (start, end); transformers' defaults
     out["id2label"] = {str(i): label for i, label in enumerate(labels)}
     out["label2id"] = {label: i for i, label in enumerate(labels)}
     if task == "seq_cls":
@@ -161,8 +168,11 @@ def prepare_task_export(
     the dtype to write; ``HFFormatError`` naming every setting without an exact equivalent. Nothing
     is written: ``write_hf_dir`` does that."""
     head = getattr(model, "head", None)
-    if not isinstance(getattr(head, "proj", None), nn.Linear) or head.proj.out_features != len(labels):  # type: ignore[union-attr]
-        raise HFFormatError(f"a {task} model with {len(labels)} labels needs a head with as many outputs.")
+    outputs = 2 if task == "qa" else len(labels)
+    if not isinstance(getattr(head, "proj", None), nn.Linear) or head.proj.out_features != outputs:  # type: ignore[union-attr]
+        raise HFFormatError(
+            f"a {task} model with {outputs} {'span ends' if task == 'qa' else 'labels'} needs a head with as many outputs."
+        )
     family, problems = check_task_export(cfg, task, pad_id=pad_id, eos_id=eos_id)
     state = _own_state(model)
     if not problems and (problem := head_state(state, family, task)):
@@ -210,8 +220,7 @@ def load_task_hf(directory: str | os.PathLike) -> tuple[nn.Module, str]:
         ours: from_hf_parts([tensors[n] for n in theirs], how) for ours, theirs, how, _ in task_rows(family, task)(cfg)
     }
     n = len(raw.get("id2label") or {})
-    cls = SequenceClassifier if task == "seq_cls" else TokenClassifier
-    model = cls.from_config(cfg, num_labels=n)
+    model = _CLASSES[task].from_config(cfg, num_labels=n)
     state.setdefault("head.proj.bias", torch.zeros(n))
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     return model.float().eval(), task
@@ -230,7 +239,9 @@ def verify_task_export(model: nn.Module, directory: Path, dtype: torch.dtype | N
     mask[1, t // 2 :] = 0  # right padding, as llmkit's batches
     with torch.no_grad():
         a, b = model(idx, attention_mask=mask), back(idx, attention_mask=mask)
-    if task == "token_cls":
+    if task == "qa":  # (start, end) logits -> (B, T, 2)
+        a, b = torch.stack(tuple(a), -1), torch.stack(tuple(b), -1)
+    if task in ("token_cls", "qa"):
         a, b = a[mask.bool()], b[mask.bool()]  # padded positions are never read
     diff = (a - b).abs().max().item()
     tol = 1e-4 if dtype in (None, torch.float32) else 5e-2 * max(1.0, a.abs().max().item())
@@ -239,3 +250,15 @@ def verify_task_export(model: nn.Module, directory: Path, dtype: torch.dtype | N
             f"The export in {directory} does not reproduce the checkpoint (max |logit diff| {diff:.3g} > {tol:.3g})."
         )
     return diff
+
+
+def qa_head_tensors(directory: str | os.PathLike) -> dict[str, Tensor] | None:
+    """A ``BertForQuestionAnswering`` directory's ``qa_outputs`` as llmkit's ``head.proj``; None if
+    the directory holds another architecture."""
+    raw = read_hf_config(directory)
+    if not (raw.get("architectures") or [""])[0].endswith(_SUFFIX["qa"]):
+        return None
+    tensors, _ = load_hf_tensors(directory)
+    if {"qa_outputs.weight", "qa_outputs.bias"} - set(tensors):
+        raise HFFormatError(f"{directory} is a {raw['architectures'][0]} without qa_outputs.weight / qa_outputs.bias.")
+    return {"head.proj.weight": tensors["qa_outputs.weight"], "head.proj.bias": tensors["qa_outputs.bias"]}

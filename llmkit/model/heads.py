@@ -311,3 +311,47 @@ class TokenClassifier(nn.Module):
     ) -> Tensor:
         hidden = self.transformer(idx, attention_mask=attention_mask, token_type_ids=token_type_ids)
         return self.head(hidden)  # (B, T, num_labels)
+
+
+class SpanLogits(NamedTuple):
+    """What ``QuestionAnswering.forward`` returns: start and end logits, each (B, T)."""
+
+    start_logits: Tensor
+    end_logits: Tensor
+
+
+class SpanHead(nn.Module):
+    """Extractive QA: hidden states (B, T, C) -> (B, T, 2), a start and an end score per token
+    (Devlin et al. 2019, section 4.2; transformers' ``qa_outputs``, no dropout in front)."""
+
+    def __init__(self, *, config: ModelConfig) -> None:
+        super().__init__()
+        self.proj = nn.Linear(config.n_embd, 2)
+        self.apply(partial(init_weights, std=config.init_std))
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        return self.proj(hidden)
+
+
+class QuestionAnswering(nn.Module):
+    """Answer spans: encoder trunk -> ``SpanHead``. Returns :class:`SpanLogits` ((B, T) each)."""
+
+    def __init__(self, *, transformer: Transformer, head: SpanHead) -> None:
+        super().__init__()
+        if transformer.config.causal:
+            raise ValueError("QuestionAnswering needs a bidirectional encoder (causal=False)")
+        self.config = transformer.config
+        self.transformer = transformer
+        self.head = head
+
+    @classmethod
+    def from_config(cls, config: ModelConfig, **_: object) -> QuestionAnswering:
+        """``num_labels`` / ``head_bias`` (what the other task models take) do not apply: two outputs, with bias."""
+        return cls(transformer=Transformer(config=config), head=SpanHead(config=config))
+
+    def forward(
+        self, idx: Tensor, *, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None
+    ) -> SpanLogits:
+        hidden = self.transformer(idx, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        start, end = self.head(hidden).unbind(-1)  # (B, T, 2) -> 2 x (B, T)
+        return SpanLogits(start, end)

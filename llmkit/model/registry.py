@@ -9,17 +9,18 @@ from __future__ import annotations
 from torch import nn
 
 from llmkit.errors import LlmkitError
-from llmkit.model.heads import CausalLM, MaskedLM, SequenceClassifier, TokenClassifier
+from llmkit.model.heads import CausalLM, MaskedLM, QuestionAnswering, SequenceClassifier, TokenClassifier
 
 # The classes a ModelConfig alone builds (``cls.from_config(config)``: what pretraining and Hugging
 # Face imports give); task models need their number of labels too (``cls.from_config(config, num_labels=n)``).
 LanguageModelClass = type[CausalLM] | type[MaskedLM]
-TaskModelClass = type[SequenceClassifier] | type[TokenClassifier]
+TaskModelClass = type[SequenceClassifier] | type[TokenClassifier] | type[QuestionAnswering]
 
 LANGUAGE_MODEL_CLASSES: dict[str, LanguageModelClass] = {"CausalLM": CausalLM, "MaskedLM": MaskedLM}
 TASK_MODEL_CLASSES: dict[str, TaskModelClass] = {
     "SequenceClassifier": SequenceClassifier,
     "TokenClassifier": TokenClassifier,
+    "QuestionAnswering": QuestionAnswering,
 }
 MODEL_CLASSES: dict[str, type[nn.Module]] = {**LANGUAGE_MODEL_CLASSES, **TASK_MODEL_CLASSES}
 LANGUAGE_MODELS = tuple(LANGUAGE_MODEL_CLASSES)

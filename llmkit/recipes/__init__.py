@@ -60,13 +60,14 @@ RECIPES: dict[str, Recipe] = {
         Recipe(
             name="finetune",
             module="llmkit.recipes.finetune",
-            help="Fine-tune a checkpoint (or hf:DIR) for classification, NER or instruction/seq2seq; full, freeze or LoRA.",
+            help="Fine-tune a checkpoint (or hf:DIR) for classification, NER, extractive QA or instruction/seq2seq; full, freeze or LoRA.",
             examples=(
                 "init_from=runs/bert data=sst2 objective=seq_cls",
                 "init_from=runs/bert data=conll2003 objective=token_cls finetune.strategy=freeze",
                 "init_from=runs/gpt data=sst2 finetune.strategy=lora finetune.lora_rank=8",
                 "init_from=runs/gpt data=multi30k objective=sft generation.num_beams=4",
                 "init_from=hf:path/to/all-MiniLM-L6-v2 data=sst2 optim.lr=5e-5",
+                "init_from=hf:path/to/all-MiniLM-L6-v2 data=squad2_sample objective=qa max_len=384",
             ),
         ),
         Recipe(

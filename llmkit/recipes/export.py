@@ -14,7 +14,8 @@ is read back through llmkit's importer and its logits compared with the checkpoi
 (``verify=false`` skips this).
 
 A fine-tuned classifier becomes the ``*ForSequenceClassification`` / ``*ForTokenClassification``
-class that computes its logits, with its labels (``llmkit.hf.heads``); a LoRA fine-tune is merged
+class that computes its logits, with its labels, and an extractive QA model
+``BertForQuestionAnswering`` (``llmkit.hf.heads``); a LoRA fine-tune is merged
 first. ``format=peft`` writes the LoRA adapters of a fine-tune of an ``hf:`` base alone, as a PEFT
 adapter directory (``adapter_config.json`` moved in last; ``llmkit.hf.peft``). Every check runs
 before anything is written.

@@ -3,7 +3,8 @@
 setup (pretrained model + tokenizer, task data, task model, strategy, optimizer) -> fit with
 early stopping on a validation metric -> the best checkpoint in ``out_dir/best``. Tasks:
 ``seq_cls`` (sentence / sentence-pair classification), ``token_cls`` (NER on CoNLL files) and
-``sft`` (instruction / sequence-to-sequence generation, loss on the response only).
+``sft`` (instruction / sequence-to-sequence generation, loss on the response only) and ``qa``
+(extractive question answering on SQuAD JSON: an encoder predicts the answer's span).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from llmkit.finetune.config import GenerationEvalConfig
 from llmkit.finetune.pretrained import build_task_model, load_pretrained
 from llmkit.finetune.strategy import FinetuneConfig, apply_strategy
 from llmkit.finetune.strategy import build_optimizer as build_task_optimizer
-from llmkit.finetune.tasks import encode_task, label_set, load_task_data, task_metrics
+from llmkit.finetune.tasks import encode_task, label_set, load_task_data, qa_decoding, task_metrics
 from llmkit.logger import LoggerConfig
 from llmkit.model import ModelConfig
 from llmkit.optim import for_device
@@ -35,13 +36,14 @@ from llmkit.trainer.trainer import EarlyStopping, Trainer
 
 console = Console(stderr=True)
 
-DEFAULT_METRIC = {"seq_cls": ("val_accuracy", "max"), "token_cls": ("val_f1", "max"), "sft": ("val_loss", "min")}
+DEFAULT_METRIC = {"seq_cls": ("val_accuracy", "max"), "token_cls": ("val_f1", "max"), "sft": ("val_loss", "min"),
+                  "qa": ("val_f1", "max")}  # fmt: skip
 
 
 @dataclass
 class EarlyStoppingConfig:
     enabled: bool = True
-    metric: str = "auto"  # auto: val_accuracy (seq_cls), val_f1 (token_cls), val_loss (sft)
+    metric: str = "auto"  # auto: val_accuracy (seq_cls), val_f1 (token_cls, qa), val_loss (sft)
     mode: str = "auto"  # min | max | auto
     patience: int = 3  # evaluations without improvement before stopping
     min_delta: float = 0.0
@@ -106,6 +108,7 @@ def _run(c: Config, job: training.Run) -> dict[str, float]:
         encoder=encoder,
         template=template,
         source=str(c.data.train_path),
+        doc_stride=c.data.doc_stride,
     )
     val = encode_task(
         task,
@@ -116,6 +119,7 @@ def _run(c: Config, job: training.Run) -> dict[str, float]:
         encoder=encoder,
         template=template,
         source=str(c.data.eval_path),
+        doc_stride=c.data.doc_stride,
     )
 
     packing_note = ""
@@ -142,6 +146,7 @@ def _run(c: Config, job: training.Run) -> dict[str, float]:
             if template is not None
             else {}
         ),
+        **({"qa": _qa_settings(objective, c, train_rows)} if task == "qa" else {}),
         "init_from": c.init_from,
         "strategy": c.finetune.strategy,
         "head_bias": c.finetune.head_bias,
@@ -176,6 +181,8 @@ def _run(c: Config, job: training.Run) -> dict[str, float]:
     eval_every = t.eval_every or batches.steps_per_epoch
     scheduler = instantiate(c.scheduler, optimizer=optimizer, total_steps=max_steps, _convert_="all")
 
+    decoding = qa_decoding(extra.get("qa"))
+
     def eval_fn() -> dict[str, float]:
         flat, _ = task_metrics(
             task,
@@ -188,6 +195,7 @@ def _run(c: Config, job: training.Run) -> dict[str, float]:
             template=template,
             generation=c.generation,
             max_generate=c.generation.max_examples,
+            decoding=decoding,
         )
         return {f"val_{k}": v for k, v in flat.items()}
 
@@ -240,4 +248,16 @@ def _run(c: Config, job: training.Run) -> dict[str, float]:
         "trainable_params": report.trainable,
         "trainable_fraction": report.fraction,
         **({"best_" + es.metric: best} if es and best is not None else {}),
+    }
+
+
+def _qa_settings(objective: Any, c: Config, train_rows: list) -> dict[str, Any]:
+    """What a QA checkpoint records to decode answers as it was trained to: "no answer" is a
+    possible prediction when the training data has unanswerable questions (SQuAD 2.0)."""
+    return {
+        "n_best": objective.n_best,
+        "max_answer_len": objective.max_answer_len,
+        "null_score_diff_threshold": objective.null_score_diff_threshold,
+        "allow_null": any(r.is_impossible for r in train_rows),
+        "doc_stride": c.data.doc_stride,
     }

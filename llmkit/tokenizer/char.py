@@ -78,6 +78,17 @@ class CharTokenizer(Tokenizer):
             out.append(ids.tolist() if not (ids < 0).any() else self._fix_unknown(text, ids))
         return out
 
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """``encode(text)`` with each id's character span: its character's (bytes of one character
+        share it)."""
+        ids: list[int] = []
+        offsets: list[tuple[int, int]] = []
+        for k, ch in enumerate(text):
+            piece = self.encode(ch)
+            ids += piece
+            offsets += [(k, k + 1)] * len(piece)
+        return ids, offsets
+
     def encode_documents(self, texts: list[str], *, num_threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
         ids = self._lookup("".join(texts))
         if (ids < 0).any():  # rare characters: take the per-document path

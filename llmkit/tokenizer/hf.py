@@ -241,6 +241,12 @@ class HFTokenizer(Tokenizer):
         """Ids as ``transformers`` gives them for ``tokenizer(text)``: with the model's special tokens."""
         return [*self.prefix_ids, *self.backend.encode([text])[0], *self.suffix_ids]
 
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]] | None:
+        """``encode(text)`` and each token's character span in ``text``; None without ``tokenizers``."""
+        if not isinstance(self.backend, TokenizersBackend):
+            return None
+        return self.backend.encode_with_offsets(text)
+
     # --- decoding -------------------------------------------------------------------------------
     def decode(self, ids: Sequence[int]) -> str:
         """Ids -> text; pad, bos and eos (for encoders [CLS]/[SEP]) are dropped."""

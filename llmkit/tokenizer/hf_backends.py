@@ -32,6 +32,11 @@ class TokenizersBackend:
     def encode(self, texts: list[str], specials: bool = False) -> list[list[int]]:
         return [e.ids for e in self.tok.encode_batch(texts, add_special_tokens=specials)]
 
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Ids of ``text`` and each one's character span in it (what ``tokenizers`` tracks)."""
+        e = self.tok.encode(text, add_special_tokens=False)
+        return e.ids, e.offsets
+
     def decode(self, ids: list[int]) -> str:
         return self.tok.decode(ids, skip_special_tokens=False)
 

