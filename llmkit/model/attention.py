@@ -3,17 +3,13 @@
 ``Attention`` is multi-head self-attention with grouped-query k/v heads, through
 ``F.scaled_dot_product_attention`` (or ``math_attention``, the same function written out, where
 that is faster: short bf16 sequences on the CPU). ``KVCache`` holds every layer's keys and values
-<<<<<<< HEAD
-for incremental decoding.
+for incremental decoding. ``attention_probs`` is the softmax both compute, written out: what
+``llmkit.model.capture`` records when asked.
 
 Two modded-nanogpt options live here: ``qk_norm`` (RMSNorm of each q and k head before RoPE,
 Dehghani 2023 / modded-nanogpt; with a learned (head_dim,) weight as Qwen3's ``q_norm``/``k_norm``)
 and the value-embedding mix ``v = lambda_0 * v + lambda_1 * ve`` (``value_embeds``; the tables are
 the trunk's). Both act before the KV cache, which therefore stores normalised keys and mixed values.
-=======
-for incremental decoding. ``attention_probs`` is the softmax both compute, written out: what
-``llmkit.model.capture`` records when asked.
->>>>>>> attnmaps
 """
 
 from __future__ import annotations

@@ -91,7 +91,6 @@ RECIPES: dict[str, Recipe] = {
             ),
         ),
         Recipe(
-<<<<<<< HEAD
             name="chat",
             module="llmkit.recipes.chat",
             help="Chat with a model fine-tuned on chat data (or hf:DIR), streamed; the KV cache kept across turns.",
@@ -99,7 +98,9 @@ RECIPES: dict[str, Recipe] = {
                 "checkpoint=runs/chat                      # then type; /system TEXT, /reset, /exit",
                 "checkpoint=runs/chat temperature=0 system='Translate to German.'",
                 "checkpoint=hf:path/to/SmolLM2-135M-Instruct top_p=0.9 max_new_tokens=300",
-=======
+            ),
+        ),
+        Recipe(
             name="attention",
             module="llmkit.recipes.attention",
             help="Draw a checkpoint's attention: heat maps of every layer and head over a text's tokens (PNG + HTML).",
@@ -108,7 +109,6 @@ RECIPES: dict[str, Recipe] = {
                 "checkpoint=runs/shakespeare text='ROMEO:' max_new_tokens=40   # prompt + greedy continuation",
                 "checkpoint=runs/sst2 examples=4   # a classifier's first 4 evaluation examples, with its predictions",
                 "checkpoint=hf:path/to/bert text='The cat sat.' text_pair='It was tired.' png=false",
->>>>>>> attnmaps
             ),
         ),
         Recipe(
