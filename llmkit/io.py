@@ -1,4 +1,4 @@
-"""Small file utilities: atomic writes and checksums.
+"""Small file utilities: atomic writes, checksums and reading a UTF-8 text file.
 
 Everything llmkit writes that a later step trusts (shards, tokenizers, checkpoints) is written
 under a temporary name in the same directory and renamed into place at the end, so an interrupted
@@ -16,6 +16,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from llmkit.errors import DataError
 
 
 def _umask() -> int:
@@ -131,3 +133,15 @@ def disk_full_message(what: str, folder: Path, need: int) -> str:
         f"{what} in {folder} ran out of disk space: it needs about {human_bytes(need)}, "
         f"{human_bytes(free_bytes(folder))} are free."
     )
+
+
+def read_text_file(path: str | os.PathLike, what: str = "Data file") -> str:
+    """The whole of a UTF-8 text file; a ``DataError`` naming ``what`` and the path if it is missing
+    or not UTF-8 (the offset of the first invalid byte)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{what} {path} does not exist.")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 text (invalid byte at offset {e.start}).") from None

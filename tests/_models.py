@@ -7,16 +7,21 @@ import torch
 from llmkit.model import CausalLM, ModelConfig
 
 
-def float64_causal_lm(config: ModelConfig, seed: int = 0) -> CausalLM:
-    """A float64 model (cached and uncached paths, or two layouts, then agree far below sampling
-    resolution) with its weight matrices scaled up so that greedy runs visit several tokens."""
+def build_float64(cls: type = CausalLM, config: ModelConfig | None = None, *, seed: int = 0):
+    """``cls.from_config(config)`` built in float64 from ``torch.manual_seed(seed)``."""
     torch.manual_seed(seed)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
-        model = CausalLM.from_config(config)
+        return cls.from_config(config)
     finally:
         torch.set_default_dtype(previous)
+
+
+def float64_causal_lm(config: ModelConfig, seed: int = 0) -> CausalLM:
+    """A float64 model (cached and uncached paths, or two layouts, then agree far below sampling
+    resolution) with its weight matrices scaled up so that greedy runs visit several tokens."""
+    model = build_float64(CausalLM, config, seed=seed)
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() > 1:

@@ -32,6 +32,15 @@ def pydoc_texts() -> list[str]:
     return [topics.topics[k] for k in sorted(topics.topics)]
 
 
+@pytest.fixture(scope="session")
+def char_dataset(tmp_path_factory) -> Path:
+    """The offline default corpus, char-tokenized once for the session (tests only read it)."""
+    out = tmp_path_factory.mktemp("ds") / "pydoc_char"
+    proc = run_llmkit("tokenize", "tokenizer=char", f"out_dir={out}", "progress=false", cwd=out.parent)
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
 @pytest.fixture()
 def tiny_corpus(tmp_path: Path) -> Path:
     """A directory with two text files (a nested one) and a JSONL file."""

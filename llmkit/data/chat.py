@@ -27,6 +27,7 @@ from llmkit.data.masking import IGNORE_INDEX
 from llmkit.data.task_batches import Example
 from llmkit.data.tasks import TextPair
 from llmkit.errors import DataError
+from llmkit.io import read_text_file
 
 ROLES = ("system", "user", "assistant")
 
@@ -61,12 +62,7 @@ def from_pair(pair: TextPair, where: str = "pair") -> Conversation:
 
 def _records(path: Path) -> Iterator[tuple[str, object]]:
     """(where, record) for each line of a JSONL file, or each element of a JSON array file."""
-    if not path.is_file():
-        raise DataError(f"Data file {path} does not exist.")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path} is not UTF-8 text (invalid byte at offset {e.start}).") from None
+    text = read_text_file(path)
     if text.lstrip().startswith("["):
         try:
             items = json.loads(text)

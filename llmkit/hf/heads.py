@@ -39,7 +39,7 @@ from llmkit.hf.configs import config_from_hf
 from llmkit.hf.export_config import config_to_hf, export_family
 from llmkit.hf.files import HFFormatError, load_hf_tensors, read_hf_config
 from llmkit.hf.weights import _NAME_TABLES, _linear, _Row, from_hf_parts
-from llmkit.hf.writer import _own_state, hf_tensors, stored_dtype, write_hf_dir
+from llmkit.hf.writer import _own_state, check_logits_close, hf_tensors, stored_dtype, write_hf_dir
 from llmkit.model.config import ModelConfig
 from llmkit.model.heads import QuestionAnswering, SequenceClassifier, TokenClassifier
 
@@ -243,13 +243,7 @@ def verify_task_export(model: nn.Module, directory: Path, dtype: torch.dtype | N
         a, b = torch.stack(tuple(a), -1), torch.stack(tuple(b), -1)
     if task in ("token_cls", "qa"):
         a, b = a[mask.bool()], b[mask.bool()]  # padded positions are never read
-    diff = (a - b).abs().max().item()
-    tol = 1e-4 if dtype in (None, torch.float32) else 5e-2 * max(1.0, a.abs().max().item())
-    if diff > tol:
-        raise HFFormatError(
-            f"The export in {directory} does not reproduce the checkpoint (max |logit diff| {diff:.3g} > {tol:.3g})."
-        )
-    return diff
+    return check_logits_close(a, b, dtype=dtype, directory=directory)
 
 
 def qa_head_tensors(directory: str | os.PathLike) -> dict[str, Tensor] | None:

@@ -158,6 +158,18 @@ def check_export(model_config: ModelConfig) -> str:
     return family
 
 
+def check_logits_close(ours: Tensor, theirs: Tensor, *, dtype: torch.dtype | None, directory: object) -> float:
+    """Largest |logit difference| between a model and its export in ``directory`` read back;
+    an ``HFFormatError`` past the tolerance (1e-4 in float32, 5% of the largest logit otherwise)."""
+    diff = (ours - theirs).abs().max().item()
+    tol = 1e-4 if dtype in (None, torch.float32) else 5e-2 * max(1.0, ours.abs().max().item())
+    if diff > tol:
+        raise HFFormatError(
+            f"The export in {directory} does not reproduce the checkpoint (max |logit diff| {diff:.3g} > {tol:.3g})."
+        )
+    return diff
+
+
 def export_hf(
     model: nn.Module | Mapping[str, Tensor],
     model_config: ModelConfig,

@@ -23,6 +23,7 @@ from llmkit.data.config import DataConfig
 from llmkit.data.task_batches import pair_ids
 from llmkit.errors import ConfigError, DataError, LlmkitError
 from llmkit.generation import generate
+from llmkit.io import read_text_file
 from llmkit.model import CausalLM, ModelConfig, SequenceClassifier
 from llmkit.model.capture import capture_attention
 from llmkit.recipes._common import resolve_device, set_threads
@@ -77,10 +78,7 @@ def _texts(c: Config) -> list[str]:
     if not c.text_file:
         return [c.text]
     path = Path(c.text_file)
-    try:
-        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path} is not UTF-8 text (invalid byte at offset {e.start}).") from None
+    lines = [line for line in read_text_file(path, "text_file").splitlines() if line.strip()]
     if not lines:
         raise DataError(f"text_file {path} holds no text.")
     return lines

@@ -23,7 +23,7 @@ from llmkit.data.config import DataConfig
 from llmkit.data.loader import Tokens, sequential_windows
 from llmkit.errors import DataError, LlmkitError
 from llmkit.finetune.config import GenerationEvalConfig
-from llmkit.io import write_json
+from llmkit.io import read_text_file, write_json
 from llmkit.model import ModelConfig
 from llmkit.objective.clm import token_nll
 from llmkit.recipes._common import resolve_device, set_threads
@@ -51,12 +51,7 @@ class Config:
 def _tokens_and_text(c: Config, tokenizer: Any, meta: dict[str, Any]) -> tuple[Tokens, str]:
     if c.text_file:
         path = Path(c.text_file)
-        if not path.is_file():
-            raise DataError(f"text_file {path} does not exist.")
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            raise DataError(f"{path} is not UTF-8 text (invalid byte at offset {e.start}).") from None
+        text = read_text_file(path, "text_file")
         if not text.strip():
             raise DataError(f"{path} is empty.")
         return np.asarray(tokenizer.encode(text), dtype=np.int64), text

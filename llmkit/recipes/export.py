@@ -36,9 +36,9 @@ from safetensors.torch import load_file
 
 from llmkit import config, gguf, hf, loading
 from llmkit.errors import LlmkitError
-from llmkit.hf import HFFormatError, export_hf, heads, load_hf, peft
+from llmkit.hf import export_hf, heads, load_hf, peft
 from llmkit.hf.files import CONFIG_FILE, SAFETENSORS_FILE
-from llmkit.hf.writer import check_export, stored_dtype, write_hf_dir
+from llmkit.hf.writer import check_export, check_logits_close, stored_dtype, write_hf_dir
 from llmkit.model import ModelConfig
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -97,13 +97,7 @@ def verify(model: torch.nn.Module, *, config: ModelConfig, directory: Path, dtyp
     idx = torch.randint(0, config.vocab_size, (2, min(16, config.block_size)), generator=g)
     with torch.no_grad():
         a, b = _logits(model, config.causal, idx), _logits(back.eval(), config.causal, idx)
-    diff = (a - b).abs().max().item()
-    tol = 1e-4 if dtype in (None, torch.float32) else 5e-2 * max(1.0, a.abs().max().item())
-    if diff > tol:
-        raise HFFormatError(
-            f"The export in {directory} does not reproduce the checkpoint (max |logit diff| {diff:.3g} > {tol:.3g})."
-        )
-    return diff
+    return check_logits_close(a, b, dtype=dtype, directory=directory)
 
 
 def export_gguf(c: Config, say=print) -> Path:

@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 import transformers
+from _models import build_float64
 
 from llmkit.hf import load_hf
 from llmkit.model import CausalLM, MaskedLM, ModelConfig
@@ -19,13 +20,7 @@ V = 53
 
 
 def _build(cls, config: ModelConfig):
-    torch.manual_seed(0)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        model = cls.from_config(config)
-    finally:
-        torch.set_default_dtype(previous)
+    model = build_float64(cls, config)
     with torch.no_grad():  # sharper attention than the 0.02 init: rows far from uniform
         for p in model.parameters():
             if p.dim() > 1:

@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+from _models import build_float64
 from torch import Tensor
 
 from llmkit.generation import generate
@@ -50,13 +51,7 @@ OPTIONS = {
 def build_f64(config: ModelConfig, *, seed: int = 0) -> CausalLM:
     """A float64 model with every parameter moved off its init (norm weights off 1, lambdas off
     0.5, skip weights off 1), so the reference checks each of them."""
-    torch.manual_seed(seed)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        model = CausalLM.from_config(config)
-    finally:
-        torch.set_default_dtype(previous)
+    model = build_float64(CausalLM, config, seed=seed)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.3 * torch.randn_like(p))

@@ -21,11 +21,8 @@ TINY = ["model.n_layer=1", "model.n_head=2", "model.n_embd=16", "model.block_siz
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("ds") / "char"
-    proc = run_llmkit("tokenize", "tokenizer=char", f"out_dir={out}", "progress=false", cwd=out.parent)
-    assert proc.returncode == 0, proc.stderr
-    return out
+def dataset(char_dataset) -> Path:
+    return char_dataset
 
 
 def _pretrain(run_dir: Path, dataset: Path, *extra: str) -> subprocess.CompletedProcess:

@@ -32,15 +32,6 @@ TINY = [
 ]
 
 
-@pytest.fixture(scope="module")
-def char_dataset(tmp_path_factory) -> Path:
-    """The offline default corpus, char-tokenized once for this module."""
-    out = tmp_path_factory.mktemp("ds") / "pydoc_char"
-    proc = run_llmkit("tokenize", "tokenizer=char", f"out_dir={out}", "progress=false", cwd=out.parent)
-    assert proc.returncode == 0, proc.stderr
-    return out
-
-
 def _metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 

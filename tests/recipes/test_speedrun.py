@@ -29,14 +29,6 @@ TINY = [
 ]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def char_dataset(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("ds") / "pydoc_char"
-    proc = run_llmkit("tokenize", "tokenizer=char", f"out_dir={out}", "progress=false", cwd=out.parent)
-    assert proc.returncode == 0, proc.stderr
-    return out
-
-
 @pytest.mark.slow
 def test_speedrun_recipe_runs_tiny_with_muon_and_the_wsd_schedule(char_dataset, tmp_path):
     run = tmp_path / "run"

@@ -35,14 +35,6 @@ def _has_optuna_sweeper() -> bool:
 GRID = ["optim.lr=1e-5,3e-3", "model.n_layer=1,2"]  # a learning rate that cannot learn in 8 steps, one that can
 
 
-@pytest.fixture(scope="module")
-def char_dataset(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("ds") / "pydoc_char"
-    proc = run_llmkit("tokenize", "tokenizer=char", f"out_dir={out}", "progress=false", cwd=out.parent)
-    assert proc.returncode == 0, proc.stderr
-    return out
-
-
 def _sweep_args(dataset: Path, out: Path, *extra: str) -> list[str]:
     return ["pretrain", f"dataset={dataset}", *TINY, "trainer.max_steps=8", "-m", *GRID, f"out_dir={out}", *extra]
 

@@ -21,7 +21,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from _cli import REPO, run_llmkit
+from _cli import REPO
 from llmkit.errors import LlmkitError
 from llmkit.trainer import distributed
 from llmkit.trainer.distributed import DistEnv
@@ -168,14 +168,6 @@ def test_a_signal_seen_by_another_rank_stops_every_rank_at_the_same_step():
 
 
 # ---------------------------------------------------------------------------- torchrun runs
-
-
-@pytest.fixture(scope="module")
-def char_dataset(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("ds") / "pydoc_char"
-    proc = run_llmkit("tokenize", "tokenizer=char", f"out_dir={out}", "progress=false", cwd=out.parent)
-    assert proc.returncode == 0, proc.stderr
-    return out
 
 
 def _env() -> dict[str, str]:
