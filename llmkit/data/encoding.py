@@ -11,6 +11,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from multiprocessing.pool import AsyncResult
 from typing import Any, Literal
 
 import numpy as np
@@ -126,6 +127,11 @@ def batches(
         yield b
 
 
+def _ready(task: Any) -> bool:
+    """A batch's result is here: encoded in this process, or a worker's that has finished."""
+    return not isinstance(task, AsyncResult) or task.ready()
+
+
 def _start_method() -> str:
     """fork when this process runs no other thread (instant start, nothing to reload), else
     forkserver: forking a process whose other threads may hold locks is unsafe."""
@@ -140,13 +146,16 @@ def _start_method() -> str:
 class ShardEncoder:
     """Encodes ``(split, text)`` documents into a :class:`DatasetWriter`'s shards, in order.
 
-    ``backend="processes"`` with ``workers`` encoders (0 = one per core): this process and a pool
-    of ``workers - 1`` worker processes take the batches of about ``batch_chars`` characters in
-    turn; this process also reads and writes, which costs little. It encodes the first batch
-    before it starts the pool, so under fork the workers inherit the tokenizer with its segment
-    cache warm (no reload, fewer cold misses). Measured: a pool of ``workers`` processes beside an
-    idle parent costs more CPU in all (another cold cache, more pickling), which is slower on a
-    busy machine. At most ``2 * workers`` batches are in flight, so memory does not grow with the
+    ``backend="processes"`` with ``workers`` encoders (0 = one per core): this process reads the
+    batches of about ``batch_chars`` characters and writes them in order; a pool of ``workers - 1``
+    worker processes encodes a batch while they hold fewer than two each, else this process
+    encodes it itself, so the share this process encodes adapts to what reading and writing cost
+    it (with alternate turns instead, reading made it the bottleneck: 1.25x for 2 workers on a
+    40 MB JSONL.gz corpus, ``scripts/bench_corpus_scale.py``). It encodes the first batch before
+    it starts the pool, so under fork the workers inherit the tokenizer with its segment cache
+    warm (no reload, fewer cold misses). Measured: a pool of ``workers`` processes beside an idle
+    parent costs more CPU in all (another cold cache, more pickling), which is slower on a busy
+    machine. At most ``4 * workers`` batches are in flight, so memory does not grow with the
     corpus. ``workers=1`` encodes in this process only. ``backend="threads"``: SentencePiece's
     own multi-threaded batch encode in this process (no segment cache).
 
@@ -196,10 +205,7 @@ class ShardEncoder:
 
     def _write_head(self, inflight: deque, write: Callable) -> None:
         batch, task = inflight.popleft()
-        if task is None:  # this process's turn
-            write(batch, encode_pieces(self.tokenizer, batch.texts, bytes(batch.splits), bytes(batch.ends)))
-        else:
-            write(batch, task.get())
+        write(batch, task.get() if isinstance(task, AsyncResult) else task)
 
     def encode(
         self,
@@ -231,22 +237,26 @@ class ShardEncoder:
             for b in stream:
                 write(b, encode_pieces(self.tokenizer, b.texts, bytes(b.splits), bytes(b.ends), num_threads=threads))
         else:
-            # batch i is encoded here when i % workers == 0, else by a worker process
+            # in order of the stream: a batch goes to a worker while the workers have fewer than
+            # two each in hand (one encoding, one queued), else this process encodes it now; so
+            # this process reads, writes and encodes only what the workers leave (any load, any speed)
             inflight: deque[tuple[_Batch, Any]] = deque()
+            busy = 2 * (self.workers - 1)
             for i, b in enumerate(stream):
-                if i % self.workers == 0:
-                    inflight.append((b, None))
-                    if self.pool is None:  # before the pool starts: encode now, warming the cache
-                        self._write_head(inflight, write)
-                        continue
-                else:
-                    if self.pool is None:
-                        self._start_pool()
-                    task = self.pool.apply_async(_worker_encode, (b.texts, bytes(b.splits), bytes(b.ends)))
-                    inflight.append((b, task))
+                if i == 0:  # encoded here before the pool starts: the workers inherit a warm cache
+                    write(b, encode_pieces(self.tokenizer, b.texts, bytes(b.splits), bytes(b.ends)))
+                    continue
+                if self.pool is None:
+                    self._start_pool()
+                while inflight and _ready(inflight[0][1]):
+                    self._write_head(inflight, write)
+                if sum(1 for _, t in inflight if isinstance(t, AsyncResult) and not t.ready()) < busy:
+                    task: Any = self.pool.apply_async(_worker_encode, (b.texts, bytes(b.splits), bytes(b.ends)))
                     b.texts = []  # the task holds the text until it is sent; keep nothing else
-                # write what is due: when the window is full, or our own batch once a worker has work
-                while len(inflight) >= 2 * self.workers or (inflight and inflight[0][1] is None and i % self.workers):
+                else:
+                    task = encode_pieces(self.tokenizer, b.texts, bytes(b.splits), bytes(b.ends))
+                inflight.append((b, task))
+                while len(inflight) > 4 * self.workers:  # bounded memory: wait for the oldest
                     self._write_head(inflight, write)
             while inflight:
                 self._write_head(inflight, write)
