@@ -24,7 +24,7 @@ from llmkit import checks, config
 from llmkit.errors import LlmkitError
 from llmkit.generation.chat import ChatSession, Message, Sampling
 from llmkit.recipes._common import set_threads
-from llmkit.recipes.generate import chat_template, load_for_decoding
+from llmkit.recipes.generate import chat_template, check_decoding_form, load_for_decoding
 
 HELP = "commands: /system TEXT (new system message, starts over), /reset (forget the conversation), /exit"
 PROMPT = ">>> "
@@ -45,6 +45,7 @@ class Config:
     device: str = "auto"
     threads: int = 0
     decode_layout: Literal["auto"] | bool = "auto"
+    quantize: Literal["int8", "int8_dynamic"] | None = None  # as generate's (llmkit.generation.quantize)
     data_root: str = "data"
 
 
@@ -130,8 +131,11 @@ class Repl:
 def run(cfg: Any) -> dict[str, Any]:
     c = config.load(cfg, Config)
     checks.require("chat", c)
+    check_decoding_form(c.quantize, c.decode_layout, where="chat")
     set_threads(c.threads)
-    model, meta, tokenizer = load_for_decoding(c.checkpoint, device=c.device, decode_layout=c.decode_layout)
+    model, meta, tokenizer = load_for_decoding(
+        c.checkpoint, device=c.device, quantize=c.quantize, decode_layout=c.decode_layout
+    )
     template = chat_template(meta, tokenizer, "auto")
     if template is None:
         raise LlmkitError(

@@ -110,18 +110,18 @@ def beam_max_new_tokens(block_size: int, prompts: list[list[int]], c: Config, gi
     return room
 
 
-def _check_decoding_form(quantize: str | None, decode_layout: str | bool) -> None:
+def check_decoding_form(quantize: str | None, decode_layout: str | bool, where: str = "generate") -> None:
     if quantize is not None and decode_layout is True:
         raise ConfigError(
             [f"decode_layout=true with quantize={quantize}: the int8 layers replace the decode layout; leave "
-             "decode_layout=auto (or false)"], where="generate")  # fmt: skip
+             "decode_layout=auto (or false)"], where=where)  # fmt: skip
 
 
 def prepare_for_decoding(model: Any, *, quantize: str | None, decode_layout: str | bool) -> Any:
     """The loaded model in the form a decoding command runs (``generate``; ``chat`` can share it): int8
     weights with ``quantize=int8``, else on the CPU the decode layout (``decode_layout``); the two
     exclude each other (a ``ConfigError``)."""
-    _check_decoding_form(quantize, decode_layout)
+    check_decoding_form(quantize, decode_layout)
     if quantize is not None:
         return quantize_int8(model, activations="dynamic" if quantize == "int8_dynamic" else "bf16")
     on_cpu = next(model.parameters()).device.type == "cpu"
@@ -241,7 +241,7 @@ def run(cfg: Any) -> list[dict[str, Any]]:
     c = config.load(cfg, Config)
     checks.require("generate", c)  # every value out of range, before the prompt is echoed
     _check_beams(c, _command_line_keys())
-    _check_decoding_form(c.quantize, c.decode_layout)
+    check_decoding_form(c.quantize, c.decode_layout)
     if c.num_samples < 1 or c.max_new_tokens < 0:
         raise LlmkitError("num_samples must be >= 1 and max_new_tokens >= 0.")
     set_threads(c.threads)

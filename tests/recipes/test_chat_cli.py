@@ -167,9 +167,11 @@ def test_a_full_context_says_what_was_dropped_and_ctrl_d_ends(chat_run: Path, tm
 
 
 @pytest.mark.slow
-def test_chat_with_an_imported_model_uses_its_own_template(tmp_path: Path) -> None:
+@pytest.mark.parametrize("quantize", [None, "int8"])
+def test_chat_with_an_imported_model_uses_its_own_template(tmp_path: Path, quantize: str | None) -> None:
     """``llmkit chat checkpoint=hf:DIR`` (stdin piped): a Hugging Face model's own chat template, and
-    the answers of re-reading the conversation from scratch."""
+    the answers of re-reading the conversation from scratch (``quantize=int8``: those of the int8 model,
+    the same quantization ``llmkit generate`` runs)."""
     transformers = pytest.importorskip("transformers")
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -195,13 +197,23 @@ def test_chat_with_an_imported_model_uses_its_own_template(tmp_path: Path) -> No
     (hf_dir / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|endoftext|>", "bos_token": "<|endoftext|>",
         "additional_special_tokens": specials[1:], "chat_template": zephyr}))  # fmt: skip
-    proc = run_llmkit("chat", f"checkpoint=hf:{hf_dir}", "temperature=0", "max_new_tokens=6", "decode_layout=false",
-                      f"out_dir={tmp_path / 'out'}", cwd=tmp_path, input=f"{PAIRS[1][0]}\n{PAIRS[2][0]}\n/exit\n")  # fmt: skip
+    args = ["chat", f"checkpoint=hf:{hf_dir}", "temperature=0", "max_new_tokens=6", f"out_dir={tmp_path / 'out'}"]
+    if quantize:
+        args.append(f"quantize={quantize}")
+        refused = run_llmkit(*args, "decode_layout=true", cwd=tmp_path, input="/exit\n")
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr and not refused.stdout
+        assert "decode_layout=true with quantize=int8" in " ".join(refused.stderr.split())
+    proc = run_llmkit(*args, "decode_layout=false", cwd=tmp_path, input=f"{PAIRS[1][0]}\n{PAIRS[2][0]}\n/exit\n")
     assert proc.returncode == 0, proc.stderr
     assert "the model's own chat_template template, a context of 64 tokens" in " ".join(proc.stderr.split())
     turns = [json.loads(line) for line in (tmp_path / "out" / "chat.jsonl").read_text().splitlines()]
     assert len(turns) == 2 and turns[1]["reused_tokens"] > 0 and all(t["answer"] for t in turns)
     model, _ = loading.load_model(f"hf:{hf_dir}")
+    if quantize:
+        from llmkit.generation.quantize import Int8Linear, quantize_int8
+
+        model = quantize_int8(model)
+        assert isinstance(model.lm_head, Int8Linear)
     tok = load_tokenizer(hf_dir)
     template = resolve_template("auto", tok, data_format="chat")
     conversation = []
