@@ -12,7 +12,7 @@ Every reason the model or tokenizer cannot be written is collected and raised be
 opened; the file is written under a temporary name beside its target and renamed into place, so
 a reader never sees half a GGUF.
 
-    arch.py    ModelConfig -> llama | gpt2: the refusals, metadata, tensor names, RoPE row order
+    arch.py    ModelConfig -> llama | qwen3 | gpt2: the refusals, metadata, tensor names, RoPE row order
     vocab.py   llmkit tokenizers -> tokenizer.ggml.* (SentencePiece-style vocabulary)
 """
 

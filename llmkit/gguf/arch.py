@@ -3,6 +3,8 @@
 llama.cpp runs a decoder only when a graph of its own computes it, so two graphs are targets:
 
     llama   RMSNorm, RoPE, SwiGLU, grouped-query attention; biases optional (q/k/v/o, MLP)
+    qwen3   llama + QK-norm (``qk_norm``: a learned RMSNorm of every q and k head before RoPE), no
+            biases; llama.cpp rotates it in the half-split (NeoX) layout, llmkit's own: rows as they are
     gpt2    LayerNorm, learned (or sinusoidal, written as the table) positions, GELU MLP; llama.cpp
             requires every bias, so a bias-free model gets zeros (the same function)
 
@@ -48,20 +50,24 @@ def gguf_family(cfg: ModelConfig) -> tuple[str, list[str]]:
             problems.append(f"model.{field}={getattr(cfg, field)!r} ({what})")
 
     family = "llama" if cfg.pos == "rope" or cfg.norm == "rmsnorm" or cfg.mlp == "swiglu" else "gpt2"
+    if family == "llama" and cfg.qk_norm:
+        family = "qwen3"
     need("causal", cfg.causal, "llama.cpp runs decoders; encoders have no GGUF export here")
     need("norm_placement", cfg.norm_placement == "pre", f"llama.cpp's {family} graph is pre-LN")
     need("final_norm", cfg.final_norm, f"llama.cpp's {family} graph has a final norm")
     need("embed_norm", not cfg.embed_norm, f"llama.cpp's {family} graph has no embedding norm")
     need("type_vocab_size", cfg.type_vocab_size == 0, "no token-type embeddings in a decoder")
     # the modded-nanogpt options: llama.cpp's gpt2 / llama graphs compute none of them
-    need("qk_norm", not cfg.qk_norm, f"llama.cpp's {family} graph has no q/k norm")
+    need("qk_norm", family == "qwen3" or not cfg.qk_norm, f"llama.cpp's {family} graph has no q/k norm")
     need("logit_softcap", cfg.logit_softcap is None, f"llama.cpp's {family} graph has no logit soft-capping")
     need("value_embeds", not cfg.value_embeds, f"llama.cpp's {family} graph has no value embeddings")
     need("unet_skips", not cfg.unet_skips, f"llama.cpp's {family} graph has no U-net skips")
-    if family == "llama":
-        need("norm", cfg.norm == "rmsnorm", "llama uses rmsnorm")
-        need("pos", cfg.pos == "rope", "llama uses rope")
-        need("mlp", cfg.mlp == "swiglu", "llama uses swiglu")
+    if family in ("llama", "qwen3"):
+        need("norm", cfg.norm == "rmsnorm", f"{family} uses rmsnorm")
+        need("pos", cfg.pos == "rope", f"{family} uses rope")
+        need("mlp", cfg.mlp == "swiglu", f"{family} uses swiglu")
+        if family == "qwen3":
+            need("bias", not cfg.bias, "llama.cpp's qwen3 graph has no biases")
     else:
         need("mlp", cfg.mlp in ("gelu", "gelu_tanh"), "llama.cpp's gpt2 graph has a GELU MLP")
         need("n_kv_head", cfg.kv_heads == cfg.n_head, "gpt2 has no grouped-query attention")
@@ -76,7 +82,7 @@ def add_metadata(writer: Any, cfg: ModelConfig, family: str) -> None:
     writer.add_feed_forward_length(cfg.mlp_hidden_size)
     writer.add_head_count(cfg.n_head)
     writer.add_head_count_kv(cfg.kv_heads)
-    if family == "llama":
+    if family in ("llama", "qwen3"):
         writer.add_layer_norm_rms_eps(cfg.norm_eps)
         writer.add_rope_dimension_count(cfg.head_dim)
         writer.add_rope_freq_base(cfg.rope_theta)
@@ -131,17 +137,21 @@ def gguf_tensors(state: Mapping[str, Tensor], cfg: ModelConfig, family: str) -> 
             yield f"{theirs}.weight", w, f"{ours}.weight"
             if (bv := bias(f"{ours}.bias", w)) is not None:
                 yield f"{theirs}.bias", bv, f"{ours}.bias"
-        if family == "llama":  # the fused c_attn as llama.cpp's q, k, v, with q/k rows in its RoPE layout
+        if family != "gpt2":  # the fused c_attn as llama.cpp's q, k, v (llama: q/k rows in its RoPE layout)
             w = get(f"{h}.attn.c_attn.weight")
             sizes = [cfg.n_head * hd, cfg.kv_heads * hd, cfg.kv_heads * hd]
             qkv_b = state.get(f"{h}.attn.c_attn.bias")
+            rotated = (cfg.n_head, cfg.kv_heads, None) if family == "llama" else (None, None, None)
             parts_b = get(f"{h}.attn.c_attn.bias").split(sizes) if qkv_b is not None else (None, None, None)
             for name, part, part_b, heads in zip(
-                ("attn_q", "attn_k", "attn_v"), w.split(sizes), parts_b, (cfg.n_head, cfg.kv_heads, None), strict=True
+                ("attn_q", "attn_k", "attn_v"), w.split(sizes), parts_b, rotated, strict=True
             ):
                 yield f"{b}.{name}.weight", (_rope_rows(part, heads) if heads else part), f"{h}.attn.c_attn.weight"
                 if part_b is not None:
                     yield f"{b}.{name}.bias", (_rope_rows(part_b, heads) if heads else part_b), f"{h}.attn.c_attn.bias"
+        if family == "qwen3":  # per head, over head_dim, before RoPE: the same in both layouts
+            for qk in ("q", "k"):
+                yield f"{b}.attn_{qk}_norm.weight", get(f"{h}.attn.{qk}_norm.weight"), f"{h}.attn.{qk}_norm.weight"
     w = get("transformer.ln_f.weight")
     yield "output_norm.weight", w, "transformer.ln_f.weight"
     if (bv := bias("transformer.ln_f.bias", w)) is not None:

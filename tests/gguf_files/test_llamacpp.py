@@ -27,6 +27,8 @@ MODELS = {
     "llama": dict(mlp="swiglu", norm="rmsnorm", pos="rope", n_kv_head=2, bias=False, tie_weights=False),
     # with biases (q and k ones in llama.cpp's RoPE row order) and a tied head
     "llama_bias": dict(mlp="swiglu", norm="rmsnorm", pos="rope", bias=True, tie_weights=True, rope_theta=500.0),
+    # Qwen3-style: the Llama blocks with QK-norm (llama.cpp's qwen3 graph, half-split RoPE rows), tied
+    "qwen3": dict(mlp="swiglu", norm="rmsnorm", pos="rope", qk_norm=True, n_kv_head=2, bias=False, tie_weights=True),
     # gpt_baby's kind: bias-free (llama.cpp gets zero biases), tied, learned positions, exact GELU
     "gpt2": dict(mlp="gelu", bias=False, tie_weights=True, init_std=0.1),
     "gpt2_bias": dict(mlp="gelu_tanh", bias=True, tie_weights=False, init_std=0.1),

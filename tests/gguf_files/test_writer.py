@@ -198,17 +198,31 @@ def test_every_shipped_model_config_has_its_llamacpp_graph_or_a_named_refusal(re
     got, problems = gguf_family(ModelConfig(**{**fields, "vocab_size": 100}))
     if name == "gpt2_speedrun":  # the modded-nanogpt options: each named
         named = {p.split("=")[0] for p in problems}
-        assert {"model.qk_norm", "model.logit_softcap", "model.value_embeds", "model.unet_skips"} <= named
+        assert {"model.mlp", "model.logit_softcap", "model.value_embeds", "model.unet_skips"} <= named
+        assert got == "qwen3" and "model.qk_norm" not in named  # QK-norm alone runs as llama.cpp's qwen3
     elif family is None:  # BERT encoders: no decoder graph in llama.cpp
         assert problems and problems[0].startswith("model.causal=False")
     else:
         assert (got, problems) == (family, [])
 
 
-@pytest.mark.parametrize("option", [{"qk_norm": True}, {"logit_softcap": 15.0}, {"value_embeds": 1}, {"unet_skips": True}])
+LLAMA_BASE = {"vocab_size": 100, "block_size": 16, "n_layer": 2, "n_head": 2, "n_embd": 16, "norm": "rmsnorm",
+              "pos": "rope", "mlp": "swiglu", "bias": False}  # fmt: skip
+
+
+@pytest.mark.parametrize("option", [{"logit_softcap": 15.0}, {"value_embeds": 1}, {"unet_skips": True}])
 def test_each_modded_nanogpt_option_is_refused_by_name(option):
-    base = {"vocab_size": 100, "block_size": 16, "n_layer": 2, "n_head": 2, "n_embd": 16, "norm": "rmsnorm",
-            "pos": "rope", "mlp": "swiglu", "bias": False}  # fmt: skip
-    assert gguf_family(ModelConfig(**base)) == ("llama", [])
-    family, problems = gguf_family(ModelConfig(**base, **option))
+    assert gguf_family(ModelConfig(**LLAMA_BASE)) == ("llama", [])
+    family, problems = gguf_family(ModelConfig(**LLAMA_BASE, **option))
     assert [p.split("=")[0] for p in problems] == [f"model.{next(iter(option))}"]
+
+
+def test_qk_norm_is_llamacpps_qwen3_graph_and_refused_where_that_cannot_hold_it():
+    assert gguf_family(ModelConfig(**LLAMA_BASE, qk_norm=True)) == ("qwen3", [])
+    family, problems = gguf_family(ModelConfig(**{**LLAMA_BASE, "bias": True}, qk_norm=True))
+    assert family == "qwen3" and [p.split("=")[0] for p in problems] == ["model.bias"]
+    family, problems = gguf_family(ModelConfig(**{**LLAMA_BASE, "mlp": "relu2"}, qk_norm=True))
+    assert family == "qwen3" and [p.split("=")[0] for p in problems] == ["model.mlp"]
+    gpt2 = {k: v for k, v in LLAMA_BASE.items() if k not in ("norm", "pos", "mlp")}
+    family, problems = gguf_family(ModelConfig(**gpt2, qk_norm=True))
+    assert family == "gpt2" and [p.split("=")[0] for p in problems] == ["model.qk_norm"]

@@ -124,3 +124,43 @@ def test_a_text_longer_than_the_context_and_misplaced_options_are_refused(tmp_pa
     with pytest.raises(LlmkitError, match="maps a fine-tuned classifier's evaluation examples"):
         _run(tmp_path, "examples=2", "png=false")
     assert not (tmp_path / "maps" / "attention.html").exists()
+
+
+def test_examples_maps_a_classifiers_evaluation_examples_as_it_was_fine_tuned_on_them(tmp_path, bpe_tokenizer):
+    """``examples=N`` on a fine-tuned encoder classifier: the first N rows of its recorded eval file,
+    encoded as fine-tuning encodes them ([CLS] ... [SEP]), each map titled with the gold label and the
+    model's prediction; the weights are the model's own on those ids."""
+    from llmkit.finetune.tasks import encode_task, load_task_data
+    from llmkit.model.heads import SequenceClassifier
+
+    rows = [("the film is a joy", 1), ("a dull and tired plot", 0), ("not shown", 1)]
+    eval_file = tmp_path / "dev.tsv"
+    eval_file.write_text("sentence\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in rows), encoding="utf-8")
+    cfg = ModelConfig(vocab_size=bpe_tokenizer.vocab_size, block_size=32, n_layer=2, n_head=2, n_embd=16,
+                      causal=False, type_vocab_size=2, init_std=0.3)  # fmt: skip
+    torch.manual_seed(0)
+    model = SequenceClassifier.from_config(cfg, num_labels=2).eval()
+    config_yaml = f"data:\n  name: files\n  format: tsv\n  eval_path: {eval_file}\n"
+    checkpoint.save(tmp_path / "run" / "checkpoints", 3, model=model, model_class="SequenceClassifier",
+                    model_config=cfg.to_dict(), state={}, config_yaml=config_yaml,
+                    tokenizer_dir=bpe_tokenizer.save(tmp_path / "tok"),
+                    extra={"task": "seq_cls", "labels": ["0", "1"], "max_len": 32})  # fmt: skip
+    _run(tmp_path, "examples=2", "png=false")
+    data = _page(tmp_path)
+    assert len(data) == 2  # the first two rows only
+    from llmkit.data.config import DataConfig
+
+    wanted = encode_task("seq_cls", load_task_data("seq_cls", DataConfig(format="tsv", eval_path=str(eval_file)),
+                         "eval")[:2], bpe_tokenizer, ["0", "1"], max_len=32, encoder=True, template=None,
+                         source=str(eval_file))  # fmt: skip
+    for d, (text, label), ex in zip(data, rows, wanted, strict=False):
+        ids = ex.input_ids.tolist()
+        assert ids[0] == bpe_tokenizer.cls_id and ids[-1] == bpe_tokenizer.sep_id
+        assert d["tokens"] == [bpe_tokenizer.id_to_piece(i) for i in ids]
+        types = torch.tensor([ex.token_type_ids.tolist()])
+        with torch.no_grad():
+            predicted = int(model(torch.tensor([ids]), token_type_ids=types)[0].argmax())
+        assert d["title"].startswith(f"example {rows.index((text, label)) + 1} (label {label}): {text!r}")
+        assert f"-> predicted {predicted} (" in d["title"]
+        np.testing.assert_allclose(np.asarray(d["weights"]) / SCALE, _captured(model, ids, types),
+                                   rtol=0, atol=0.5 / SCALE)  # fmt: skip

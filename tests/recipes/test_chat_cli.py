@@ -8,6 +8,7 @@ import os
 import pty
 import re
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -167,18 +168,11 @@ def test_a_full_context_says_what_was_dropped_and_ctrl_d_ends(chat_run: Path, tm
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("quantize", [None, "int8"])
-def test_chat_with_an_imported_model_uses_its_own_template(tmp_path: Path, quantize: str | None) -> None:
-    """``llmkit chat checkpoint=hf:DIR`` (stdin piped): a Hugging Face model's own chat template, and
-    the answers of re-reading the conversation from scratch (``quantize=int8``: those of the int8 model,
-    the same quantization ``llmkit generate`` runs)."""
+def _hf_chat_model(tmp_path: Path, n_positions: int = 64, never_ends: bool = False) -> Path:
+    """A random 2-layer Hugging Face GPT-2 with a BPE tokenizer and a zephyr-style chat template
+    (``never_ends``: the end-of-text embedding, tied to its logit, is zero, so greedy never picks it)."""
     transformers = pytest.importorskip("transformers")
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    from llmkit import loading
-    from llmkit.data.chat_template import resolve_template
-    from llmkit.generation import generate
-    from llmkit.tokenizer import load as load_tokenizer
 
     specials = ["<|endoftext|>", "<|user|>", "<|assistant|>"]
     raw = Tokenizer(models.BPE())
@@ -190,13 +184,66 @@ def test_chat_with_an_imported_model_uses_its_own_template(tmp_path: Path, quant
               "'\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}")  # fmt: skip
     hf_dir = tmp_path / "hf"
     torch.manual_seed(0)
-    gpt2 = transformers.GPT2Config(vocab_size=raw.get_vocab_size(), n_positions=64, n_embd=32, n_layer=2, n_head=4,
-                                   initializer_range=0.3)  # fmt: skip
-    transformers.GPT2LMHeadModel(gpt2).save_pretrained(hf_dir)
+    gpt2 = transformers.GPT2Config(vocab_size=raw.get_vocab_size(), n_positions=n_positions, n_embd=32, n_layer=2,
+                                   n_head=4, initializer_range=0.3)  # fmt: skip
+    model = transformers.GPT2LMHeadModel(gpt2)
+    if never_ends:
+        with torch.no_grad():
+            model.transformer.wte.weight[raw.token_to_id("<|endoftext|>")] = 0.0
+    model.save_pretrained(hf_dir)
     raw.save(str(hf_dir / "tokenizer.json"))
     (hf_dir / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|endoftext|>", "bos_token": "<|endoftext|>",
         "additional_special_tokens": specials[1:], "chat_template": zephyr}))  # fmt: skip
+    return hf_dir
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_an_answer_and_the_session_goes_on(tmp_path: Path) -> None:
+    """SIGINT (the terminal's Ctrl-C) while an answer streams: the answer stops, the exchange is not
+    kept, the prompt comes back, and the next answer is that of a conversation without it."""
+    from llmkit import loading
+    from llmkit.data.chat_template import resolve_template
+    from llmkit.generation import generate
+    from llmkit.tokenizer import load as load_tokenizer
+
+    hf_dir = _hf_chat_model(tmp_path, n_positions=2048, never_ends=True)  # answers of 2000 tokens: seconds long
+    term = Terminal(["chat", f"checkpoint=hf:{hf_dir}", "temperature=0", "max_new_tokens=2000", "threads=1",
+                     f"out_dir={tmp_path / 'out'}"], cwd=tmp_path)  # fmt: skip
+    term.expect(">>> ")
+    term.send(PAIRS[1][0])
+    term.expect(PAIRS[1][0] + "\n")  # the echo; then the answer streams
+    while len(term.seen) < 20:  # some of the answer is on the screen
+        assert select.select([term.master], [], [], 60)[0], f"no answer appeared: {term.seen!r}"
+        term.seen += ANSI.sub("", os.read(term.master, 4096).decode("utf-8", "replace"))
+    term.proc.send_signal(signal.SIGINT)
+    assert "(interrupted: this exchange is not kept)" in term.expect(">>> ")
+    term.send(PAIRS[2][0])
+    term.expect(PAIRS[2][0] + "\n")
+    term.expect(">>> ", timeout=120)
+    term.send("/exit")
+    assert term.close() == 0
+    turns = [json.loads(line) for line in (tmp_path / "out" / "chat.jsonl").read_text().splitlines()]
+    assert [t["user"] for t in turns] == [PAIRS[2][0]]  # the interrupted exchange was not kept
+    model, _ = loading.load_model(f"hf:{hf_dir}")
+    tok = load_tokenizer(hf_dir)
+    ids = resolve_template("auto", tok, data_format="chat").prompt_ids([{"role": "user", "content": PAIRS[2][0]}])
+    new = [int(t) for t in generate(model, torch.tensor([ids]), max_new_tokens=len(turns[0]["answer"]) + 8,
+                                    temperature=0)]  # fmt: skip
+    assert tok.decode(new[: new.index(tok.eos_id)] if tok.eos_id in new else new).startswith(turns[0]["answer"])
+
+
+@pytest.mark.parametrize("quantize", [None, "int8"])
+def test_chat_with_an_imported_model_uses_its_own_template(tmp_path: Path, quantize: str | None) -> None:
+    """``llmkit chat checkpoint=hf:DIR`` (stdin piped): a Hugging Face model's own chat template, and
+    the answers of re-reading the conversation from scratch (``quantize=int8``: those of the int8 model,
+    the same quantization ``llmkit generate`` runs)."""
+    from llmkit import loading
+    from llmkit.data.chat_template import resolve_template
+    from llmkit.generation import generate
+    from llmkit.tokenizer import load as load_tokenizer
+
+    hf_dir = _hf_chat_model(tmp_path)
     args = ["chat", f"checkpoint=hf:{hf_dir}", "temperature=0", "max_new_tokens=6", f"out_dir={tmp_path / 'out'}"]
     if quantize:
         args.append(f"quantize={quantize}")
