@@ -57,7 +57,7 @@ def gguf_family(cfg: ModelConfig) -> tuple[str, list[str]]:
     need("final_norm", cfg.final_norm, f"llama.cpp's {family} graph has a final norm")
     need("embed_norm", not cfg.embed_norm, f"llama.cpp's {family} graph has no embedding norm")
     need("type_vocab_size", cfg.type_vocab_size == 0, "no token-type embeddings in a decoder")
-    # the modded-nanogpt options: llama.cpp's gpt2 / llama graphs compute none of them
+    # the modded-nanogpt options: llama.cpp computes only qk_norm (its qwen3 graph)
     need("qk_norm", family == "qwen3" or not cfg.qk_norm, f"llama.cpp's {family} graph has no q/k norm")
     need("logit_softcap", cfg.logit_softcap is None, f"llama.cpp's {family} graph has no logit soft-capping")
     need("value_embeds", not cfg.value_embeds, f"llama.cpp's {family} graph has no value embeddings")
