@@ -61,11 +61,11 @@ def _tokens_and_text(c: Config, tokenizer: Any, meta: dict[str, Any]) -> tuple[T
         text = read_text_file(path, "text_file")
         if not text.strip():
             raise DataError(f"{path} is empty.")
-        tokens = np.asarray(tokenizer.encode(text), dtype=np.int64)
-        if c.max_tokens and len(tokens) > c.max_tokens:  # the text of the tokens scored
-            tokens = tokens[: c.max_tokens]
-            text = tokenizer.decode(tokens.tolist())
-        return tokens, text, _words_and_lines(text.splitlines())
+        encoded = np.asarray(tokenizer.encode(text), dtype=np.int64)
+        if c.max_tokens and len(encoded) > c.max_tokens:  # the text of the tokens scored
+            encoded = encoded[: c.max_tokens]
+            text = tokenizer.decode(encoded.tolist())
+        return encoded, text, _words_and_lines(text.splitlines())
     from llmkit.data.shards import open_dataset
 
     dataset_dir = c.dataset or meta.get("dataset_dir")
@@ -119,7 +119,7 @@ def evaluate_encoder(
     vocab = EncoderVocab.from_tokenizer(tokenizer)
     ds = None
     if c.text_file:
-        _, text = _tokens_and_text(c, tokenizer, meta)
+        _, text, _ = _tokens_and_text(c, tokenizer, meta)
         tokens, _ = tokenizer.encode_documents([line for line in text.splitlines() if line.strip()])
     else:
         from llmkit.data.shards import open_dataset

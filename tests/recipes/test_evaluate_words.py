@@ -56,3 +56,21 @@ def test_evaluate_reports_word_perplexity_in_the_word_language_model_convention(
     m = json.loads((tmp_path / "cut" / "metrics.json").read_text())
     kept = tok.decode(tok.encode(text)[:27])  # " = Valkyria Chronicles = \n\n" : the words of what was scored
     assert (m["words"], m["lines"], m["bytes"]) == (4, 1, len(kept.encode()))
+
+
+def test_an_encoder_is_scored_on_a_text_file(tmp_path: Path, bpe_tokenizer, pydoc_texts) -> None:
+    """The encoder path reads text_file through the same reader (masked-LM metrics of its lines)."""
+    from llmkit.model import MaskedLM
+
+    cfg = ModelConfig(vocab_size=bpe_tokenizer.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=16,
+                      causal=False, type_vocab_size=2)  # fmt: skip
+    torch.manual_seed(0)
+    model = MaskedLM.from_config(cfg)
+    checkpoint.save(tmp_path / "ckpt", 0, model=model, model_class="MaskedLM", model_config=cfg.to_dict(), state={},
+                    config_yaml="{}\n", tokenizer_dir=bpe_tokenizer.save(tmp_path / "tok"))  # fmt: skip
+    (tmp_path / "lines.txt").write_text("\n".join(pydoc_texts[:20]), encoding="utf-8")
+    proc = run_llmkit("evaluate", f"checkpoint={tmp_path / 'ckpt'}", f"text_file={tmp_path / 'lines.txt'}",
+                      "nsp_pairs=0", f"out_dir={tmp_path / 'eval'}", cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    m = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert m["masked_tokens"] > 0 and 0 <= m["mlm_accuracy"] <= 1 and m["mlm_loss"] > 0
