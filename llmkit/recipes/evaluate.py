@@ -79,18 +79,14 @@ def _tokens_and_text(c: Config, tokenizer: Any, meta: dict[str, Any]) -> tuple[T
         raise LlmkitError(f"split must be train or val, got {c.split!r}.")
     if c.max_tokens:
         tokens = tokens[: c.max_tokens]
-    ids = np.asarray(tokens).tolist()
-    return tokens, tokenizer.decode(ids), _words_and_lines(_documents(ids, tokenizer))
+    return tokens, tokenizer.decode(np.asarray(tokens).tolist()), _words_and_lines(_document_texts(tokens, tokenizer))
 
 
-def _documents(ids: list[int], tokenizer: Any) -> list[str]:
+def _document_texts(tokens: Tokens, tokenizer: Any) -> list[str]:
     """The texts of the documents of a token stream (split at the end-of-text token)."""
-    docs, start = [], 0
-    for i, t in enumerate(ids + [tokenizer.eos_id]):
-        if t == tokenizer.eos_id:
-            docs.append(tokenizer.decode(ids[start:i]))
-            start = i + 1
-    return docs
+    from llmkit.data.dataset import iter_documents
+
+    return [tokenizer.decode(doc.tolist()) for doc in iter_documents(tokens, tokenizer.eos_id)]
 
 
 def _words_and_lines(lines: list[str]) -> tuple[int, int]:

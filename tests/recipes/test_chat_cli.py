@@ -56,6 +56,12 @@ class Terminal:
         out, self.seen = self.seen[:at], self.seen[at:]
         return out
 
+    def read_at_least(self, n: int, timeout: float = 60) -> None:
+        """Read until ``n`` characters not yet expected are on the screen."""
+        while len(self.seen) < n:
+            assert select.select([self.master], [], [], timeout)[0], f"nothing more appeared: {self.seen!r}"
+            self.seen += ANSI.sub("", os.read(self.master, 4096).decode("utf-8", "replace"))
+
     def send(self, line: str) -> None:
         os.write(self.master, (line + "\n").encode())
 
@@ -213,9 +219,7 @@ def test_ctrl_c_stops_an_answer_and_the_session_goes_on(tmp_path: Path) -> None:
     term.expect(">>> ")
     term.send(PAIRS[1][0])
     term.expect(PAIRS[1][0] + "\n")  # the echo; then the answer streams
-    while len(term.seen) < 20:  # some of the answer is on the screen
-        assert select.select([term.master], [], [], 60)[0], f"no answer appeared: {term.seen!r}"
-        term.seen += ANSI.sub("", os.read(term.master, 4096).decode("utf-8", "replace"))
+    term.read_at_least(20)  # some of the answer is on the screen
     term.proc.send_signal(signal.SIGINT)
     assert "(interrupted: this exchange is not kept)" in term.expect(">>> ")
     term.send(PAIRS[2][0])

@@ -14,7 +14,7 @@ import torch
 from _cli import run_llmkit
 from llmkit import checkpoint
 from llmkit.model import CausalLM, ModelConfig
-from llmkit.recipes.evaluate import _documents, _words_and_lines
+from llmkit.recipes.evaluate import _document_texts, _words_and_lines
 from llmkit.tokenizer import TokenizerConfig, train
 
 LINES = [" = Valkyria Chronicles = ", "", " The game began development in 2010 . ", " ", "It met with <unk> praise"]
@@ -26,10 +26,12 @@ def test_a_split_is_counted_per_document_and_words_do_not_merge_across_documents
     ids: list[int] = []
     for doc in docs:
         ids += tok.encode(doc) + [tok.eos_id]
-    assert _documents(ids, tok) == [*docs, ""]  # the stream ends with an end-of-text: an empty last document
+    assert _document_texts(np.asarray(ids), tok) == docs
     # 4 + 7 + 5 words on 3 lines; decoding the whole stream would glue "=" and "The" into one word
-    assert _words_and_lines(_documents(ids, tok)) == (16, 3)
-    assert sum(len(line.split()) + 1 for line in LINES) - sum(not line.split() for line in LINES) == 16 + 3
+    words, lines = _words_and_lines(_document_texts(np.asarray(ids), tok))
+    assert (words, lines) == (16, 3)
+    # word_language_model's count (words + one <eos> per line) less the blank lines it also counts
+    assert words + lines == sum(len(line.split()) + 1 for line in LINES) - sum(not line.split() for line in LINES)
 
 
 def test_evaluate_reports_word_perplexity_in_the_word_language_model_convention(tmp_path: Path) -> None:
