@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from _cli import REPO, run_llmkit
+from _resume import explain, weight_differences
 
 TINY = [
     "model.n_layer=2",
@@ -145,7 +146,8 @@ def test_refuses_to_overwrite_an_earlier_run(char_dataset, tmp_path):
 @pytest.mark.parametrize("optim", ["adamw", "muon"])
 def test_sigkill_then_resume_equals_uninterrupted_run(char_dataset, tmp_path, optim):
     steps = ["trainer.max_steps=300", "trainer.save_every=25", "trainer.eval_every=100", "trainer.keep_last=0",
-             "model.dropout=0.1", f"optim={optim}"]  # dropout: the RNG state must be restored too
+             "model.dropout=0.1", f"optim={optim}",  # dropout: the RNG state must be restored too
+             "trainer.threads=1"]  # float rounding follows the thread count: the same in every process
     straight = tmp_path / "straight"
     assert _pretrain(straight, char_dataset, *steps).returncode == 0
 
@@ -159,11 +161,9 @@ def test_sigkill_then_resume_equals_uninterrupted_run(char_dataset, tmp_path, op
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from" in resumed.stderr
 
-    a = load_file(str(straight / "checkpoints" / "step_0000300" / "model.safetensors"))
-    b = load_file(str(run / "checkpoints" / "step_0000300" / "model.safetensors"))
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    final = "checkpoints/step_0000300/model.safetensors"
+    differ = weight_differences(straight / final, run / final)
+    assert not differ, (differ[:3], explain(straight, run))
 
 
 def test_sigint_saves_a_checkpoint_and_exits_cleanly(char_dataset, tmp_path):
