@@ -6,7 +6,9 @@ file cut into documents at ``data.doc_separator``, to just after the next separa
 holds whole documents, and the documents of all tasks, in task order, are those of the corpus.
 A file that cannot be cut (compressed, Parquet, a datasets folder, a table, a text file that is
 one document, or a separator that can overlap itself such as ``"\\n\\n"``, whose split points depend
-on everything before them) goes whole to the task in which it starts; a task can be empty.
+on everything before them) goes whole to one task: the cut moves to the file boundary nearest to it,
+so 20 such files of about equal size make 10 + 10 for 2 tasks (not 11 + 9 when the cut falls just
+inside the 11th); a task can be empty.
 
 A task reads only its pieces (``Source.start`` / ``end``) and sends each document to train or
 validation by a seeded hash of its text (:func:`text_split`), which needs nothing from the other
@@ -114,7 +116,10 @@ def plan_tasks(sources: list[Source], cfg: DataConfig, n: int) -> list[list[Piec
         delim = delimiter(src, cfg)
         while k < n and k * total // n < base + src.size:
             local = k * total // n - base
-            off = next_boundary(src.path, local, delim, src.size) if delim else (0 if local == 0 else src.size)
+            if delim:
+                off = next_boundary(src.path, local, delim, src.size)
+            else:  # whole, to the side of the cut that holds most of it (the nearest file boundary)
+                off = 0 if 2 * local <= src.size else src.size
             bounds.append(max(bounds[-1], (i, off)))
             k += 1
         base += src.size

@@ -80,6 +80,26 @@ def test_the_plan_cuts_files_only_after_a_document(corpus_dir, sep):
     assert delimiter(by_name["a.jsonl"], corpus.cfg) == b"\n" and delimiter(by_name["c.jsonl.gz"], corpus.cfg) is None
 
 
+def test_files_that_cannot_be_cut_go_to_the_task_nearest_their_bytes(tmp_path):
+    # 20 compressed files, the first ten a little smaller: the half-way cut falls just inside the 11th
+    rng = random.Random(1)
+    for i in range(20):
+        docs = [" ".join(rng.choices(WORDS, k=30)) for _ in range(40 if i < 10 else 44)]
+        with gzip.open(tmp_path / f"part-{i:02d}.jsonl.gz", "wt") as f:
+            f.writelines(json.dumps({"text": d}) + "\n" for d in docs)
+    corpus = Corpus(DataConfig(paths=[str(tmp_path)], glob="*.jsonl.gz"))
+    sizes = [s.size for s in corpus.sources]
+    assert sum(sizes[:10]) < sum(sizes) / 2 < sum(sizes[:11])
+    assert [len(t) for t in plan_tasks(corpus.sources, corpus.cfg, 2)] == [10, 10]
+    for n in range(2, 8):  # every cut at the file boundary nearest the ideal one
+        tasks = plan_tasks(corpus.sources, corpus.cfg, n)
+        starts = np.cumsum([0] + [sum(sizes[p.source] for p in t) for t in tasks])[1:-1]
+        ends = np.cumsum(sizes)
+        for k, at in enumerate(starts, 1):
+            ideal = k * sum(sizes) / n
+            assert abs(at - ideal) == min(abs(b - ideal) for b in [0, *ends]), (n, k)
+
+
 def test_the_same_tokens_for_1_and_3_tasks(tmp_path, corpus_dir):
     summary, one = build(tmp_path, "one", corpus_dir, tasks=1)
     want = streams(one)
