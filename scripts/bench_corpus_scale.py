@@ -14,12 +14,14 @@
    trained once on the source files and reused, ``workers=1`` and ``workers=2``, each in a fresh
    process, and ``data.tasks=2 workers=2`` (two independent task processes, each its own files),
    on the Parquet and the JSONL.gz corpus, interleaved over ``--repeats`` rounds. MB/s is UTF-8
-   text per second of the whole process (start, imports, read, encode, write, checksums).
+   text per second of the whole process (start, imports, read, encode, write, checksums), and
+   its CPU seconds (its tree's, from ``getrusage``): 2 tasks / 1 worker in CPU time says what
+   running side by side costs, apart from the other load on a shared machine.
    Beside it, on the small corpus: llmkit with the encoded-segment cache off, and a plain
    single-process ``sp.encode(doc)`` loop over the same documents. A corpus recombined from 13 MB
    repeats its words far more than a real one, which flatters the segment cache; the real-text
    figure is ``scripts/bench_tokenize.py`` on wikitext2.
-3. **Peak RSS** of those processes (main + workers, sampled every 10 ms with psutil, and the main
+3. **Peak RSS** of those processes (main + workers, sampled every 100 ms with psutil, and the main
    process's VmHWM) on the small vs the full corpus.
 4. **Time to the first optimizer step**: a 1B-token dataset (random ids in llmkit's format, 4
    shards of 2^28 tokens, written with ``DatasetWriter`` as ``scripts/bench_memory.py`` does) and
@@ -37,6 +39,7 @@ import gzip
 import importlib.util
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -137,6 +140,11 @@ def child(spec: dict) -> None:
 def run_child(spec: dict) -> dict:
     import psutil
 
+    def cpu_s() -> float:  # CPU seconds of the finished children of this process and their children
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return ru.ru_utime + ru.ru_stime
+
+    cpu0 = cpu_s()
     proc = subprocess.Popen([sys.executable, __file__, "--child", json.dumps(spec)], stdout=subprocess.PIPE, text=True)
     root, peak, t0 = psutil.Process(proc.pid), 0, time.perf_counter()
     while proc.poll() is None:
@@ -144,13 +152,13 @@ def run_child(spec: dict) -> dict:
             peak = max(peak, root.memory_info().rss + sum(c.memory_info().rss for c in root.children(recursive=True)))
         except psutil.Error:
             pass
-        time.sleep(0.01)
+        time.sleep(0.1)  # every 10 ms the sampler took ~9% of a core from the two task processes
     out, _ = proc.communicate()
     if proc.returncode:
         raise SystemExit(f"tokenize child failed ({proc.returncode}): {spec}")
     r = json.loads(out.strip().splitlines()[-1])
     wall = time.perf_counter() - t0  # the user's view: the whole process, Python start and imports too
-    r.update(tree_peak_mb=peak / 2**20, process_wall_s=wall, mb_per_s=r["text_bytes"] / 1e6 / wall)
+    r.update(tree_peak_mb=peak / 2**20, process_wall_s=wall, mb_per_s=r["text_bytes"] / 1e6 / wall, cpu_s=cpu_s() - cpu0)
     shutil.rmtree(spec["out_dir"], ignore_errors=True)
     return r
 
@@ -302,6 +310,9 @@ def report(result: dict, out: Path, console, Table) -> int:
         for tasks, name in ((0, "stream"), (2, "tasks")):
             two = _med(runs, "mb_per_s", size="full", format=fmt, workers=2, tasks=tasks, **base)
             checks[f"{fmt}_{name}_two_workers_speedup"] = two / one
+        if all("cpu_s" in r for r in runs):  # CPU seconds of 2 tasks / of 1 worker: what running side by side costs
+            cpu = {t: _med(runs, "cpu_s", size="full", format=fmt, workers=w, tasks=t, **base) for w, t in ((1, 0), (2, 2))}
+            checks[f"{fmt}_tasks_cpu_time_ratio"] = cpu[2] / cpu[0]
         for w, tasks in ((1, 0), (2, 0), (2, 2)):
             sel = {"format": fmt, "workers": w, "tasks": tasks, **base}
             ratio = _med(runs, "tree_peak_mb", size="full", **sel) / _med(runs, "tree_peak_mb", size="small", **sel)
