@@ -11,8 +11,10 @@ Every row is ``llmkit pretrain experiment=E`` with the row's overrides (the CLI 
 user runs it: start-up, tokenizing and evaluations are in its time), in this order:
 
 * ``adamw``: the experiment as shipped, with ``optim=adamw`` at the experiment's learning rate;
-* ``muon``: the same with ``optim=muon`` (Muon on the blocks' matrices, AdamW at ``optim.adamw_lr`` =
-  that learning rate on the rest);
+* ``muon``: the same with ``optim=muon``: Muon at its default rate 0.02 on the blocks' matrices (set
+  explicitly: the experiment's ``optim.lr`` would otherwise apply to Muon too), AdamW at
+  ``optim.adamw_lr`` = the experiment's learning rate on the rest; the experiment's weight decay
+  applies to both;
 * ``+qk_norm``, ``+relu2``, ``+zero_init_proj``, ``+logit_softcap``, ``+value_embeds``,
   ``+unet_skips``: AdamW with one option on;
 * ``muon + all``: Muon with every option.
@@ -48,9 +50,13 @@ OPTIONS = {
 }
 
 
+MUON_LR = 0.02  # conf/optim/muon.yaml's default (modded-nanogpt's 0.02-0.05 range)
+
+
 def rows(lr: float) -> list[tuple[str, list[str]]]:
     adamw = ["optim=adamw", f"optim.lr={lr}"]
-    muon = ["optim=muon", f"optim.adamw_lr={lr}"]
+    # Muon's own rate stated: left out, the experiment's optim.lr (an AdamW rate) would set it too
+    muon = ["optim=muon", f"optim.lr={MUON_LR}", f"optim.adamw_lr={lr}"]
     out = [("adamw", adamw), ("muon", muon)]
     out += [(f"+{name}", adamw + ov) for name, ov in OPTIONS.items()]
     out.append(("muon + all", muon + [o for ov in OPTIONS.values() for o in ov]))
