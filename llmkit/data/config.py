@@ -53,6 +53,7 @@ class DataConfig:
     doc_stride: int = 128  # tokens two neighbouring windows of a long context share
     train_articles: list[int] = field(default_factory=list)  # indices into the file's "data" list; empty = all
     eval_articles: list[int] = field(default_factory=list)
+    unanswerable: Literal["keep", "drop"] = "keep"  # drop: SQuAD 2.0's unanswerable questions left out (1.1 rules)
 
     @property
     def table_text_column(self) -> str:

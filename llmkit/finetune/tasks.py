@@ -39,7 +39,12 @@ def load_task_data(task: str, data: DataConfig, split: str) -> list:
                 f"data.format=squad is question answering data (objective=qa); got {task} with data.format={data.format}."
             )
         articles = data.train_articles if split == "train" else data.eval_articles
-        rows = iter(read_squad(path, articles=articles))
+        records = read_squad(path, articles=articles)
+        if data.unanswerable == "drop":  # SQuAD 1.1's task: every question has an answer, no null prediction
+            records = [r for r in records if not r.is_impossible]
+            if not records:
+                raise LlmkitError(f"data.unanswerable=drop left no {split} questions in {path} (all unanswerable).")
+        rows = iter(records)
     elif task == "seq_cls":
         rows = read_labelled(
             path,

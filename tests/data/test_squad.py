@@ -218,3 +218,20 @@ def test_no_answer_when_the_null_score_wins_by_more_than_the_threshold():
     # the null score is the lowest over a question's windows: a second window with a weak [CLS] lets the span win
     second = (np.array([-5.0, 0.0, 0.0, 0.0]), np.array([-5.0, 0.0, 0.0, 0.0]), offsets)
     assert best_answer([*windows, second], context, Decoding())[0] == "hello world"
+
+
+def test_unanswerable_drop_keeps_the_answerable_questions_in_their_order(tmp_path):
+    from llmkit.data.config import DataConfig
+    from llmkit.errors import LlmkitError
+    from llmkit.finetune.tasks import load_task_data
+
+    path = str(_write(tmp_path, _squad()))
+    keep = load_task_data("qa", DataConfig(train_path=path, eval_path=path), "train")
+    drop = load_task_data("qa", DataConfig(train_path=path, eval_path=path, unanswerable="drop"), "train")
+    assert [r.id for r in keep] == ["q0", "q1", "q2", "q3", "q4"]
+    assert [r.id for r in drop] == ["q0", "q1", "q2", "q3"] and not any(r.is_impossible for r in drop)
+    only_impossible = _squad()
+    only_impossible["data"][1]["paragraphs"][0]["qas"] = only_impossible["data"][1]["paragraphs"][0]["qas"][1:]
+    path = str(_write(tmp_path, only_impossible))
+    with pytest.raises(LlmkitError, match=r"unanswerable=drop left no eval questions"):
+        load_task_data("qa", DataConfig(eval_path=path, eval_articles=[1], unanswerable="drop"), "eval")
