@@ -5,7 +5,8 @@ its own, on one experiment, one run each with the same seed.
     LLMKIT_DATA=../shared/data python scripts/bench_ablation.py --experiment shakespeare_char_fast \
         --target 1.88 --out bench_ablation_char.json
     LLMKIT_DATA=../shared/data python scripts/bench_ablation.py --experiment wikitext2_lm --steps 600 \
-        --target 4.5 --out bench_ablation_wt2.json
+        --target 4.5 --override 'data.val_paths=[]' --out bench_ablation_wt2.json
+    # (validation: a seeded 10% of train.txt's documents, so valid.txt stays unseen by any choice)
 
 Every row is ``llmkit pretrain experiment=E`` with the row's overrides (the CLI in a subprocess, as a
 user runs it: start-up, tokenizing and evaluations are in its time), in this order:
@@ -91,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--target", type=float, default=1.88, help="validation loss for the time-to-loss column")
     p.add_argument("--steps", type=int, default=0, help="trainer.max_steps for every row (0: the experiment's)")
     p.add_argument("--only", default="", help="comma-separated row names to run (default: all)")
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="an llmkit override for every row (repeatable), e.g. 'data.val_paths=[]' to validate "
+                        "on documents held out of the training files instead of the experiment's val files")  # fmt: skip
     p.add_argument("--data-root", default=os.environ.get("LLMKIT_DATA", "data"))
     p.add_argument("--llmkit-cmd", default=f"{sys.executable} -m llmkit")
     p.add_argument("--out", default="bench_ablation.json")
@@ -104,10 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     machine = bp.machine_info()
     print(f"machine: {machine['cpu']}, {machine['cores_available']} cores, loadavg {machine['loadavg_start']}")
     result: dict[str, Any] = {"experiment": args.experiment, "target": args.target, "lr": lr, "machine": machine,
-                              "rows": []}  # fmt: skip
+                              "overrides": args.override, "rows": []}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="bench_ablation_") as tmp:
         base = [f"experiment={args.experiment}", f"data_root={data_root}", f"cache_dir={tmp}/cache",
-                "trainer.save_every=0"] + ([f"trainer.max_steps={args.steps}"] if args.steps else [])  # fmt: skip
+                "trainer.save_every=0"] + ([f"trainer.max_steps={args.steps}"] if args.steps else []) + args.override  # fmt: skip
         for i, (name, overrides) in enumerate(plan):
             print(f"[{i + 1}/{len(plan)}] {name}: {' '.join(overrides)}", flush=True)
             out_dir = Path(tmp) / f"run{i}"
@@ -127,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.table import Table
 
     steps = f"{args.steps} steps" if args.steps else "its steps"
+    steps += "".join(f", {o}" for o in args.override)
     table = Table(title=f"ablation: experiment={args.experiment} ({steps}, lr {lr:g}), one run each")
     for col in ("row", f"seconds to val <= {args.target}", "at step", "last val loss", "whole-val loss", "ms/step"):
         table.add_column(col, justify="right")
